@@ -1,0 +1,278 @@
+"""Parse the command line, call one command, render its result, map errors to exit codes.
+
+Human output goes to stdout; logs (structlog) go to stderr, pretty on a terminal and JSON
+otherwise. Every failure ends in one line on stderr and an exit code from
+:class:`ExitCode`; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import enum
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TextIO
+
+import structlog
+from rich.console import Console
+from rich.table import Table
+
+from shadowdb import commands, errors, urls
+from shadowdb.databases import Databases, connect
+from shadowdb.settings import Settings
+
+__all__ = ["ExitCode", "main", "main_entry"]
+
+
+class ExitCode(enum.IntEnum):
+    """Every exit status shadowdb uses, and nothing else."""
+
+    OK = 0
+    #: "more to do" (backfill) or "differences found" (diff-report).
+    MORE = 1
+    #: a database unreachable, a migration or a write failed.
+    OPERATIONAL = 2
+    #: refused by a guard (``phase set``, ``cleanup``).
+    REFUSED = 3
+    #: bad input: usage, malformed URL, unknown cell or phase, invalid value.
+    BAD_INPUT = 127
+
+
+#: Which exit code each error class maps to; the first match in order wins.
+_ERROR_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
+    (errors.InvalidInput, ExitCode.BAD_INPUT),
+    (errors.CellExists, ExitCode.BAD_INPUT),
+    (errors.GuardRefused, ExitCode.REFUSED),
+    (errors.OperationalError, ExitCode.OPERATIONAL),
+    (errors.ShadowDBError, ExitCode.OPERATIONAL),
+)
+
+
+class UsageError(errors.InvalidInput):
+    """Reject a command line argparse cannot make sense of."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _configure_logging(debug: bool, stream: TextIO) -> None:
+    level = logging.DEBUG if debug else logging.WARNING
+    renderer: Any
+    if stream.isatty():
+        renderer = structlog.dev.ConsoleRenderer()
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _mask_passwords,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _mask_passwords(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = urls.mask_text(value)
+    return event
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+class _Output:
+    """Render results on stdout as text (rich) or JSON."""
+
+    def __init__(self, fmt: str, stream: TextIO) -> None:
+        self.fmt = fmt
+        self.stream = stream
+        # Off a terminal nothing is cut to 80 columns: the output may be parsed.
+        width = None if stream.isatty() else 400
+        self.console = Console(file=stream, highlight=False, soft_wrap=True, width=width)
+
+    @property
+    def json(self) -> bool:
+        return self.fmt == "json"
+
+    def emit_json(self, value: Any) -> None:
+        self.stream.write(json.dumps(_jsonable(value), indent=2, sort_keys=True) + "\n")
+
+    def line(self, text: str = "") -> None:
+        self.console.print(text, markup=False)
+
+    def table(self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        table = Table(title=title, title_justify="left")
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        self.console.print(table)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_db_sync(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    with connect(args.api_url, settings=settings, create=True) as dbs:
+        result = commands.sync_schema(dbs)
+    if out.json:
+        out.emit_json(result)
+        return ExitCode.OK
+    for db in result.databases:
+        verb = f"upgraded {db.before or 'empty'} -> {db.after}" if db.changed else "up to date"
+        out.line(f"{db.database}: {verb}")
+    if result.state_created:
+        out.line("phase: cell-only (initial)")
+    return ExitCode.OK
+
+
+def _cmd_cell_add(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    urls.parse_url(args.db_url)  # bad input is refused before any database is opened
+    with connect(args.api_url, settings=settings) as dbs:
+        info = commands.add_cell(dbs, args.name, args.db_url, default=args.default)
+    if out.json:
+        out.emit_json(info)
+    else:
+        out.line(f"cell {info.name} added: {info.uuid} {info.url}" + (" (default)" if info.default else ""))
+    return ExitCode.OK
+
+
+def _cells_table(out: _Output, cells: Sequence[commands.CellInfo]) -> None:
+    out.table(
+        None,
+        ("Name", "UUID", "Database", "Default"),
+        [(c.name, c.uuid, c.url, "yes" if c.default else "") for c in cells],
+    )
+
+
+def _cmd_cell_list(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    with connect(args.api_url, settings=settings) as dbs:
+        cells = commands.list_cells(dbs)
+    if out.json:
+        out.emit_json(cells)
+    else:
+        _cells_table(out, cells)
+    return ExitCode.OK
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    with connect(args.api_url, settings=settings) as dbs:
+        result = commands.status(dbs)
+    if out.json:
+        out.emit_json(result)
+        return ExitCode.OK
+    out.line(f"phase: {result.phase} (epoch {result.epoch}, since {result.changed_at:%Y-%m-%d %H:%M:%S}Z)")
+    _cells_table(out, result.cells)
+    return ExitCode.OK
+
+
+Handler = Callable[[argparse.Namespace, Settings, _Output], ExitCode]
+
+
+def _build_parser() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--api-url",
+        metavar="URL",
+        default=None,
+        help="API database URL (default: $SHADOWDB_API_URL, else shadowdb-data/api.sqlite)",
+    )
+    common.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    common.add_argument("--debug", action="store_true", help="log debug events and show tracebacks")
+
+    parser = _Parser(
+        prog="shadowdb",
+        description="Move Nova instance groups from cell databases to the API database.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    db = sub.add_parser("db", help="manage database schemas", parents=[common])
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True, parser_class=_Parser)
+    sync = db_sub.add_parser(
+        "sync", help="bring the API and every cell database to the latest schema", parents=[common]
+    )
+    sync.set_defaults(handler=_cmd_db_sync)
+
+    cell = sub.add_parser("cell", help="register and list cells", parents=[common])
+    cell_sub = cell.add_subparsers(dest="cell_command", metavar="ACTION", required=True, parser_class=_Parser)
+    add = cell_sub.add_parser("add", help="register a cell database", parents=[common])
+    add.add_argument("name", help="cell name")
+    add.add_argument("db_url", metavar="DB_URL", help="cell database URL")
+    add.add_argument("--default", action="store_true", help="write new groups' cell copies here")
+    add.set_defaults(handler=_cmd_cell_add)
+    lst = cell_sub.add_parser("list", help="list registered cells", parents=[common])
+    lst.set_defaults(handler=_cmd_cell_list)
+
+    st = sub.add_parser("status", help="show the phase and the cells", parents=[common])
+    st.set_defaults(handler=_cmd_status)
+    return parser
+
+
+def _fail(code: ExitCode, message: str, stderr: TextIO) -> ExitCode:
+    stderr.write(f"shadowdb: error: {urls.mask_text(message)}\n")
+    return code
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    environ: dict[str, str] | None = None,
+) -> int:
+    """Run the shadowdb command line and return its exit code."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    environ = dict(os.environ if environ is None else environ)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        _configure_logging(args.debug, stderr)
+        try:
+            settings = Settings.from_environ(environ, api_url=args.api_url)
+        except ValueError as err:
+            raise errors.InvalidInput(f"bad setting in the environment: {err}") from err
+        out = _Output(args.format, stdout)
+        handler: Handler = args.handler
+        return int(handler(args, settings, out))
+    except Exception as err:  # the one place errors become exit codes
+        if debug:
+            import traceback
+
+            traceback.print_exc(file=stderr)
+        for cls, code in _ERROR_CODES:
+            if isinstance(err, cls):
+                return int(_fail(code, str(err), stderr))
+        return int(_fail(ExitCode.OPERATIONAL, f"unexpected {type(err).__name__}: {err}", stderr))
+
+
+def main_entry() -> None:
+    """Run :func:`main` as the ``shadowdb`` console script."""
+    sys.exit(main())

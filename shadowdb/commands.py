@@ -1,0 +1,198 @@
+"""Offer every shadowdb operation as a plain function (alembic's ``command.py``).
+
+Each command takes a :class:`~shadowdb.databases.Databases` (or settings) and returns a
+frozen result dataclass. Commands never print and never exit: ``shadowdb.cli`` renders
+their results and maps their errors to exit codes. Tests call these directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid as uuidlib
+from pathlib import Path
+
+import sqlalchemy as sa
+import structlog
+
+from shadowdb import schema, urls
+from shadowdb.databases import Cell, Databases, database_errors, reader, writer
+from shadowdb.errors import CellExists, DatabaseUnreachable, InvalidInput, SchemaError
+from shadowdb.models import api_cell_mappings, api_state
+from shadowdb.phase import PhaseState, initialise_state, read_state
+
+__all__ = [
+    "CellInfo",
+    "DatabaseSync",
+    "Status",
+    "SyncResult",
+    "add_cell",
+    "list_cells",
+    "status",
+    "sync_schema",
+]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseSync:
+    """What ``db sync`` did to one database."""
+
+    database: str
+    tree: str
+    before: str | None
+    after: str
+
+    @property
+    def changed(self) -> bool:
+        """True if the database moved to a new revision."""
+        return self.before != self.after
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncResult:
+    """What ``db sync`` did, database by database (API first)."""
+
+    databases: tuple[DatabaseSync, ...]
+    state_created: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class CellInfo:
+    """A registered cell as operators see it (the URL's password masked)."""
+
+    name: str
+    uuid: str
+    url: str
+    default: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """The phase and the cells, at a glance."""
+
+    phase: str
+    epoch: int
+    changed_at: dt.datetime
+    cells: tuple[CellInfo, ...]
+
+
+def _sync_one(engine: sa.Engine, tree: str, label: str) -> DatabaseSync:
+    with database_errors(label):
+        with engine.connect() as conn:
+            before = schema.current_revision(conn, tree)
+        head = schema.head_revision(tree)
+        if before != head:
+            try:
+                schema.upgrade(engine, tree)
+            except sa.exc.DBAPIError:
+                raise
+            except Exception as err:
+                raise SchemaError(label, f"migration failed: {err}") from err
+    log.info("schema_synced", database=label, tree=tree, before=before, after=head)
+    return DatabaseSync(label, tree, before, head)
+
+
+def sync_schema(dbs: Databases) -> SyncResult:
+    """Bring the API database and every cell database to the latest schema.
+
+    Nova's tables are adopted as they are (created only where missing); shadowdb's own
+    tables are added. A fresh deployment starts in phase ``cell-only``. Idempotent.
+    """
+    results = [_sync_one(dbs.api, "api", dbs.api_label)]
+    with writer(dbs.api, dbs.api_label) as conn:
+        created = initialise_state(conn, dbs.settings.actor)
+    for cell in dbs.refresh_cells():
+        results.append(_sync_one(cell.engine, "cell", cell.label))
+    return SyncResult(tuple(results), created)
+
+
+def _check_reachable(url: sa.URL, label: str, dbs: Databases) -> None:
+    if urls.backend_of(url) == "sqlite":
+        path = Path(url.database or "")
+        if url.database in (None, "", ":memory:"):
+            raise InvalidInput("a cell database cannot be in memory")
+        if not path.parent.is_dir():
+            raise DatabaseUnreachable(label, f"folder {path.parent} does not exist")
+        return
+    from shadowdb.databases import create_engine
+
+    engine = create_engine(url, dbs.settings)
+    try:
+        with reader(engine, label) as conn:
+            conn.execute(sa.text("SELECT 1"))
+    finally:
+        engine.dispose()
+
+
+def _default_cell_uuid(state: PhaseState, cells: list[CellInfo] | tuple[Cell, ...]) -> str | None:
+    if state.default_cell_uuid:
+        return state.default_cell_uuid
+    return cells[0].uuid if cells else None
+
+
+def add_cell(dbs: Databases, name: str, url: str, *, default: bool = False) -> CellInfo:
+    """Register a cell in ``cell_mappings`` (as ``nova-manage cell_v2 create_cell``).
+
+    Args:
+        name: unique cell name.
+        url: the cell database URL; relative SQLite paths are stored absolute.
+        default: make it the cell where new groups' cell copies are written.
+
+    Raises:
+        InvalidInput: empty or over-long name, or a malformed URL.
+        CellExists: a cell with that name is already registered.
+        DatabaseUnreachable: the cell database cannot be reached.
+    """
+    name = name.strip()
+    if not name or len(name) > 255:
+        raise InvalidInput("cell name must be 1 to 255 characters")
+    parsed = urls.parse_url(url)
+    label = f"cell {name} ({urls.mask(parsed)})"
+    with reader(dbs.api, dbs.api_label) as conn:
+        read_state(conn)  # refuses an unsynced API database
+        taken = conn.execute(
+            sa.select(api_cell_mappings.c.id).where(api_cell_mappings.c.name == name)
+        ).first()
+    if taken:
+        raise CellExists(name)
+    _check_reachable(parsed, label, dbs)
+    cell_uuid = str(uuidlib.uuid4())
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    with writer(dbs.api, dbs.api_label) as conn:
+        conn.execute(
+            api_cell_mappings.insert().values(
+                created_at=now,
+                updated_at=now,
+                uuid=cell_uuid,
+                name=name,
+                transport_url="none:///",
+                database_connection=parsed.render_as_string(hide_password=False),
+                disabled=False,
+            )
+        )
+        if default:
+            conn.execute(
+                api_state.update().where(api_state.c.id == 1).values(default_cell_uuid=cell_uuid)
+            )
+    dbs.refresh_cells()
+    log.info("cell_added", cell=name, url=urls.mask(parsed), default=default)
+    infos = list_cells(dbs)
+    return next(info for info in infos if info.uuid == cell_uuid)
+
+
+def list_cells(dbs: Databases) -> list[CellInfo]:
+    """List the registered cells, oldest first, passwords masked."""
+    with reader(dbs.api, dbs.api_label) as conn:
+        state = read_state(conn)
+    cells = dbs.refresh_cells()
+    default = _default_cell_uuid(state, cells)
+    return [CellInfo(c.name, c.uuid, urls.mask(c.url), c.uuid == default) for c in cells]
+
+
+def status(dbs: Databases) -> Status:
+    """Report the phase, its epoch and the cells."""
+    with reader(dbs.api, dbs.api_label) as conn:
+        state = read_state(conn)
+    return Status(state.phase.value, state.epoch, state.changed_at, tuple(list_cells(dbs)))

@@ -1,0 +1,286 @@
+"""Own the engines: one for the API database and one per cell, created once.
+
+Units of work are scoped by the caller with :func:`reader` and :func:`writer`; query
+functions elsewhere take the :class:`~sqlalchemy.engine.Connection` they are given and
+never commit or open one (oslo.db's reader/writer idea, without its decorators).
+
+Cells are discovered the way Nova discovers them: from the API database's
+``cell_mappings`` table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy import event, exc
+from sqlalchemy.engine import URL, Connection, Engine
+
+from shadowdb import urls
+from shadowdb.errors import DatabaseUnreachable, OperationalError, UnknownCell
+from shadowdb.models import api_cell_mappings
+from shadowdb.settings import Settings
+
+__all__ = [
+    "Cell",
+    "Databases",
+    "connect",
+    "create_engine",
+    "database_errors",
+    "reader",
+    "writer",
+]
+
+log = structlog.get_logger(__name__)
+
+#: Nova's cell0 holds instances that failed to schedule; it is a cell like any other here.
+CELL0_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A cell database as ``cell_mappings`` describes it, with its engine."""
+
+    id: int
+    uuid: str
+    name: str
+    url: URL
+    engine: Engine = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        """Name the cell in messages and logs."""
+        return f"cell {self.name}"
+
+
+def create_engine(url: URL, settings: Settings, *, create_dirs: bool = False) -> Engine:
+    """Create the engine for ``url`` with shadowdb's per-backend settings.
+
+    SQLite runs in WAL mode with a busy timeout, and its transactions are begun by us so
+    that writers can take the database lock up front (``BEGIN IMMEDIATE``): SQLite's own
+    deferred BEGIN would let two writers both read, then deadlock on upgrade.
+    MySQL/MariaDB run at READ COMMITTED, which avoids InnoDB gap locks between writers of
+    different groups; every cross-database guarantee comes from explicit row locks.
+    """
+    backend = urls.backend_of(url)
+    if backend == "sqlite":
+        database = url.database or ""
+        if database and database != ":memory:" and create_dirs:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+        )
+        _make_sqlite_transactional(engine)
+        return engine
+    connect_args: dict[str, Any] = {"connect_timeout": int(max(1, settings.connect_timeout))}
+    kwargs: dict[str, Any] = {"pool_recycle": 3600, "pool_size": 10, "max_overflow": 20}
+    if backend == "mysql":
+        connect_args["charset"] = "utf8mb4"
+        kwargs["isolation_level"] = "READ COMMITTED"
+    return sa.create_engine(url, connect_args=connect_args, **kwargs)
+
+
+def _make_sqlite_transactional(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" event below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=OFF")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("shadowdb_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+@contextlib.contextmanager
+def database_errors(label: str) -> Iterator[None]:
+    """Translate driver errors raised inside the block into shadowdb errors.
+
+    A lost or refused connection becomes :class:`DatabaseUnreachable`; any other
+    driver-level operational failure becomes :class:`OperationalError`. Integrity errors
+    pass through: callers decide what a constraint violation means.
+    """
+    try:
+        yield
+    except exc.IntegrityError:
+        raise
+    except exc.DBAPIError as err:
+        detail = urls.mask_text(str(err.orig).strip().splitlines()[0] if err.orig else str(err))
+        if err.connection_invalidated or _is_connection_error(err):
+            raise DatabaseUnreachable(label, detail) from err
+        raise OperationalError(f"{label}: {detail}") from err
+
+
+def _is_connection_error(err: exc.DBAPIError) -> bool:
+    if isinstance(err, exc.InterfaceError):
+        return True
+    text = str(err.orig).lower()
+    markers = (
+        "can't connect",
+        "connection refused",
+        "lost connection",
+        "server has gone away",
+        "unable to open database file",
+        "could not connect",
+        "connection timeout",
+        "timeout expired",
+        "server closed the connection",
+        "connection is closed",
+        "the connection is lost",
+        "connection failed",
+        "unknown database",
+        "name or service not known",
+        "access denied",
+        "authentication failed",
+    )
+    if re.search(r'database "[^"]*" does not exist', text):
+        return True
+    return any(marker in text for marker in markers)
+
+
+@contextlib.contextmanager
+def reader(engine: Engine, label: str = "database") -> Iterator[Connection]:
+    """Open a read unit of work on ``engine``; it is rolled back, never committed."""
+    with database_errors(label), engine.connect() as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def writer(engine: Engine, label: str = "database") -> Iterator[Connection]:
+    """Open a write transaction on ``engine``: committed on success, else rolled back.
+
+    On SQLite the transaction starts with ``BEGIN IMMEDIATE``, taking the write lock
+    before the first read, so that read-then-write units cannot deadlock.
+    """
+    with database_errors(label), engine.connect() as conn:
+        conn = conn.execution_options(shadowdb_write=True)
+        with conn.begin():
+            yield conn
+
+
+class Databases:
+    """Hold the API engine and one engine per cell; dispose of them with :meth:`dispose`.
+
+    Built by :func:`connect`. Cells are read from ``cell_mappings`` when first needed
+    and again on :meth:`refresh_cells`.
+    """
+
+    def __init__(self, settings: Settings, api_url: URL, api: Engine) -> None:
+        self.settings = settings
+        self.api_url = api_url
+        self.api = api
+        self._cells: tuple[Cell, ...] | None = None
+        self._lock = threading.Lock()
+        self._engines: dict[str, Engine] = {}
+
+    @property
+    def api_label(self) -> str:
+        """Name the API database in messages and logs (password masked)."""
+        return f"API database {urls.mask(self.api_url)}"
+
+    @property
+    def cells(self) -> tuple[Cell, ...]:
+        """Every cell in ``cell_mappings``, ordered by id (cached)."""
+        if self._cells is None:
+            self.refresh_cells()
+        assert self._cells is not None
+        return self._cells
+
+    def refresh_cells(self) -> tuple[Cell, ...]:
+        """Re-read ``cell_mappings`` and create engines for cells not seen before."""
+        t = api_cell_mappings
+        with reader(self.api, self.api_label) as conn:
+            rows = conn.execute(
+                sa.select(t.c.id, t.c.uuid, t.c.name, t.c.database_connection).order_by(t.c.id)
+            ).all()
+        cells = []
+        with self._lock:
+            for row in rows:
+                url = urls.parse_url(row.database_connection)
+                key = url.render_as_string(hide_password=False)
+                engine = self._engines.get(key)
+                if engine is None:
+                    engine = create_engine(url, self.settings)
+                    self._engines[key] = engine
+                cells.append(Cell(row.id, row.uuid, row.name or row.uuid, url, engine))
+            self._cells = tuple(cells)
+        return self._cells
+
+    def cell(self, name: str) -> Cell:
+        """Return the cell called ``name`` (or with that uuid).
+
+        Raises:
+            UnknownCell: no cell has that name or uuid.
+        """
+        for cell in self.cells:
+            if name in (cell.name, cell.uuid):
+                return cell
+        raise UnknownCell(name)
+
+    def cell_by_id(self, cell_id: int) -> Cell | None:
+        """Return the cell with primary key ``cell_id`` in ``cell_mappings``, if any."""
+        for cell in self.cells:
+            if cell.id == cell_id:
+                return cell
+        return None
+
+    def dispose(self) -> None:
+        """Close every pooled connection of every engine."""
+        self.api.dispose()
+        with self._lock:
+            for engine in self._engines.values():
+                engine.dispose()
+
+    def __enter__(self) -> Databases:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.dispose()
+
+
+def connect(
+    api_url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    create: bool = False,
+) -> Databases:
+    """Connect to the API database (and, lazily, its cells).
+
+    Args:
+        api_url: URL of the API database; ``None`` takes ``settings.api_url``, then the
+            embedded SQLite file ``<data_dir>/api.sqlite``.
+        settings: process settings; defaults to :class:`Settings` with its defaults.
+        create: allow creating the embedded SQLite file and its folder (``db sync``).
+
+    Raises:
+        InvalidURL: the URL cannot be parsed or names an unsupported backend.
+        DatabaseUnreachable: the embedded SQLite file does not exist and ``create`` is
+            false (nothing is created by a read).
+    """
+    settings = settings or Settings()
+    raw = api_url or settings.api_url
+    url = urls.parse_url(raw) if raw else urls.sqlite_url(settings.data_dir / "api.sqlite")
+    if urls.backend_of(url) == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(url.database or "")
+        if not create and not path.exists():
+            raise DatabaseUnreachable(
+                f"API database {urls.mask(url)}",
+                "no such file (run `shadowdb db sync` to create it)",
+            )
+    engine = create_engine(url, settings, create_dirs=create)
+    return Databases(settings, url, engine)

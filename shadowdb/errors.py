@@ -1,0 +1,181 @@
+"""Name every failure shadowdb reports, so callers can catch exactly what they mean.
+
+Hierarchy::
+
+    ShadowDBError                      base of everything shadowdb raises on purpose
+    +-- InvalidInput                   bad input from a caller or an operator (CLI exit 127)
+    |   +-- InvalidURL                 .url (masked)
+    |   +-- UnknownCell                .cell
+    |   +-- UnknownPhase               .phase
+    +-- NotFound                       something asked for does not exist
+    |   +-- GroupNotFound              .group_uuid (or .name / .instance_uuid)
+    +-- Conflict                       a write collided with existing state
+    |   +-- GroupExists                .group_uuid, .database
+    |   +-- CellExists                 .cell
+    +-- GroupSaveError                 save() of a read-only field ("hosts")
+    +-- ObjectActionError              an object method used out of order (create twice)
+    +-- OperationalError               a database could not do what was asked (exit 2)
+    |   +-- DatabaseUnreachable        .database (a masked URL or a cell name)
+    |   +-- SchemaError                .database, a migration failed or the schema is old
+    |   +-- CellUnavailable            .cells, a get_hosts scatter that lost a cell
+    +-- GuardRefused                   a phase transition refused by its guards (exit 3)
+                                       .reasons, a tuple of human-readable strings
+
+Driver errors are wrapped where they occur and chained with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "CellExists",
+    "CellUnavailable",
+    "Conflict",
+    "DatabaseUnreachable",
+    "GroupExists",
+    "GroupNotFound",
+    "GroupSaveError",
+    "GuardRefused",
+    "InvalidInput",
+    "InvalidURL",
+    "NotFound",
+    "ObjectActionError",
+    "OperationalError",
+    "SchemaError",
+    "ShadowDBError",
+    "UnknownCell",
+    "UnknownPhase",
+]
+
+
+class ShadowDBError(Exception):
+    """Base class of every error shadowdb raises on purpose."""
+
+
+class InvalidInput(ShadowDBError, ValueError):
+    """Reject a value before anything is written."""
+
+
+class InvalidURL(InvalidInput):
+    """Reject a database URL that cannot be parsed or names no supported backend."""
+
+    def __init__(self, url: str, why: str) -> None:
+        self.url = url
+        super().__init__(f"invalid database URL {url!r}: {why}")
+
+
+class UnknownCell(InvalidInput):
+    """Name a cell that is not in ``cell_mappings``."""
+
+    def __init__(self, cell: str) -> None:
+        self.cell = cell
+        super().__init__(f"unknown cell {cell!r}")
+
+
+class UnknownPhase(InvalidInput):
+    """Name a phase that does not exist."""
+
+    def __init__(self, phase: str, known: Sequence[str]) -> None:
+        self.phase = phase
+        super().__init__(f"unknown phase {phase!r} (known: {', '.join(known)})")
+
+
+class NotFound(ShadowDBError, LookupError):
+    """Report that something asked for does not exist."""
+
+
+class GroupNotFound(NotFound):
+    """Report an instance group that no database holds (or the caller may not see)."""
+
+    def __init__(
+        self,
+        group_uuid: str | None = None,
+        *,
+        name: str | None = None,
+        instance_uuid: str | None = None,
+    ) -> None:
+        self.group_uuid = group_uuid
+        self.name = name
+        self.instance_uuid = instance_uuid
+        if name is not None:
+            what = f"name {name!r}"
+        elif instance_uuid is not None:
+            what = f"member instance {instance_uuid}"
+        else:
+            what = f"uuid {group_uuid}"
+        super().__init__(f"instance group with {what} not found")
+
+
+class Conflict(ShadowDBError):
+    """Report a write that collided with existing state."""
+
+
+class GroupExists(Conflict):
+    """Refuse to create a group whose uuid is already taken."""
+
+    def __init__(self, group_uuid: str, database: str) -> None:
+        self.group_uuid = group_uuid
+        self.database = database
+        super().__init__(f"instance group {group_uuid} already exists in the {database} database")
+
+
+class CellExists(Conflict):
+    """Refuse to register a cell name twice."""
+
+    def __init__(self, cell: str) -> None:
+        self.cell = cell
+        super().__init__(f"cell {cell!r} already exists")
+
+
+class GroupSaveError(ShadowDBError):
+    """Refuse to save a field that is computed, never stored (``hosts``)."""
+
+
+class ObjectActionError(ShadowDBError):
+    """Refuse an object method called out of order (``create()`` on a created group)."""
+
+    def __init__(self, action: str, reason: str) -> None:
+        self.action = action
+        self.reason = reason
+        super().__init__(f"cannot {action}: {reason}")
+
+
+class OperationalError(ShadowDBError):
+    """Report a database that could not do what was asked."""
+
+
+class DatabaseUnreachable(OperationalError):
+    """Report a database that cannot be connected to or went away mid-operation."""
+
+    def __init__(self, database: str, detail: str) -> None:
+        self.database = database
+        self.detail = detail
+        super().__init__(f"{database} unreachable: {detail}")
+
+
+class SchemaError(OperationalError):
+    """Report a schema that is missing, outdated or could not be migrated."""
+
+    def __init__(self, database: str, detail: str) -> None:
+        self.database = database
+        self.detail = detail
+        super().__init__(f"schema of {database}: {detail}")
+
+
+class CellUnavailable(OperationalError):
+    """Report cells that failed while answering a scatter-gather query."""
+
+    def __init__(self, cells: Sequence[str], detail: str = "") -> None:
+        self.cells = tuple(cells)
+        suffix = f": {detail}" if detail else ""
+        super().__init__(f"cell(s) {', '.join(self.cells)} unavailable{suffix}")
+
+
+class GuardRefused(ShadowDBError):
+    """Refuse a phase transition whose guards do not hold."""
+
+    def __init__(self, target: str, reasons: Sequence[str]) -> None:
+        self.target = target
+        self.reasons = tuple(reasons)
+        super().__init__(f"refusing to enter {target}: " + "; ".join(self.reasons))

@@ -1,0 +1,163 @@
+"""Persist the migration phase and serve it to every process through a short cache.
+
+The phase lives in the API database, in the single row of ``shadowdb_state``, with a
+monotonically increasing **epoch** (bumped on every change) and a row per change in
+``shadowdb_phase_history``. Processes read it through :class:`PhaseStore`, whose cache
+keeps an answer for at most ``Settings.phase_ttl`` seconds; the flip protocol in
+:mod:`shadowdb.switcher` relies on that bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import threading
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from shadowdb.databases import reader
+from shadowdb.errors import SchemaError, UnknownPhase
+from shadowdb.models import api_phase_history, api_state
+
+__all__ = ["Phase", "PhaseState", "PhaseStore", "read_state", "utcnow"]
+
+
+class Phase(enum.Enum):
+    """The four phases, in forward order; the values are what the database stores."""
+
+    CELL_ONLY = "cell-only"
+    DUAL_WRITE_CELL_READS = "dual-write-cell-reads"
+    DUAL_WRITE_API_READS = "dual-write-api-reads"
+    API_ONLY = "api-only"
+
+    @classmethod
+    def parse(cls, text: str) -> Phase:
+        """Return the phase named ``text``.
+
+        Raises:
+            UnknownPhase: no phase has that name.
+        """
+        try:
+            return cls(text)
+        except ValueError:
+            raise UnknownPhase(text, [p.value for p in cls]) from None
+
+    @property
+    def index(self) -> int:
+        """Position in the forward order, from 0."""
+        return list(Phase).index(self)
+
+    @property
+    def dual_write(self) -> bool:
+        """True in the two phases that write both databases."""
+        return self in (Phase.DUAL_WRITE_CELL_READS, Phase.DUAL_WRITE_API_READS)
+
+
+def utcnow() -> dt.datetime:
+    """Return the current UTC time, naive, to the second (as Nova stores timestamps)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseState:
+    """The phase row as last read."""
+
+    phase: Phase
+    epoch: int
+    changed_at: dt.datetime
+    default_cell_uuid: str | None
+
+
+_SELECT_STATE = sa.select(
+    api_state.c.phase, api_state.c.epoch, api_state.c.changed_at, api_state.c.default_cell_uuid
+).where(api_state.c.id == 1)
+
+
+def read_state(conn: Connection, *, for_update: bool = False) -> PhaseState:
+    """Read the phase row on ``conn``; with ``for_update`` lock it until commit.
+
+    Raises:
+        SchemaError: the API database was never synced by shadowdb.
+    """
+    stmt = _SELECT_STATE.with_for_update() if for_update else _SELECT_STATE
+    try:
+        row = conn.execute(stmt).one_or_none()
+    except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:
+        if "shadowdb_state" in str(err.orig):
+            raise SchemaError("API database", "not synced (run `shadowdb db sync`)") from err
+        raise
+    if row is None:
+        raise SchemaError("API database", "not synced (run `shadowdb db sync`)")
+    return PhaseState(Phase(row.phase), row.epoch, row.changed_at, row.default_cell_uuid)
+
+
+def initialise_state(conn: Connection, actor: str) -> bool:
+    """Create the phase row in ``cell-only`` at epoch 0 if it is missing.
+
+    Returns:
+        True if the row was created.
+    """
+    if conn.execute(sa.select(api_state.c.id).where(api_state.c.id == 1)).first():
+        return False
+    now = utcnow()
+    conn.execute(
+        api_state.insert().values(id=1, phase=Phase.CELL_ONLY.value, epoch=0, changed_at=now)
+    )
+    conn.execute(
+        api_phase_history.insert().values(
+            epoch=0,
+            from_phase=None,
+            to_phase=Phase.CELL_ONLY.value,
+            changed_at=now,
+            actor=actor,
+            reason="initial state (db sync)",
+            forced=False,
+        )
+    )
+    return True
+
+
+class PhaseStore:
+    """Serve the current phase from a cache no older than ``ttl`` seconds.
+
+    Thread-safe. ``get()`` is what object methods call on every operation; ``fresh()``
+    bypasses the cache (used when a decision must not rest on a stale phase).
+    """
+
+    def __init__(self, engine: sa.Engine, ttl: float, label: str = "API database") -> None:
+        self._engine = engine
+        self._ttl = ttl
+        self._label = label
+        self._lock = threading.Lock()
+        self._cached: PhaseState | None = None
+        self._read_at = 0.0
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a cached answer may be served."""
+        return self._ttl
+
+    def get(self) -> PhaseState:
+        """Return the phase, from the cache while it is younger than the TTL."""
+        cached = self._cached
+        if cached is not None and time.monotonic() - self._read_at < self._ttl:
+            return cached
+        return self.fresh()
+
+    def fresh(self) -> PhaseState:
+        """Read the phase from the API database and refresh the cache."""
+        started = time.monotonic()
+        with reader(self._engine, self._label) as conn:
+            state = read_state(conn)
+        with self._lock:
+            self._cached = state
+            self._read_at = started
+        return state
+
+    def invalidate(self) -> None:
+        """Forget the cached phase."""
+        with self._lock:
+            self._cached = None

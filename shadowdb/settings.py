@@ -1,0 +1,65 @@
+"""Hold the settings of one shadowdb process, built once at the edge.
+
+The CLI builds :class:`Settings` from its arguments and the environment; an embedding
+service builds it from its own configuration. No module reads the environment or a file
+at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["DEFAULT_DATA_DIR", "Settings"]
+
+#: Where the embedded SQLite databases live, relative to the working directory.
+DEFAULT_DATA_DIR = Path("shadowdb-data")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Configure how shadowdb reaches its databases and paces phase changes.
+
+    Attributes:
+        api_url: URL of the API database; ``None`` means the embedded SQLite file
+            ``<data_dir>/api.sqlite``.
+        data_dir: folder of the embedded SQLite databases.
+        phase_ttl: seconds a process may keep serving a cached phase. ``phase set``
+            waits this long (plus ``write_grace``) before it returns, so that no writer
+            of the old phase is still running when the caller goes on.
+        write_grace: upper bound, in seconds, of one object write; part of the drain wait.
+        connect_timeout: seconds to wait when connecting to a server database.
+        actor: who is acting, recorded in the phase history.
+    """
+
+    api_url: str | None = None
+    data_dir: Path = DEFAULT_DATA_DIR
+    phase_ttl: float = 2.0
+    write_grace: float = 1.0
+    connect_timeout: float = 5.0
+    actor: str = "shadowdb"
+
+    @property
+    def drain_wait(self) -> float:
+        """Seconds after a phase change until no writer of the old phase can be running."""
+        return self.phase_ttl + self.write_grace
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
+        """Build settings from ``SHADOWDB_*`` variables, then apply ``overrides``.
+
+        Recognised: ``SHADOWDB_API_URL``, ``SHADOWDB_DATA_DIR``, ``SHADOWDB_PHASE_TTL``.
+        """
+        values: dict[str, object] = {}
+        if environ.get("SHADOWDB_API_URL"):
+            values["api_url"] = environ["SHADOWDB_API_URL"]
+        if environ.get("SHADOWDB_DATA_DIR"):
+            values["data_dir"] = Path(environ["SHADOWDB_DATA_DIR"])
+        if environ.get("SHADOWDB_PHASE_TTL"):
+            values["phase_ttl"] = float(environ["SHADOWDB_PHASE_TTL"])
+        user = environ.get("USER") or environ.get("LOGNAME")
+        if user:
+            values["actor"] = user
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
