@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any, NoReturn, TextIO
 
 import structlog
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shadowdb import commands, errors, urls
-from shadowdb.databases import Databases, connect
+from shadowdb.databases import connect
 from shadowdb.settings import Settings
 
 __all__ = ["ExitCode", "main", "main_entry"]
@@ -83,7 +83,9 @@ def _configure_logging(debug: bool, stream: TextIO) -> None:
     )
 
 
-def _mask_passwords(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _mask_passwords(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for key, value in event.items():
         if isinstance(value, str):
             event[key] = urls.mask_text(value)
@@ -124,7 +126,9 @@ class _Output:
     def line(self, text: str = "") -> None:
         self.console.print(text, markup=False)
 
-    def table(self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def table(
+        self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
         table = Table(title=title, title_justify="left")
         for column in columns:
             table.add_column(column)
@@ -157,7 +161,10 @@ def _cmd_cell_add(args: argparse.Namespace, settings: Settings, out: _Output) ->
     if out.json:
         out.emit_json(info)
     else:
-        out.line(f"cell {info.name} added: {info.uuid} {info.url}" + (" (default)" if info.default else ""))
+        out.line(
+            f"cell {info.name} added: {info.uuid} {info.url}"
+            + (" (default)" if info.default else "")
+        )
     return ExitCode.OK
 
 
@@ -185,7 +192,10 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: _Output) -> E
     if out.json:
         out.emit_json(result)
         return ExitCode.OK
-    out.line(f"phase: {result.phase} (epoch {result.epoch}, since {result.changed_at:%Y-%m-%d %H:%M:%S}Z)")
+    out.line(
+        f"phase: {result.phase} (epoch {result.epoch}, "
+        f"since {result.changed_at:%Y-%m-%d %H:%M:%S}Z)"
+    )
     _cells_table(out, result.cells)
     return ExitCode.OK
 
@@ -209,17 +219,23 @@ def _build_parser() -> _Parser:
         description="Move Nova instance groups from cell databases to the API database.",
         parents=[common],
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
 
     db = sub.add_parser("db", help="manage database schemas", parents=[common])
-    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True, parser_class=_Parser)
+    db_sub = db.add_subparsers(
+        dest="db_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
     sync = db_sub.add_parser(
         "sync", help="bring the API and every cell database to the latest schema", parents=[common]
     )
     sync.set_defaults(handler=_cmd_db_sync)
 
     cell = sub.add_parser("cell", help="register and list cells", parents=[common])
-    cell_sub = cell.add_subparsers(dest="cell_command", metavar="ACTION", required=True, parser_class=_Parser)
+    cell_sub = cell.add_subparsers(
+        dest="cell_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
     add = cell_sub.add_parser("add", help="register a cell database", parents=[common])
     add.add_argument("name", help="cell name")
     add.add_argument("db_url", metavar="DB_URL", help="cell database URL")

@@ -19,6 +19,8 @@ member rows, for instance) come from locking, not from new constraints.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
@@ -29,7 +31,7 @@ __all__ = [
     "cell_metadata",
 ]
 
-_MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8"}
+_MYSQL: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8"}
 
 
 def _medium_text() -> sa.types.TypeEngine[str]:

@@ -11,6 +11,8 @@ Create Date: 2026-11-27
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -19,7 +21,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-_MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8"}
+_MYSQL: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8"}
 
 
 def _missing(name: str) -> bool:
@@ -80,9 +82,7 @@ def upgrade() -> None:
             sa.Column("updated_at", sa.DateTime),
             sa.Column("id", sa.Integer, primary_key=True, nullable=False),
             sa.Column("policy", sa.String(length=255)),
-            sa.Column(
-                "group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False
-            ),
+            sa.Column("group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False),
             sa.Column("rules", sa.Text),
             sa.Index("instance_group_policy_policy_idx", "policy"),
             **_MYSQL,
@@ -94,9 +94,7 @@ def upgrade() -> None:
             sa.Column("updated_at", sa.DateTime),
             sa.Column("id", sa.Integer, primary_key=True, nullable=False),
             sa.Column("instance_uuid", sa.String(length=255)),
-            sa.Column(
-                "group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False
-            ),
+            sa.Column("group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False),
             sa.Index("instance_group_member_instance_idx", "instance_uuid"),
             **_MYSQL,
         )

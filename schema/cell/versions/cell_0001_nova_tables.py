@@ -12,6 +12,8 @@ Create Date: 2026-11-27
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql, postgresql
@@ -21,7 +23,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-_MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8"}
+_MYSQL: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8"}
 
 
 def _missing(name: str) -> bool:
@@ -135,9 +137,7 @@ def upgrade() -> None:
             *_soft_delete(),
             sa.Column("id", sa.Integer, primary_key=True, nullable=False),
             sa.Column("policy", sa.String(length=255)),
-            sa.Column(
-                "group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False
-            ),
+            sa.Column("group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False),
             sa.Index("instance_group_policy_policy_idx", "policy"),
             **_MYSQL,
         )
@@ -147,9 +147,7 @@ def upgrade() -> None:
             *_soft_delete(),
             sa.Column("id", sa.Integer, primary_key=True, nullable=False),
             sa.Column("instance_id", sa.String(length=255)),
-            sa.Column(
-                "group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False
-            ),
+            sa.Column("group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False),
             sa.Index("instance_group_member_instance_idx", "instance_id"),
             **_MYSQL,
         )

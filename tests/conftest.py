@@ -1,0 +1,208 @@
+"""The topology fixture: an API database and two cells, on SQLite, MariaDB and PostgreSQL.
+
+``backend`` is parametrized over the three backends with one marker each, so
+``-m "not mysql"`` and friends work. A server that cannot be reached skips its tests
+locally and fails them when ``CI`` is set: on the project's machines every backend runs.
+
+Server databases are created and synced once per session and emptied before each test
+(shadowdb's phase row goes back to ``cell-only``); SQLite topologies are fresh files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import URL
+
+from shadowdb import commands, models, schema
+from shadowdb.databases import Databases, connect, create_engine
+from shadowdb.phase import initialise_state
+from shadowdb.settings import Settings
+from tests.backends import BACKENDS, Server, worker_id
+
+CELL_NAMES = ("cell1", "cell2")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Logs stay quiet in tests unless a test captures them itself.
+    import logging
+
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+    folder = tmp_path_factory.mktemp("sqlite-template")
+    made = {b: Server.for_backend(b, folder) for b in BACKENDS}
+    yield made
+    for server in made.values():
+        server.dispose()
+
+
+_unreachable: dict[str, str] = {}
+
+
+def _require(server: Server) -> None:
+    if server.backend in _unreachable:
+        reason = _unreachable[server.backend]
+    else:
+        try:
+            server.ping()
+            return
+        except Exception as err:  # any failure to connect
+            reason = _unreachable[server.backend] = f"{server.backend} unreachable: {err}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI requires every backend)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(
+    scope="session",
+    params=[pytest.param(b, marks=getattr(pytest.mark, b)) for b in BACKENDS],
+)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def server(backend: str, servers: dict[str, Server]) -> Server:
+    s = servers[backend]
+    _require(s)
+    return s
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for tests: a short phase TTL keeps flips quick without skipping the wait."""
+    return Settings(data_dir=tmp_path / "data", phase_ttl=0.05, write_grace=0.05, actor="tests")
+
+
+@dataclasses.dataclass
+class Topology:
+    """An API database and two registered, synced cells."""
+
+    backend: str
+    api_url: URL
+    cell_urls: dict[str, URL]
+    settings: Settings
+    dbs: Databases
+
+    @property
+    def api_url_text(self) -> str:
+        return self.api_url.render_as_string(hide_password=False)
+
+    def cell_engine(self, name: str) -> sa.Engine:
+        return self.dbs.cell(name).engine
+
+
+def _db_name(role: str) -> str:
+    return f"sdbtest_{worker_id()}_{role}"
+
+
+_synced: dict[str, tuple[URL, dict[str, URL]]] = {}
+
+
+def _empty(engine: sa.Engine, metadata: sa.MetaData, keep: set[str]) -> None:
+    with engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            if table.name not in keep:
+                conn.execute(table.delete())
+
+
+def _server_topology(server: Server, settings: Settings) -> tuple[URL, dict[str, URL]]:
+    if server.backend not in _synced:
+        api_url = server.create(_db_name("api"))
+        cell_urls = {name: server.create(_db_name(name)) for name in CELL_NAMES}
+        with connect(api_url.render_as_string(hide_password=False), settings=settings) as dbs:
+            commands.sync_schema(dbs)
+            for name in CELL_NAMES:
+                commands.add_cell(dbs, name, cell_urls[name].render_as_string(hide_password=False))
+            commands.sync_schema(dbs)
+        _synced[server.backend] = (api_url, cell_urls)
+        return _synced[server.backend]
+    api_url, cell_urls = _synced[server.backend]
+    api = create_engine(api_url, settings)
+    try:
+        _empty(api, models.api_metadata, keep={"cell_mappings"})
+        with api.begin() as conn:
+            conn.execute(
+                models.api_cell_mappings.delete().where(
+                    models.api_cell_mappings.c.name.not_in(CELL_NAMES)
+                )
+            )
+            initialise_state(conn, "tests")
+    finally:
+        api.dispose()
+    for url in cell_urls.values():
+        engine = create_engine(url, settings)
+        try:
+            _empty(engine, models.cell_metadata, keep=set())
+        finally:
+            engine.dispose()
+    return api_url, cell_urls
+
+
+def _sqlite_topology(
+    server: Server, settings: Settings, folder: Path
+) -> tuple[URL, dict[str, URL]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    api_url = sa.URL.create("sqlite+pysqlite", database=str(folder / "api.sqlite"))
+    cell_urls = {
+        n: sa.URL.create("sqlite+pysqlite", database=str(folder / f"{n}.sqlite"))
+        for n in CELL_NAMES
+    }
+    with connect(str(api_url), settings=settings, create=True) as dbs:
+        commands.sync_schema(dbs)
+        for name in CELL_NAMES:
+            commands.add_cell(dbs, name, str(cell_urls[name]))
+        commands.sync_schema(dbs)
+    return api_url, cell_urls
+
+
+@pytest.fixture
+def topology(server: Server, settings: Settings, tmp_path: Path) -> Iterator[Topology]:
+    """An API database with cells ``cell1`` (the default) and ``cell2``, all synced, empty."""
+    if server.backend == "sqlite":
+        api_url, cell_urls = _sqlite_topology(server, settings, tmp_path / "topology")
+    else:
+        api_url, cell_urls = _server_topology(server, settings)
+    dbs = connect(api_url.render_as_string(hide_password=False), settings=settings)
+    try:
+        yield Topology(server.backend, api_url, cell_urls, settings, dbs)
+    finally:
+        dbs.dispose()
+
+
+@dataclasses.dataclass
+class FreshDatabases:
+    """Three empty databases (API and two cells) nobody has touched yet."""
+
+    backend: str
+    server: Server
+    api_url: URL
+    cell_urls: dict[str, URL]
+
+
+@pytest.fixture
+def fresh(server: Server, tmp_path: Path) -> Iterator[FreshDatabases]:
+    """Empty databases, created for this test and dropped after it."""
+    if server.backend == "sqlite":
+        server = Server("sqlite", folder=tmp_path)
+    names = {"api": _db_name("fresh_api")} | {n: _db_name(f"fresh_{n}") for n in CELL_NAMES}
+    urls = {role: server.create(name) for role, name in names.items()}
+    yield FreshDatabases(server.backend, server, urls.pop("api"), {n: urls[n] for n in CELL_NAMES})
+    for name in names.values():
+        server.drop(name)
+
+
+__all__ = ["FreshDatabases", "Topology", "schema"]
