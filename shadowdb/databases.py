@@ -16,7 +16,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import structlog
@@ -37,6 +37,9 @@ __all__ = [
     "reader",
     "writer",
 ]
+
+if TYPE_CHECKING:
+    from shadowdb.phase import PhaseStore
 
 log = structlog.get_logger(__name__)
 
@@ -187,6 +190,16 @@ class Databases:
         self._cells: tuple[Cell, ...] | None = None
         self._lock = threading.Lock()
         self._engines: dict[str, Engine] = {}
+        self._phases: PhaseStore | None = None
+
+    @property
+    def phases(self) -> PhaseStore:
+        """The phase of this deployment, cached for ``settings.phase_ttl`` seconds."""
+        if self._phases is None:
+            from shadowdb.phase import PhaseStore
+
+            self._phases = PhaseStore(self.api, self.settings.phase_ttl, self.api_label)
+        return self._phases
 
     @property
     def api_label(self) -> str:

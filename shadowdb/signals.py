@@ -1,0 +1,64 @@
+"""Announce what shadowdb does, as blinker signals (observe, never control).
+
+All signals live in one :class:`blinker.Namespace`. The sender is always the
+:class:`~shadowdb.databases.Databases` the event happened on (so a receiver can
+``connect(receiver, sender=dbs)`` to one deployment). Keyword arguments per signal:
+
+``group-created``
+    ``group_uuid``, ``phase`` (value string), ``fields`` (dict of the stored fields).
+``group-updated``
+    ``group_uuid``, ``phase``, ``fields`` (dict of the changed fields only).
+``group-deleted``
+    ``group_uuid``, ``phase``.
+``group-members-added``
+    ``group_uuid``, ``phase``, ``instance_uuids`` (list, the uuids newly added).
+``group-members-removed``
+    ``group_uuid``, ``phase``, ``instance_uuids``.
+``phase-changed``
+    ``from_phase``, ``to_phase``, ``epoch``, ``forced`` (bool), ``reason``, ``actor``.
+``fallback-read``
+    ``what`` (the lookup, e.g. ``"get_by_uuid"``), ``key`` (the uuid, name or instance
+    uuid looked up), ``cell`` (name of the cell that answered, or ``None``).
+``shadow-write-failed``
+    ``group_uuid``, ``phase``, ``database`` (label of the database that failed),
+    ``error`` (one-line text), ``journal`` (``"api"`` or ``"cell"``: where it was recorded).
+``journal-replayed``
+    ``group_uuid``, ``journal`` (``"api"`` or ``"cell"``), ``entries`` (rows cleared).
+``divergence``
+    ``group_uuid``, ``kind``, ``detail``.
+``backfill-progress``
+    ``migration``, ``found``, ``done``, ``batch``.
+"""
+
+from __future__ import annotations
+
+from blinker import Namespace
+
+__all__ = [
+    "backfill_progress",
+    "divergence",
+    "fallback_read",
+    "group_created",
+    "group_deleted",
+    "group_members_added",
+    "group_members_removed",
+    "group_updated",
+    "journal_replayed",
+    "phase_changed",
+    "shadow_write_failed",
+    "signals",
+]
+
+signals = Namespace()
+
+group_created = signals.signal("group-created")
+group_updated = signals.signal("group-updated")
+group_deleted = signals.signal("group-deleted")
+group_members_added = signals.signal("group-members-added")
+group_members_removed = signals.signal("group-members-removed")
+phase_changed = signals.signal("phase-changed")
+fallback_read = signals.signal("fallback-read")
+shadow_write_failed = signals.signal("shadow-write-failed")
+journal_replayed = signals.signal("journal-replayed")
+divergence = signals.signal("divergence")
+backfill_progress = signals.signal("backfill-progress")
