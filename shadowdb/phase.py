@@ -76,13 +76,21 @@ _SELECT_STATE = sa.select(
 ).where(api_state.c.id == 1)
 
 
-def read_state(conn: Connection, *, for_update: bool = False) -> PhaseState:
-    """Read the phase row on ``conn``; with ``for_update`` lock it until commit.
+def read_state(conn: Connection, *, for_update: bool = False, share: bool = False) -> PhaseState:
+    """Read the phase row on ``conn``; lock it until commit if asked.
+
+    ``for_update`` takes the exclusive lock (the switcher, changing the phase); ``share``
+    takes a shared lock (a writer, pinning the phase for the length of its transaction:
+    the switcher's update waits until the writer commits).
 
     Raises:
         SchemaError: the API database was never synced by shadowdb.
     """
-    stmt = _SELECT_STATE.with_for_update() if for_update else _SELECT_STATE
+    stmt = _SELECT_STATE
+    if for_update:
+        stmt = stmt.with_for_update()
+    elif share:
+        stmt = stmt.with_for_update(read=True)
     try:
         row = conn.execute(stmt).one_or_none()
     except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:

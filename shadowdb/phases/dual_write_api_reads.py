@@ -1,0 +1,82 @@
+"""Serve ``dual-write-api-reads``: the API copy is the authority, the cell copy follows.
+
+Writes go to the API database (with a journal entry in the same transaction), then to the
+cell under the same per-group lock; the entry is removed once the cell copy commits, and
+stays for :func:`shadowdb.sync.drain_journals` if it does not.
+
+Reads go to the API database and fall back to the cells on a miss: the fallback lives in
+:meth:`DualWriteApiReads.find`, here and nowhere else, and always fires the
+``fallback-read`` signal. Lists merge both, one copy per uuid, the API copy winning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from shadowdb import signals
+from shadowdb.databases import Databases
+from shadowdb.phase import Phase, PhaseState
+from shadowdb.phases.base import (
+    Lookup,
+    Mutation,
+    Written,
+    dual_write,
+    find_in_api,
+    find_in_cells,
+    list_api,
+    list_cells,
+    merge,
+)
+from shadowdb.queries import GroupRecord, Scope
+
+log = structlog.get_logger(__name__)
+
+
+class DualWriteApiReads:
+    """Write API then cell; read the API database, falling back to the cells."""
+
+    phase = Phase.DUAL_WRITE_API_READS
+
+    def find(self, dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord:
+        """Look the group up in the API database, then (announced) in the cells."""
+        record = find_in_api(dbs, lookup, scope)
+        if record is not None:
+            return record
+        # Once the phase has moved on to api-only, the cell copies are stale: a reader
+        # still holding the old phase in its cache must not serve them.
+        if dbs.phases.fresh().phase is Phase.API_ONLY:
+            raise lookup.not_found()
+        found = find_in_cells(dbs, lookup, scope)
+        signals.fallback_read.send(
+            dbs, what=lookup.kind, key=lookup.key, cell=found[1].name if found else None
+        )
+        log.info(
+            "fallback_read",
+            what=lookup.kind,
+            key=lookup.key,
+            cell=found[1].name if found else None,
+        )
+        if found is None:
+            raise lookup.not_found()
+        return found[0]
+
+    def list(self, dbs: Databases, scope: Scope) -> list[GroupRecord]:
+        """List API and cell groups, one copy per uuid, the API copy winning."""
+        return merge(list_api(dbs, scope), list_cells(dbs, scope), dbs)
+
+    def write(
+        self,
+        dbs: Databases,
+        state: PhaseState,
+        group_uuid: str,
+        mutation: Mutation[Any],
+        *,
+        scope: Scope | None,
+        create: bool = False,
+    ) -> Written:
+        """Write the API copy (with its journal entry), then level the cell copy."""
+        return dual_write(
+            dbs, state, group_uuid, mutation, scope=scope, create=create, authority="api"
+        )

@@ -1,0 +1,457 @@
+"""Read and write instance groups on one database, API or cell: the SQL lives here.
+
+The two kinds of database hold the same groups in different shapes (the cell tables
+soft-delete and call the member column ``instance_id``; the API tables hard-delete and
+call it ``instance_uuid``). :class:`GroupTables` hides that behind one interface with
+two instances, :data:`API` and :data:`CELL`, so that every phase, the synchroniser and
+the backfill speak of "a side" without caring which.
+
+Every function takes the :class:`~sqlalchemy.engine.Connection` it is given and never
+commits or opens one; the caller scopes the unit of work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from shadowdb import models
+from shadowdb.phase import utcnow
+
+__all__ = ["API", "CELL", "GroupRecord", "GroupTables", "JournalEntry", "Scope"]
+
+#: Most bound parameters one statement carries (SQLite's historic limit is 999).
+CHUNK = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupRecord:
+    """One group as one database holds it: the row, its live policies and members."""
+
+    id: int
+    uuid: str
+    name: str | None
+    user_id: str | None
+    project_id: str | None
+    policies: tuple[str, ...]
+    members: tuple[str, ...]
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+
+    def same_data(self, other: GroupRecord) -> bool:
+        """Compare what a migration must preserve (everything but the per-database id)."""
+        return (
+            self.uuid == other.uuid
+            and self.name == other.name
+            and self.user_id == other.user_id
+            and self.project_id == other.project_id
+            and sorted(self.policies) == sorted(other.policies)
+            and sorted(self.members) == sorted(other.members)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """Which project a caller may see: ``None`` for an admin (every project)."""
+
+    project_id: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalEntry:
+    """A pending journal row: the group whose other copy may lag this side's."""
+
+    id: int
+    group_uuid: str
+    created_at: dt.datetime
+    epoch: int
+    error: str | None
+
+
+def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+class GroupTables:
+    """The group tables of one kind of database (API or cell) and the SQL on them."""
+
+    def __init__(
+        self,
+        name: str,
+        groups: sa.Table,
+        policies: sa.Table,
+        members: sa.Table,
+        journal: sa.Table,
+        member_column: str,
+        soft_delete: bool,
+    ) -> None:
+        self.name = name
+        self.groups = groups
+        self.policies = policies
+        self.members = members
+        self.journal = journal
+        self.member_col: sa.Column[Any] = members.c[member_column]
+        self.soft_delete = soft_delete
+
+    def __repr__(self) -> str:
+        return f"<GroupTables {self.name}>"
+
+    # ------------------------------------------------------------------ filters
+
+    def _live(self, table: sa.Table) -> list[sa.ColumnElement[bool]]:
+        return [table.c.deleted == 0] if self.soft_delete else []
+
+    def _scoped(self, scope: Scope | None) -> list[sa.ColumnElement[bool]]:
+        g = self.groups
+        where = self._live(g)
+        if scope is not None and scope.project_id is not None:
+            where.append(g.c.project_id == scope.project_id)
+        return where
+
+    # ------------------------------------------------------------------ reads
+
+    def _hydrate(self, conn: Connection, rows: Sequence[sa.Row[Any]]) -> list[GroupRecord]:
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        policies: dict[int, list[str]] = {i: [] for i in ids}
+        members: dict[int, list[str]] = {i: [] for i in ids}
+        p, m = self.policies, self.members
+        for chunk in _chunks(ids):
+            for gid, policy in conn.execute(
+                sa.select(p.c.group_id, p.c.policy)
+                .where(p.c.group_id.in_(chunk), *self._live(p))
+                .order_by(p.c.id)
+            ):
+                policies[gid].append(policy)
+            for gid, member in conn.execute(
+                sa.select(m.c.group_id, self.member_col)
+                .where(m.c.group_id.in_(chunk), *self._live(m))
+                .order_by(m.c.id)
+            ):
+                members[gid].append(member)
+        return [
+            GroupRecord(
+                id=r.id,
+                uuid=r.uuid,
+                name=r.name,
+                user_id=r.user_id,
+                project_id=r.project_id,
+                policies=tuple(policies[r.id]),
+                members=tuple(members[r.id]),
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+            )
+            for r in rows
+        ]
+
+    def _group_columns(self) -> list[sa.Column[Any]]:
+        g = self.groups
+        return [
+            g.c.id,
+            g.c.uuid,
+            g.c.name,
+            g.c.user_id,
+            g.c.project_id,
+            g.c.created_at,
+            g.c.updated_at,
+        ]
+
+    def get(
+        self,
+        conn: Connection,
+        group_uuid: str,
+        *,
+        scope: Scope | None = None,
+        lock: bool = False,
+    ) -> GroupRecord | None:
+        """Load the live group ``group_uuid``; with ``lock``, lock its row until commit.
+
+        The row lock is the per-group lock of the dual-write protocol
+        (``SELECT ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` already serialises).
+        """
+        stmt = sa.select(*self._group_columns()).where(
+            self.groups.c.uuid == group_uuid, *self._scoped(scope)
+        )
+        if lock:
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        return self._hydrate(conn, [row])[0]
+
+    def get_many(self, conn: Connection, group_uuids: Sequence[str]) -> list[GroupRecord]:
+        """Load the live groups among ``group_uuids``, in id order."""
+        rows: list[sa.Row[Any]] = []
+        for chunk in _chunks(list(group_uuids)):
+            rows.extend(
+                conn.execute(
+                    sa.select(*self._group_columns())
+                    .where(self.groups.c.uuid.in_(chunk), *self._live(self.groups))
+                    .order_by(self.groups.c.id)
+                ).all()
+            )
+        return self._hydrate(conn, rows)
+
+    def by_name(self, conn: Connection, name: str, *, scope: Scope | None) -> GroupRecord | None:
+        """Load the oldest live group called ``name`` (ties broken by id), within scope."""
+        g = self.groups
+        row = conn.execute(
+            sa.select(*self._group_columns())
+            .where(g.c.name == name, *self._scoped(scope))
+            .order_by(g.c.created_at, g.c.id)
+            .limit(1)
+        ).first()
+        return self._hydrate(conn, [row])[0] if row is not None else None
+
+    def uuid_by_member(self, conn: Connection, instance_uuid: str) -> str | None:
+        """Return the uuid of the first live group holding ``instance_uuid`` as a member.
+
+        One indexed lookup (the member index on the instance column) joined to the group.
+        """
+        g, m = self.groups, self.members
+        row = conn.execute(
+            sa.select(g.c.uuid)
+            .select_from(m.join(g, m.c.group_id == g.c.id))
+            .where(self.member_col == instance_uuid, *self._live(m), *self._live(g))
+            .order_by(m.c.id)
+            .limit(1)
+        ).first()
+        return None if row is None else str(row.uuid)
+
+    def list_groups(self, conn: Connection, *, scope: Scope | None) -> list[GroupRecord]:
+        """Load every live group within ``scope``, in id order."""
+        rows = conn.execute(
+            sa.select(*self._group_columns()).where(*self._scoped(scope)).order_by(self.groups.c.id)
+        ).all()
+        return self._hydrate(conn, rows)
+
+    def uuids(self, conn: Connection, *, scope: Scope | None = None) -> set[str]:
+        """Return the uuids of every live group within ``scope``."""
+        return {
+            r[0] for r in conn.execute(sa.select(self.groups.c.uuid).where(*self._scoped(scope)))
+        }
+
+    # ------------------------------------------------------------------ writes
+
+    def insert(self, conn: Connection, record: GroupRecord) -> int:
+        """Insert ``record`` (row, policies, members) and return the new row id.
+
+        Raises:
+            sqlalchemy.exc.IntegrityError: the uuid is taken (live, on a cell).
+        """
+        now = utcnow()
+        values: dict[str, Any] = {
+            "uuid": record.uuid,
+            "name": record.name,
+            "user_id": record.user_id,
+            "project_id": record.project_id,
+            "created_at": record.created_at or now,
+            "updated_at": record.updated_at,
+        }
+        if self.soft_delete:
+            values["deleted"] = 0
+        result = conn.execute(self.groups.insert().values(**values))
+        assert result.inserted_primary_key is not None
+        group_id = int(result.inserted_primary_key[0])
+        self._insert_children(conn, group_id, record.policies, record.members, now)
+        return group_id
+
+    def _insert_children(
+        self,
+        conn: Connection,
+        group_id: int,
+        policies: Sequence[str],
+        members: Sequence[str],
+        now: dt.datetime,
+    ) -> None:
+        extra: dict[str, Any] = {"deleted": 0} if self.soft_delete else {}
+        if policies:
+            conn.execute(
+                self.policies.insert(),
+                [{"group_id": group_id, "policy": p, "created_at": now, **extra} for p in policies],
+            )
+        if members:
+            conn.execute(
+                self.members.insert(),
+                [
+                    {"group_id": group_id, self.member_col.key: m, "created_at": now, **extra}
+                    for m in members
+                ],
+            )
+
+    def update_fields(self, conn: Connection, group_id: int, fields: dict[str, Any]) -> None:
+        """Update scalar columns of the group row (``updated_at`` included if given)."""
+        if fields:
+            conn.execute(self.groups.update().where(self.groups.c.id == group_id).values(**fields))
+
+    def _retire(self, conn: Connection, table: sa.Table, where: sa.ColumnElement[bool]) -> None:
+        if self.soft_delete:
+            # Nova's soft delete: deleted = the row's own id, deleted_at = now.
+            conn.execute(
+                table.update()
+                .where(where, table.c.deleted == 0)
+                .values(deleted=table.c.id, deleted_at=utcnow())
+            )
+        else:
+            conn.execute(table.delete().where(where))
+
+    def set_policies(self, conn: Connection, record: GroupRecord, policies: Sequence[str]) -> bool:
+        """Make the live policies of ``record`` exactly ``policies`` (replace-set)."""
+        wanted = list(dict.fromkeys(policies))
+        if list(record.policies) == wanted:
+            return False
+        p = self.policies
+        self._retire(conn, p, p.c.group_id == record.id)
+        self._insert_children(conn, record.id, wanted, (), utcnow())
+        return True
+
+    def set_members(self, conn: Connection, record: GroupRecord, members: Sequence[str]) -> bool:
+        """Make the live members of ``record`` exactly ``members`` (replace-set).
+
+        Members already present keep their rows (and so their insertion order); only the
+        difference is written. Duplicate rows (possible in Nova's API tables) are rebuilt.
+        """
+        wanted = list(dict.fromkeys(members))
+        have = list(record.members)
+        duplicates = len(set(have)) != len(have)
+        if not duplicates and set(have) == set(wanted):
+            return False
+        m = self.members
+        if duplicates:
+            self._retire(conn, m, m.c.group_id == record.id)
+            self._insert_children(conn, record.id, (), wanted, utcnow())
+            return True
+        for chunk in _chunks(sorted(set(have) - set(wanted))):
+            self._retire(conn, m, sa.and_(m.c.group_id == record.id, self.member_col.in_(chunk)))
+        present = set(have)
+        self._insert_children(
+            conn, record.id, (), [u for u in wanted if u not in present], utcnow()
+        )
+        return True
+
+    def add_members(
+        self, conn: Connection, record: GroupRecord, instance_uuids: Sequence[str]
+    ) -> list[str]:
+        """Add the members of ``instance_uuids`` not yet present; return those added.
+
+        The caller holds the group's row lock, so two concurrent callers adding the same
+        uuid are serialised and the second finds it present: no duplicate rows.
+        """
+        have = set(record.members)
+        added = [u for u in dict.fromkeys(instance_uuids) if u not in have]
+        self._insert_children(conn, record.id, (), added, utcnow())
+        return added
+
+    def remove_members(
+        self, conn: Connection, record: GroupRecord, instance_uuids: Sequence[str]
+    ) -> list[str]:
+        """Remove the given members; return those that were present."""
+        gone = [u for u in dict.fromkeys(instance_uuids) if u in set(record.members)]
+        m = self.members
+        for chunk in _chunks(gone):
+            self._retire(conn, m, sa.and_(m.c.group_id == record.id, self.member_col.in_(chunk)))
+        return gone
+
+    def delete(self, conn: Connection, record: GroupRecord) -> None:
+        """Delete the group and its children (soft on a cell, hard on the API, children first)."""
+        p, m, g = self.policies, self.members, self.groups
+        self._retire(conn, p, p.c.group_id == record.id)
+        self._retire(conn, m, m.c.group_id == record.id)
+        self._retire(conn, g, g.c.id == record.id)
+
+    def touch(self, conn: Connection, group_id: int, when: dt.datetime | None = None) -> None:
+        """Set ``updated_at`` of the group row."""
+        self.update_fields(conn, group_id, {"updated_at": when or utcnow()})
+
+    # ------------------------------------------------------------------ counts
+
+    def count(
+        self, conn: Connection, *, project_id: str | None = None, user_id: str | None = None
+    ) -> int:
+        """Count live groups, optionally of one project and user."""
+        g = self.groups
+        where = self._live(g)
+        if project_id is not None:
+            where.append(g.c.project_id == project_id)
+        if user_id is not None:
+            where.append(g.c.user_id == user_id)
+        return int(
+            conn.execute(sa.select(sa.func.count()).select_from(g).where(*where)).scalar_one()
+        )
+
+    # ------------------------------------------------------------------ journal
+
+    def journal_add(
+        self, conn: Connection, group_uuid: str, epoch: int, error: str | None = None
+    ) -> int:
+        """Record that ``group_uuid``'s other copy may lag this side's; return the row id."""
+        result = conn.execute(
+            self.journal.insert().values(
+                group_uuid=group_uuid, created_at=utcnow(), epoch=epoch, error=error
+            )
+        )
+        assert result.inserted_primary_key is not None
+        return int(result.inserted_primary_key[0])
+
+    def journal_note(self, conn: Connection, entry_id: int, error: str) -> None:
+        """Attach the error that kept an entry pending."""
+        conn.execute(
+            self.journal.update().where(self.journal.c.id == entry_id).values(error=error[:2000])
+        )
+
+    def journal_clear(self, conn: Connection, group_uuid: str, up_to_id: int) -> int:
+        """Delete ``group_uuid``'s entries with ids up to ``up_to_id``; return how many."""
+        j = self.journal
+        result = conn.execute(j.delete().where(j.c.group_uuid == group_uuid, j.c.id <= up_to_id))
+        return int(result.rowcount or 0)
+
+    def journal_pending(self, conn: Connection, limit: int | None = None) -> list[JournalEntry]:
+        """List pending entries, oldest first."""
+        j = self.journal
+        stmt = sa.select(j.c.id, j.c.group_uuid, j.c.created_at, j.c.epoch, j.c.error).order_by(
+            j.c.id
+        )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return [JournalEntry(*row) for row in conn.execute(stmt)]
+
+    def journal_for(self, conn: Connection, group_uuid: str) -> list[int]:
+        """Return the ids of ``group_uuid``'s pending entries."""
+        j = self.journal
+        return [
+            int(r[0])
+            for r in conn.execute(
+                sa.select(j.c.id).where(j.c.group_uuid == group_uuid).order_by(j.c.id)
+            )
+        ]
+
+    def journal_count(self, conn: Connection) -> int:
+        """Count pending entries."""
+        return int(conn.execute(sa.select(sa.func.count()).select_from(self.journal)).scalar_one())
+
+
+API = GroupTables(
+    "api",
+    models.api_groups,
+    models.api_policies,
+    models.api_members,
+    models.api_journal,
+    member_column="instance_uuid",
+    soft_delete=False,
+)
+CELL = GroupTables(
+    "cell",
+    models.cell_groups,
+    models.cell_policies,
+    models.cell_members,
+    models.cell_journal,
+    member_column="instance_id",
+    soft_delete=True,
+)

@@ -1,0 +1,254 @@
+"""Bring one copy of a group level with the other, under the per-group lock.
+
+One mechanism serves three callers: the second write of a dual-write phase, the replay
+of a journal entry (:func:`drain_journals`) and, later, the backfill. Each makes the
+*other* side equal to a *source* side's current state of one group, holding the group's
+lock, so the order of operations is the same on both databases.
+
+The lock protocol (see also :mod:`shadowdb.phases.base`): a unit that touches both copies
+of group G first locks G's live row in the cell database that holds it
+(``SELECT ... FOR UPDATE`` inside the cell transaction; SQLite's ``BEGIN IMMEDIATE``),
+then G's row in the API database. Every dual-write writer and every replay take the
+locks in that order, so they are serialised per group and cannot deadlock one another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Connection
+
+from shadowdb import signals
+from shadowdb.databases import Cell, Databases, database_errors, reader
+from shadowdb.errors import DatabaseUnreachable, OperationalError, ShadowDBError
+from shadowdb.phase import PhaseState, read_state
+from shadowdb.queries import API, CELL, GroupRecord, GroupTables
+
+__all__ = [
+    "DrainResult",
+    "copy_group",
+    "default_cell",
+    "drain_journals",
+    "locate",
+    "one_line",
+]
+
+log = structlog.get_logger(__name__)
+
+#: The fields a copy carries over besides policies and members.
+_FIELDS = ("name", "user_id", "project_id", "created_at", "updated_at")
+
+#: What a failed database call can raise: ours (translated) or the driver's.
+DB_FAILURES: tuple[type[BaseException], ...] = (
+    OperationalError,
+    sa.exc.DBAPIError,
+)
+
+
+def one_line(err: BaseException) -> str:
+    """Render ``err`` as one line, passwords masked."""
+    from shadowdb.urls import mask_text
+
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return mask_text(f"{type(err).__name__}: {text}")[:500]
+
+
+def copy_group(
+    conn: Connection,
+    side: GroupTables,
+    source: GroupRecord | None,
+    current: GroupRecord | None,
+) -> bool:
+    """Make ``side``'s copy (``current``) equal to ``source``; return whether it changed.
+
+    ``source`` ``None`` means the group is gone: the copy is deleted (soft on a cell).
+    Timestamps are carried over, so a copy keeps its group's ``created_at``.
+    """
+    if source is None:
+        if current is None:
+            return False
+        side.delete(conn, current)
+        return True
+    if current is None:
+        side.insert(conn, source)
+        return True
+    fields: dict[str, Any] = {
+        f: getattr(source, f) for f in _FIELDS if getattr(source, f) != getattr(current, f)
+    }
+    side.update_fields(conn, current.id, fields)
+    changed = bool(fields)
+    changed |= side.set_policies(conn, current, source.policies)
+    changed |= side.set_members(conn, current, source.members)
+    return changed
+
+
+def default_cell(dbs: Databases, state: PhaseState) -> Cell:
+    """Return the cell where new groups' cell copies are written.
+
+    Raises:
+        OperationalError: no cell is registered.
+    """
+    cells = dbs.cells
+    if not cells:
+        raise OperationalError("no cell is registered (shadowdb cell add NAME URL)")
+    if state.default_cell_uuid:
+        for cell in cells:
+            if cell.uuid == state.default_cell_uuid:
+                return cell
+    return cells[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where a group's live cell copy is, and which cells could not be asked."""
+
+    cell: Cell | None
+    unreachable: tuple[Cell, ...]
+
+
+def locate(dbs: Databases, group_uuid: str) -> Location:
+    """Find the cell holding ``group_uuid``'s live copy, asking each cell in turn."""
+    unreachable: list[Cell] = []
+    g = CELL.groups
+    stmt = sa.select(g.c.id).where(g.c.uuid == group_uuid, g.c.deleted == 0).limit(1)
+    for cell in dbs.cells:
+        try:
+            with reader(cell.engine, cell.label) as conn:
+                if conn.execute(stmt).first() is not None:
+                    return Location(cell, tuple(unreachable))
+        except DatabaseUnreachable:
+            unreachable.append(cell)
+    return Location(None, tuple(unreachable))
+
+
+@contextlib.contextmanager
+def transaction(engine: sa.Engine, label: str) -> Iterator[Connection]:
+    """Open a write transaction the caller commits or rolls back explicitly.
+
+    Unlike :func:`~shadowdb.databases.writer`, the commit is the caller's: the protocol
+    needs to commit the two databases in a chosen order. Left open, it is rolled back.
+    """
+    with database_errors(label), engine.connect() as conn:
+        conn = conn.execution_options(shadowdb_write=True)
+        conn.begin()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction():
+                conn.rollback()
+
+
+def commit(conn: Connection, label: str) -> None:
+    """Commit ``conn``, translating driver errors."""
+    with database_errors(label):
+        conn.commit()
+
+
+@dataclasses.dataclass(frozen=True)
+class DrainResult:
+    """What :func:`drain_journals` did."""
+
+    found: int
+    done: int
+    conflicts: tuple[str, ...]
+    errors: tuple[str, ...]
+
+
+def _replay(dbs: Databases, group_uuid: str, source: Cell | None, up_to: int) -> str:
+    """Replay one group's journal: copy the journal side's state to the other side.
+
+    ``source`` is the cell whose journal holds the entry, or ``None`` for the API journal.
+    Returns ``"done"`` or ``"conflict"`` (both sides journaled: never resolved silently).
+    """
+    state = dbs.phases.get()
+    where = locate(dbs, group_uuid)
+    cell = source or where.cell
+    if cell is None:
+        if where.unreachable:
+            raise DatabaseUnreachable(where.unreachable[0].label, "cannot locate the group")
+        cell = default_cell(dbs, state)
+    with transaction(cell.engine, cell.label) as cconn:
+        crec = CELL.get(cconn, group_uuid, lock=True)
+        with transaction(dbs.api, dbs.api_label) as aconn:
+            read_state(aconn, share=True)
+            arec = API.get(aconn, group_uuid, lock=True)
+            if source is not None:
+                if API.journal_for(aconn, group_uuid):
+                    return _conflict(dbs, group_uuid)
+                copy_group(aconn, API, crec, arec)
+                commit(aconn, dbs.api_label)
+                cleared = CELL.journal_clear(cconn, group_uuid, up_to)
+                commit(cconn, cell.label)
+            else:
+                if CELL.journal_for(cconn, group_uuid):
+                    return _conflict(dbs, group_uuid)
+                copy_group(cconn, CELL, arec, crec)
+                # The cell copy must be durable before the API entry goes.
+                commit(cconn, cell.label)
+                cleared = API.journal_clear(aconn, group_uuid, up_to)
+                commit(aconn, dbs.api_label)
+    journal = "cell" if source is not None else "api"
+    signals.journal_replayed.send(dbs, group_uuid=group_uuid, journal=journal, entries=cleared)
+    log.info("journal_replayed", group_uuid=group_uuid, journal=journal, entries=cleared)
+    return "done"
+
+
+def _conflict(dbs: Databases, group_uuid: str) -> str:
+    detail = "journaled on both sides: each holds a write the other lacks"
+    signals.divergence.send(dbs, group_uuid=group_uuid, kind="journal-conflict", detail=detail)
+    log.error("journal_conflict", group_uuid=group_uuid, detail=detail)
+    return "conflict"
+
+
+def drain_journals(dbs: Databases, *, limit: int | None = None) -> DrainResult:
+    """Replay pending journal entries of every cell and of the API database.
+
+    Each group is replayed once per journal, whatever the number of its entries, and
+    clears only the entries it saw: an entry written meanwhile stays for the next run.
+
+    Args:
+        limit: replay at most this many groups.
+
+    Returns:
+        ``found`` groups with pending entries, ``done`` replayed, the uuids in conflict
+        (pending on both sides; left for an operator) and one line per failure.
+    """
+    pending: list[tuple[Cell | None, str, int]] = []
+    errors: list[str] = []
+    for cell in dbs.cells:
+        try:
+            with reader(cell.engine, cell.label) as conn:
+                entries = CELL.journal_pending(conn)
+        except ShadowDBError as err:
+            errors.append(f"{cell.label}: {one_line(err)}")
+            continue
+        latest: dict[str, int] = {}
+        for entry in entries:
+            latest[entry.group_uuid] = max(entry.id, latest.get(entry.group_uuid, 0))
+        pending.extend((cell, uuid, up_to) for uuid, up_to in latest.items())
+    with reader(dbs.api, dbs.api_label) as conn:
+        api_entries = API.journal_pending(conn)
+    latest_api: dict[str, int] = {}
+    for entry in api_entries:
+        latest_api[entry.group_uuid] = max(entry.id, latest_api.get(entry.group_uuid, 0))
+    pending.extend((None, uuid, up_to) for uuid, up_to in latest_api.items())
+    if limit is not None:
+        pending = pending[:limit]
+    done = 0
+    conflicts: list[str] = []
+    for source, group_uuid, up_to in pending:
+        try:
+            outcome = _replay(dbs, group_uuid, source, up_to)
+        except (ShadowDBError, sa.exc.DBAPIError) as err:
+            errors.append(f"{group_uuid}: {one_line(err)}")
+            continue
+        if outcome == "done":
+            done += 1
+        else:
+            conflicts.append(group_uuid)
+    return DrainResult(len(pending), done, tuple(conflicts), tuple(errors))
