@@ -16,11 +16,14 @@ import threading
 import time
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.engine import Connection
 
 from shadowdb.databases import reader
-from shadowdb.errors import SchemaError, UnknownPhase
+from shadowdb.errors import DatabaseUnreachable, SchemaError, UnknownPhase
 from shadowdb.models import api_phase_history, api_state
+
+log = structlog.get_logger(__name__)
 
 __all__ = ["Phase", "PhaseState", "PhaseStore", "read_state", "utcnow"]
 
@@ -149,11 +152,24 @@ class PhaseStore:
         return self._ttl
 
     def get(self) -> PhaseState:
-        """Return the phase, from the cache while it is younger than the TTL."""
+        """Return the phase, from the cache while it is younger than the TTL.
+
+        If the API database cannot be reached, the last phase read is served (and a
+        warning logged) instead of failing: the cell-authoritative phases must keep
+        accepting writes through an API outage. This is safe because the phase cannot
+        change while nobody reaches the API database, and a process cut off alone still
+        takes the per-group cell lock that every dual-write writer takes.
+        """
         cached = self._cached
         if cached is not None and time.monotonic() - self._read_at < self._ttl:
             return cached
-        return self.fresh()
+        try:
+            return self.fresh()
+        except DatabaseUnreachable as err:
+            if cached is None:
+                raise
+            log.warning("phase_stale", phase=cached.phase.value, epoch=cached.epoch, error=str(err))
+            return cached
 
     def fresh(self) -> PhaseState:
         """Read the phase from the API database and refresh the cache."""

@@ -45,6 +45,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
     folder = tmp_path_factory.mktemp("sqlite-template")
     made = {b: Server.for_backend(b, folder) for b in BACKENDS}
     yield made
+    for backend, (api_url, cell_urls) in _synced.items():
+        for url in (api_url, *cell_urls.values()):
+            made[backend].drop(str(url.database))
     for server in made.values():
         server.dispose()
 
@@ -106,7 +109,8 @@ class Topology:
 
 
 def _db_name(role: str) -> str:
-    return f"sdbtest_{worker_id()}_{role}"
+    # The pid keeps concurrent test runs on one server (and xdist workers) apart.
+    return f"sdbtest_{os.getpid()}_{worker_id()}_{role}"
 
 
 _synced: dict[str, tuple[URL, dict[str, URL]]] = {}

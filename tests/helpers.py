@@ -25,7 +25,9 @@ def put_in_phase(dbs: Databases, phase: Phase) -> None:
     with dbs.api.begin() as conn:
         epoch = conn.execute(sa.select(models.api_state.c.epoch)).scalar_one()
         conn.execute(
-            models.api_state.update().values(phase=phase.value, epoch=epoch + 1, changed_at=utcnow())
+            models.api_state.update().values(
+                phase=phase.value, epoch=epoch + 1, changed_at=utcnow()
+            )
         )
     dbs.phases.invalidate()
 
@@ -47,8 +49,12 @@ def seed_cell_group(
     with engine.begin() as conn:
         gid = conn.execute(
             models.cell_groups.insert().values(
-                uuid=uuid, name=name, project_id=project_id, user_id=user_id,
-                created_at=created_at, deleted=0,
+                uuid=uuid,
+                name=name,
+                project_id=project_id,
+                user_id=user_id,
+                created_at=created_at,
+                deleted=0,
             )
         ).inserted_primary_key[0]
         for policy in policies:
@@ -112,8 +118,13 @@ def seed_instance(
     with engine.begin() as conn:
         iid = conn.execute(
             models.cell_instances.insert().values(
-                uuid=uuid, host=host, project_id=project_id, user_id=user_id,
-                vm_state=vm_state, deleted=0, created_at=NOW,
+                uuid=uuid,
+                host=host,
+                project_id=project_id,
+                user_id=user_id,
+                vm_state=vm_state,
+                deleted=0,
+                created_at=NOW,
             )
         ).inserted_primary_key[0]
         if deleted:
@@ -124,7 +135,9 @@ def seed_instance(
             )
 
 
-def map_instance(dbs: Databases, instance_uuid: str, cell_name: str, project_id: str = "p1") -> None:
+def map_instance(
+    dbs: Databases, instance_uuid: str, cell_name: str, project_id: str = "p1"
+) -> None:
     """Record which cell an instance lives in (``instance_mappings``)."""
     cell = dbs.cell(cell_name)
     with dbs.api.begin() as conn:
