@@ -53,7 +53,7 @@ POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _MAX_LEN = 255
 #: How often a write is retried when the phase changes under it.
-_EPOCH_RETRIES = 5
+_EPOCH_RETRIES = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +148,9 @@ def _write(
                 planned=changed.planned.phase.value,
                 found=changed.found.phase.value,
             )
-            state = ctx.dbs.phases.fresh()
+            # The phase read under the barrier's lock is the newest there is: plan on it.
+            state = changed.found
+            ctx.dbs.phases.invalidate()
     raise OperationalError(f"the phase kept changing under a write to group {group_uuid}")
 
 
