@@ -24,6 +24,7 @@ from rich.table import Table
 
 from shadowdb import commands, errors, urls
 from shadowdb.databases import connect
+from shadowdb.phase import Phase
 from shadowdb.settings import Settings
 
 __all__ = ["ExitCode", "main", "main_entry"]
@@ -200,6 +201,63 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: _Output) -> E
     return ExitCode.OK
 
 
+def _cmd_phase_show(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    with connect(args.api_url, settings=settings) as dbs:
+        info = commands.show_phase(dbs)
+    if out.json:
+        out.emit_json(info)
+        return ExitCode.OK
+    out.line(
+        f"phase: {info.phase} (epoch {info.epoch}, since {info.changed_at:%Y-%m-%d %H:%M:%S}Z)"
+    )
+    out.line(f"allowed next: {', '.join(info.allowed_next)}")
+    return ExitCode.OK
+
+
+def _cmd_phase_set(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    Phase.parse(args.phase)  # an unknown phase is refused before any database is opened
+    with connect(args.api_url, settings=settings) as dbs:
+        change = commands.set_phase(
+            dbs, args.phase, reason=args.reason, force=args.force, dry_run=args.dry_run
+        )
+    if out.json:
+        out.emit_json(change)
+    elif change.dry_run:
+        for step in change.steps:
+            out.line(step)
+    else:
+        out.line(f"phase: {change.from_phase} -> {change.to_phase} (epoch {change.epoch})")
+        if change.overridden:
+            out.line("forced over: " + "; ".join(change.overridden))
+    return ExitCode.OK
+
+
+def _cmd_phase_history(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    with connect(args.api_url, settings=settings) as dbs:
+        entries = commands.phase_history(dbs)
+    if out.json:
+        out.emit_json(entries)
+        return ExitCode.OK
+    out.table(
+        None,
+        ("Epoch", "From", "To", "Changed at (UTC)", "Actor", "Reason", "Forced", "Overridden"),
+        [
+            (
+                e.epoch,
+                e.from_phase,
+                e.to_phase,
+                f"{e.changed_at:%Y-%m-%d %H:%M:%S}",
+                e.actor,
+                e.reason,
+                "yes" if e.forced else "",
+                "; ".join(e.overridden),
+            )
+            for e in entries
+        ],
+    )
+    return ExitCode.OK
+
+
 Handler = Callable[[argparse.Namespace, Settings, _Output], ExitCode]
 
 
@@ -246,6 +304,33 @@ def _build_parser() -> _Parser:
 
     st = sub.add_parser("status", help="show the phase and the cells", parents=[common])
     st.set_defaults(handler=_cmd_status)
+
+    phase = sub.add_parser(
+        "phase", help="show, change and list the migration phase", parents=[common]
+    )
+    phase_sub = phase.add_subparsers(
+        dest="phase_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    show = phase_sub.add_parser("show", help="show the current phase and epoch", parents=[common])
+    show.set_defaults(handler=_cmd_phase_show)
+    pset = phase_sub.add_parser(
+        "set", help="move to the next or previous phase, guarded", parents=[common]
+    )
+    pset.add_argument(
+        "phase", metavar="PHASE", help="the phase to enter: " + ", ".join(p.value for p in Phase)
+    )
+    pset.add_argument("--reason", metavar="TEXT", default=None, help="why, kept in the history")
+    pset.add_argument(
+        "--force", action="store_true", help="override failed guards (recorded in the history)"
+    )
+    pset.add_argument(
+        "--dry-run", action="store_true", help="print the steps without changing anything"
+    )
+    pset.set_defaults(handler=_cmd_phase_set)
+    hist = phase_sub.add_parser(
+        "history", help="list every phase change, oldest first", parents=[common]
+    )
+    hist.set_defaults(handler=_cmd_phase_history)
     return parser
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 import uuid as uuidlib
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -18,16 +20,23 @@ import structlog
 from shadowdb import schema, urls
 from shadowdb.databases import Cell, Databases, database_errors, reader, writer
 from shadowdb.errors import CellExists, DatabaseUnreachable, InvalidInput, SchemaError
-from shadowdb.models import api_cell_mappings, api_state
-from shadowdb.phase import PhaseState, initialise_state, read_state
+from shadowdb.models import api_cell_mappings, api_phase_history, api_state
+from shadowdb.phase import Phase, PhaseState, initialise_state, read_state
+from shadowdb.switcher import Switcher, allowed_next
 
 __all__ = [
     "CellInfo",
     "DatabaseSync",
+    "HistoryEntry",
+    "PhaseChange",
+    "PhaseInfo",
     "Status",
     "SyncResult",
     "add_cell",
     "list_cells",
+    "phase_history",
+    "set_phase",
+    "show_phase",
     "status",
     "sync_schema",
 ]
@@ -196,3 +205,137 @@ def status(dbs: Databases) -> Status:
     with reader(dbs.api, dbs.api_label) as conn:
         state = read_state(conn)
     return Status(state.phase.value, state.epoch, state.changed_at, tuple(list_cells(dbs)))
+
+
+# --------------------------------------------------------------------------- phase
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseInfo:
+    """The current phase as stored in the API database (never from a cache).
+
+    Attributes:
+        phase: the phase's name.
+        epoch: bumped on every change.
+        changed_at: when the phase was last set (UTC).
+        allowed_next: the phases ``phase set`` may move to from here.
+    """
+
+    phase: str
+    epoch: int
+    changed_at: dt.datetime
+    allowed_next: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseChange:
+    """What ``phase set`` did, or with ``dry_run`` would do.
+
+    Attributes:
+        from_phase: the phase left.
+        to_phase: the phase entered.
+        epoch: the epoch recorded with ``to_phase`` (on a dry run, the one it would get).
+        changed_at: when it was recorded; ``None`` on a dry run.
+        forced: ``force`` was asked for.
+        overridden: the guard reasons ``force`` overrode.
+        reason: the operator's reason.
+        steps: the switcher's steps, one line each, in execution order.
+        dry_run: nothing was changed.
+    """
+
+    from_phase: str
+    to_phase: str
+    epoch: int
+    changed_at: dt.datetime | None
+    forced: bool
+    overridden: tuple[str, ...]
+    reason: str | None
+    steps: tuple[str, ...]
+    dry_run: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+    """One recorded phase change (the first is the initial state, with no ``from_phase``)."""
+
+    epoch: int
+    from_phase: str | None
+    to_phase: str
+    changed_at: dt.datetime
+    actor: str
+    reason: str | None
+    forced: bool
+    overridden: tuple[str, ...]
+
+
+def show_phase(dbs: Databases) -> PhaseInfo:
+    """Report the current phase, its epoch and where it may move next."""
+    with reader(dbs.api, dbs.api_label) as conn:
+        state = read_state(conn)
+    nxt = tuple(p.value for p in allowed_next(state.phase))
+    return PhaseInfo(state.phase.value, state.epoch, state.changed_at, nxt)
+
+
+def set_phase(
+    dbs: Databases,
+    target: str,
+    *,
+    reason: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PhaseChange:
+    """Move the deployment to phase ``target`` through the guarded switcher.
+
+    Returns once the change is recorded, announced and drained (``settings.drain_wait``
+    seconds after the record), so no process still writes as the old phase. With
+    ``dry_run`` the preconditions are evaluated and the steps returned, nothing else.
+
+    Args:
+        target: the phase's name.
+        reason: why, recorded in the history.
+        force: override failed guards (recorded); never a move the table forbids.
+        dry_run: change nothing, return the steps.
+        sleep: what the drain wait calls.
+
+    Raises:
+        UnknownPhase: ``target`` names no phase (nothing is read or written).
+        GuardRefused: the move is not allowed, a guard failed without ``force``, or
+            another change won the race; ``.reasons`` lists every reason.
+    """
+    phase = Phase.parse(target)
+    switcher = Switcher(dbs, sleep=sleep)
+    steps = switcher.plan(phase, force=force, reason=reason)
+    t = steps[0].transition
+    changed_at = None if dry_run else switcher.execute(steps).changed_at
+    return PhaseChange(
+        from_phase=t.from_phase.value,
+        to_phase=t.to_phase.value,
+        epoch=t.new_epoch,
+        changed_at=changed_at,
+        forced=t.forced,
+        overridden=t.overridden,
+        reason=t.reason,
+        steps=tuple(str(step) for step in steps),
+        dry_run=dry_run,
+    )
+
+
+def phase_history(dbs: Databases) -> list[HistoryEntry]:
+    """List every recorded phase change, oldest first."""
+    h = api_phase_history
+    with reader(dbs.api, dbs.api_label) as conn:
+        rows = conn.execute(sa.select(h).order_by(h.c.epoch)).all()
+    return [
+        HistoryEntry(
+            epoch=row.epoch,
+            from_phase=row.from_phase,
+            to_phase=row.to_phase,
+            changed_at=row.changed_at,
+            actor=row.actor,
+            reason=row.reason,
+            forced=bool(row.forced),
+            overridden=tuple(row.overridden.splitlines()) if row.overridden else (),
+        )
+        for row in rows
+    ]

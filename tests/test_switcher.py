@@ -1,0 +1,577 @@
+"""The guarded phase switcher: the table, every guard, force, dry runs, the epoch CAS."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import uuid as uuidlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import structlog
+import structlog.testing
+
+from shadowdb import commands, models, signals, switcher
+from shadowdb.databases import Databases, connect, reader
+from shadowdb.errors import GuardRefused, UnknownPhase
+from shadowdb.phase import Phase, read_state
+from shadowdb.switcher import GUARDS, TRANSITIONS, StepKind, Switcher
+from tests.conftest import Topology
+
+C, CR, AR, A = (
+    Phase.CELL_ONLY,
+    Phase.DUAL_WRITE_CELL_READS,
+    Phase.DUAL_WRITE_API_READS,
+    Phase.API_ONLY,
+)
+
+ALLOWED = {(C, CR), (CR, AR), (AR, A), (CR, C), (AR, CR), (A, AR)}
+
+
+def no_sleep(_seconds: float) -> None:
+    """Skip the drain wait in tests that do not observe it."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+def add_cell_group(engine: sa.Engine, group_uuid: str, *, deleted: bool = False) -> None:
+    """Insert a legacy cell group, live or soft-deleted (``deleted`` = its own id)."""
+    with engine.begin() as conn:
+        pk = conn.execute(
+            models.cell_groups.insert().values(
+                uuid=group_uuid, name="g", project_id="p", user_id="u", deleted=0
+            )
+        ).inserted_primary_key[0]
+        if deleted:
+            conn.execute(
+                models.cell_groups.update()
+                .where(models.cell_groups.c.id == pk)
+                .values(deleted=pk, deleted_at=sa.func.now())
+            )
+
+
+def add_api_group(topology: Topology, group_uuid: str) -> None:
+    with topology.dbs.api.begin() as conn:
+        conn.execute(
+            models.api_groups.insert().values(
+                uuid=group_uuid, name="g", project_id="p", user_id="u"
+            )
+        )
+
+
+def add_journal(engine: sa.Engine, table: sa.Table, count: int) -> None:
+    with engine.begin() as conn:
+        for _ in range(count):
+            conn.execute(
+                table.insert().values(group_uuid=new_uuid(), created_at=sa.func.now(), epoch=1)
+            )
+
+
+def add_unreachable_cell(topology: Topology, tmp_path: Path) -> None:
+    """Register ``cell3`` at an address where no database answers."""
+    url = {
+        "sqlite": f"sqlite+pysqlite:///{tmp_path}/no-such-folder/cell3.sqlite",
+        "mysql": "mysql+pymysql://root@127.0.0.1:1/nowhere",
+        "postgresql": "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+    }[topology.backend]
+    with topology.dbs.api.begin() as conn:
+        conn.execute(
+            models.api_cell_mappings.insert().values(
+                uuid=new_uuid(), name="cell3", database_connection=url, transport_url="none:///"
+            )
+        )
+
+
+def snapshot(dbs: Databases) -> tuple[Any, ...]:
+    """Return everything a phase change writes, to compare before and after."""
+    with reader(dbs.api) as conn:
+        state = read_state(conn)
+    return (state, commands.phase_history(dbs))
+
+
+def go(dbs: Databases, *phases: Phase) -> None:
+    """Walk through ``phases`` with no drain wait."""
+    for phase in phases:
+        Switcher(dbs, sleep=no_sleep).run(phase)
+
+
+def refusal(dbs: Databases, target: Phase, **kwargs: Any) -> tuple[str, ...]:
+    """Return the reasons a switch to ``target`` is refused with; nothing may change."""
+    before = snapshot(dbs)
+    with pytest.raises(GuardRefused) as caught:
+        Switcher(dbs, sleep=no_sleep).run(target, **kwargs)
+    assert caught.value.target == target.value
+    assert snapshot(dbs) == before
+    return caught.value.reasons
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """Capture structlog events at every level, restoring the configuration after."""
+    old = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as captured:
+            yield captured
+    finally:
+        structlog.configure(**old)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def test_transition_table_is_one_step_forward_or_back() -> None:
+    assert set(TRANSITIONS) == ALLOWED
+    assert len(TRANSITIONS) == len(ALLOWED)
+    for frm, to in TRANSITIONS:
+        assert abs(frm.index - to.index) == 1
+
+
+def test_every_allowed_transition_has_an_explicit_guard_entry() -> None:
+    assert set(GUARDS) == set(TRANSITIONS)
+    assert GUARDS[(C, CR)] == ()
+    assert GUARDS[(CR, C)] == ()
+    names = {key: tuple(g.name for g in guards) for key, guards in GUARDS.items()}
+    assert names[(CR, AR)] == ("unmigrated-cell-groups", "cell-journals-empty")
+    assert names[(AR, A)] == ("api-journal-empty", "cell-journals-empty", "unmigrated-cell-groups")
+    assert names[(AR, CR)] == ("api-journal-empty",)
+    assert names[(A, AR)] == ("reverse-sync", "api-journal-empty")
+
+
+@pytest.mark.parametrize(("frm", "to"), list(itertools.product(Phase, Phase)))
+def test_transition_refusal_matches_the_table(frm: Phase, to: Phase) -> None:
+    reason = switcher.transition_refusal(frm, to)
+    if (frm, to) in ALLOWED:
+        assert reason is None
+    elif frm is to:
+        assert reason == f"already in {frm.value}"
+    else:
+        assert reason is not None
+        assert f"from {frm.value} to {to.value}" in reason
+        for nxt in switcher.allowed_next(frm):
+            assert nxt.value in reason
+
+
+def test_allowed_next() -> None:
+    assert switcher.allowed_next(C) == (CR,)
+    assert switcher.allowed_next(CR) == (C, AR)
+    assert switcher.allowed_next(AR) == (CR, A)
+    assert switcher.allowed_next(A) == (AR,)
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def test_every_allowed_transition_forward_and_back(topology: Topology) -> None:
+    dbs = topology.dbs
+    # A migrated group, live in a cell and in the API: every guard runs and passes.
+    group = new_uuid()
+    add_cell_group(topology.cell_engine("cell2"), group)
+    add_api_group(topology, group)
+    walk = [CR, AR, A, AR, CR, C]
+    previous = C
+    for epoch, target in enumerate(walk, start=1):
+        change = commands.set_phase(dbs, target.value, reason=f"step {epoch}", sleep=no_sleep)
+        assert (change.from_phase, change.to_phase) == (previous.value, target.value)
+        assert change.epoch == epoch
+        assert not change.forced and change.overridden == () and not change.dry_run
+        assert change.changed_at is not None
+        info = commands.show_phase(dbs)
+        assert (info.phase, info.epoch) == (target.value, epoch)
+        assert info.allowed_next == tuple(p.value for p in switcher.allowed_next(target))
+        previous = target
+    history = commands.phase_history(dbs)
+    assert [h.epoch for h in history] == list(range(7))
+    assert [(h.from_phase, h.to_phase) for h in history] == [
+        (None, "cell-only"),
+        ("cell-only", "dual-write-cell-reads"),
+        ("dual-write-cell-reads", "dual-write-api-reads"),
+        ("dual-write-api-reads", "api-only"),
+        ("api-only", "dual-write-api-reads"),
+        ("dual-write-api-reads", "dual-write-cell-reads"),
+        ("dual-write-cell-reads", "cell-only"),
+    ]
+    assert [h.reason for h in history[1:]] == [f"step {n}" for n in range(1, 7)]
+    assert all(h.actor == "tests" and not h.forced and h.overridden == () for h in history[1:])
+
+
+def test_same_phase_is_refused(topology: Topology) -> None:
+    assert refusal(topology.dbs, C) == ("already in cell-only",)
+    assert refusal(topology.dbs, C, force=True) == ("already in cell-only",)
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "forced"])
+def test_skipping_a_phase_is_refused_even_with_force(topology: Topology, force: bool) -> None:
+    (reason,) = refusal(topology.dbs, A, force=force)
+    assert "from cell-only to api-only" in reason
+    assert "allowed next: dual-write-cell-reads" in reason
+
+
+def test_unknown_phase_is_refused_before_anything_is_read(topology: Topology) -> None:
+    before = snapshot(topology.dbs)
+    with pytest.raises(UnknownPhase) as caught:
+        commands.set_phase(topology.dbs, "api-first", sleep=no_sleep)
+    assert caught.value.phase == "api-first"
+    assert snapshot(topology.dbs) == before
+
+
+# --------------------------------------------------------------------------- guards
+
+
+def test_guard_into_api_reads_lists_unmigrated_groups_and_cell_journals(
+    topology: Topology,
+) -> None:
+    go(topology.dbs, CR)
+    cell1, cell2 = topology.cell_engine("cell1"), topology.cell_engine("cell2")
+    add_cell_group(cell1, new_uuid())
+    add_cell_group(cell1, new_uuid())
+    add_cell_group(cell1, new_uuid(), deleted=True)  # deleted: nothing to migrate
+    migrated = new_uuid()
+    add_cell_group(cell1, migrated)
+    add_api_group(topology, migrated)
+    add_cell_group(cell2, new_uuid())
+    add_journal(cell1, models.cell_journal, 1)
+    add_journal(cell2, models.cell_journal, 2)
+    add_journal(topology.dbs.api, models.api_journal, 1)  # not this guard's business
+    assert refusal(topology.dbs, AR) == (
+        "3 live cell groups not in the API database (cell1: 2, cell2: 1); run backfill",
+        "journal of cell cell1 holds 1 entry (API copies lag); run backfill",
+        "journal of cell cell2 holds 2 entries (API copies lag); run backfill",
+    )
+
+
+def test_guard_counts_unmigrated_groups_across_batches(
+    topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(switcher, "_BATCH", 4)
+    go(topology.dbs, CR)
+    cell1 = topology.cell_engine("cell1")
+    for n in range(19):
+        group = new_uuid()
+        add_cell_group(cell1, group)
+        if n % 5:
+            add_api_group(topology, group)
+    assert refusal(topology.dbs, AR) == (
+        "4 live cell groups not in the API database (cell1: 4); run backfill",
+    )
+
+
+def test_guard_into_api_only_lists_journals_and_unmigrated_groups(topology: Topology) -> None:
+    go(topology.dbs, CR, AR)
+    add_journal(topology.dbs.api, models.api_journal, 1)
+    add_journal(topology.cell_engine("cell1"), models.cell_journal, 1)
+    add_cell_group(topology.cell_engine("cell2"), new_uuid())
+    assert refusal(topology.dbs, A) == (
+        "API journal holds 1 entry (cell copies lag); run backfill",
+        "journal of cell cell1 holds 1 entry (API copies lag); run backfill",
+        "1 live cell group not in the API database (cell2: 1); run backfill",
+    )
+
+
+def test_guard_back_to_cell_reads_needs_the_api_journal_drained(topology: Topology) -> None:
+    go(topology.dbs, CR, AR)
+    add_journal(topology.dbs.api, models.api_journal, 2)
+    add_journal(topology.cell_engine("cell1"), models.cell_journal, 1)  # not checked here
+    assert refusal(topology.dbs, CR) == (
+        "API journal holds 2 entries (cell copies lag); run backfill",
+    )
+
+
+def test_guard_back_from_api_only_needs_the_reverse_sync(topology: Topology) -> None:
+    go(topology.dbs, CR, AR, A)
+    synced, missing, deleted_in_cell = new_uuid(), new_uuid(), new_uuid()
+    for group in (synced, missing, deleted_in_cell):
+        add_api_group(topology, group)
+    add_cell_group(topology.cell_engine("cell2"), synced)
+    add_cell_group(topology.cell_engine("cell1"), deleted_in_cell, deleted=True)
+    add_journal(topology.dbs.api, models.api_journal, 1)
+    assert refusal(topology.dbs, AR) == (
+        "2 API groups without a live copy in any cell; run the reverse sync",
+        "API journal holds 1 entry (cell copies lag); run backfill",
+    )
+
+
+def test_cell_only_and_cell_reads_flip_without_guards(topology: Topology) -> None:
+    # Data that would stop every guarded move does not stop these two.
+    add_cell_group(topology.cell_engine("cell1"), new_uuid())
+    add_journal(topology.cell_engine("cell1"), models.cell_journal, 1)
+    add_journal(topology.dbs.api, models.api_journal, 1)
+    go(topology.dbs, CR, C)
+    assert commands.show_phase(topology.dbs).epoch == 2
+
+
+def test_unreachable_cell_fails_every_guard_that_reads_cells(
+    topology: Topology, tmp_path: Path
+) -> None:
+    go(topology.dbs, CR)
+    add_unreachable_cell(topology, tmp_path)
+    reasons = refusal(topology.dbs, AR)
+    assert len(reasons) == 2
+    assert all(r.startswith("cell cell3 unreachable, not checked: ") for r in reasons)
+
+
+def test_unreachable_cell_fails_the_reverse_sync(topology: Topology, tmp_path: Path) -> None:
+    go(topology.dbs, CR, AR, A)
+    on_cell1, nowhere = new_uuid(), new_uuid()
+    add_api_group(topology, on_cell1)
+    add_api_group(topology, nowhere)
+    add_cell_group(topology.cell_engine("cell1"), on_cell1)
+    add_unreachable_cell(topology, tmp_path)
+    reasons = refusal(topology.dbs, AR)
+    assert reasons[0] == (
+        "1 API group without a live copy in any reachable cell; run the reverse sync"
+    )
+    assert len(reasons) == 2
+    assert reasons[1].startswith("cell cell3 unreachable, not checked: ")
+
+
+def test_unreachable_cell_alone_still_refuses(topology: Topology, tmp_path: Path) -> None:
+    go(topology.dbs, CR, AR, A)
+    add_api_group(topology, new_uuid())
+    add_cell_group(topology.cell_engine("cell1"), new_uuid())
+    add_unreachable_cell(topology, tmp_path)
+    with topology.dbs.api.begin() as conn:
+        conn.execute(models.api_groups.delete())
+    (reason,) = refusal(topology.dbs, AR)
+    assert reason.startswith("cell cell3 unreachable")
+
+
+# --------------------------------------------------------------------------- force
+
+
+def test_force_overrides_failed_guards_and_records_them(topology: Topology) -> None:
+    go(topology.dbs, CR)
+    add_cell_group(topology.cell_engine("cell1"), new_uuid())
+    add_journal(topology.cell_engine("cell2"), models.cell_journal, 1)
+    expected = (
+        "1 live cell group not in the API database (cell1: 1); run backfill",
+        "journal of cell cell2 holds 1 entry (API copies lag); run backfill",
+    )
+    assert refusal(topology.dbs, AR) == expected
+    change = commands.set_phase(
+        topology.dbs, AR.value, reason="incident 42", force=True, sleep=no_sleep
+    )
+    assert change.forced and change.overridden == expected
+    assert (change.to_phase, change.epoch) == (AR.value, 2)
+    last = commands.phase_history(topology.dbs)[-1]
+    assert (last.epoch, last.from_phase, last.to_phase) == (2, CR.value, AR.value)
+    assert last.forced and last.reason == "incident 42" and last.actor == "tests"
+    assert last.overridden == expected
+    with reader(topology.dbs.api) as conn:
+        stored = conn.scalar(
+            sa.select(models.api_phase_history.c.overridden).where(
+                models.api_phase_history.c.epoch == 2
+            )
+        )
+    assert stored == "\n".join(expected)
+
+
+def test_force_with_passing_guards_records_forced_and_nothing_overridden(
+    topology: Topology,
+) -> None:
+    commands.set_phase(topology.dbs, CR.value, force=True, sleep=no_sleep)
+    last = commands.phase_history(topology.dbs)[-1]
+    assert last.forced and last.overridden == () and last.reason is None
+    with reader(topology.dbs.api) as conn:
+        assert (
+            conn.scalar(
+                sa.select(models.api_phase_history.c.overridden).where(
+                    models.api_phase_history.c.epoch == 1
+                )
+            )
+            is None
+        )
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_lists_the_steps_in_order_and_changes_nothing(topology: Topology) -> None:
+    slept: list[float] = []
+    fired: list[dict[str, Any]] = []
+    before = snapshot(topology.dbs)
+
+    def receiver(_sender: object, **kwargs: Any) -> None:
+        fired.append(kwargs)
+
+    with signals.phase_changed.connected_to(receiver):
+        change = commands.set_phase(
+            topology.dbs, CR.value, reason="try", dry_run=True, sleep=slept.append
+        )
+        lines = Switcher(topology.dbs, sleep=slept.append).dry_run(CR, reason="try")
+    assert snapshot(topology.dbs) == before
+    assert slept == [] and fired == []
+    assert change.dry_run and change.changed_at is None and change.epoch == 1
+    assert list(change.steps) == lines
+    assert [line.split(":", 1)[0] for line in lines] == [k.value for k in StepKind]
+    assert lines == [
+        "preconditions: cell-only -> dual-write-cell-reads allowed at epoch 0; guards passed: none",
+        "record: in one API transaction lock shadowdb_state, require epoch 0, set phase "
+        "dual-write-cell-reads at epoch 1, append history (actor tests, reason try, forced no)",
+        "announce: invalidate the cached phase, send phase-changed, log phase_changed",
+        "drain-wait: wait 0.1s (phase TTL 0.05s + write grace 0.05s) until no process writes "
+        "as cell-only",
+    ]
+
+
+def test_dry_run_refuses_what_a_run_refuses_and_shows_what_force_overrides(
+    topology: Topology,
+) -> None:
+    go(topology.dbs, CR)
+    add_cell_group(topology.cell_engine("cell1"), new_uuid())
+    before = snapshot(topology.dbs)
+    sw = Switcher(topology.dbs, sleep=no_sleep)
+    with pytest.raises(GuardRefused):
+        sw.dry_run(AR)
+    lines = sw.dry_run(AR, force=True)
+    assert lines[0] == (
+        "preconditions: dual-write-cell-reads -> dual-write-api-reads allowed at epoch 1; "
+        "guards (unmigrated-cell-groups, cell-journals-empty) failed, overridden by force: "
+        "1 live cell group not in the API database (cell1: 1); run backfill"
+    )
+    assert "forced yes" in lines[1]
+    assert snapshot(topology.dbs) == before
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def test_epoch_cas_refuses_the_loser_of_a_race(topology: Topology) -> None:
+    go(topology.dbs, CR)
+    with connect(topology.api_url_text, settings=topology.settings) as other:
+        first = Switcher(topology.dbs, sleep=no_sleep)
+        second = Switcher(other, sleep=no_sleep)
+        # Both evaluate their guards at epoch 1 (in dual-write-cell-reads)...
+        plan = first.plan(AR, reason="first")
+        # ...the second records first, going back to cell-only...
+        second.run(C, reason="second")
+        # ...so the first must not record: from cell-only, api-reads would skip a phase.
+        with pytest.raises(GuardRefused) as caught:
+            first.execute(plan)
+    assert caught.value.reasons == (
+        "phase changed while the guards ran: expected dual-write-cell-reads at epoch 1, "
+        "found cell-only at epoch 2; run again to re-check",
+    )
+    info = commands.show_phase(topology.dbs)
+    assert (info.phase, info.epoch) == (C.value, 2)
+    history = commands.phase_history(topology.dbs)
+    assert [(h.epoch, h.to_phase, h.reason) for h in history[1:]] == [
+        (1, CR.value, None),
+        (2, C.value, "second"),
+    ]
+
+
+def test_epoch_cas_refuses_the_same_move_made_twice(topology: Topology) -> None:
+    with connect(topology.api_url_text, settings=topology.settings) as other:
+        plan_a = Switcher(topology.dbs, sleep=no_sleep).plan(CR, reason="a")
+        plan_b = Switcher(other, sleep=no_sleep).plan(CR, reason="b")
+        Switcher(other, sleep=no_sleep).execute(plan_b)
+        with pytest.raises(GuardRefused, match="found dual-write-cell-reads at epoch 1"):
+            Switcher(topology.dbs, sleep=no_sleep).execute(plan_a)
+    assert [h.reason for h in commands.phase_history(topology.dbs)] == [
+        "initial state (db sync)",
+        "b",
+    ]
+
+
+def test_drain_wait_runs_last_with_the_settings_wait(topology: Topology) -> None:
+    seen: list[tuple[float, str, int]] = []
+    fired: list[int] = []
+
+    def sleep(seconds: float) -> None:
+        # By the time the wait starts, the change is recorded and announced.
+        with reader(topology.dbs.api) as conn:
+            state = read_state(conn)
+        seen.append((seconds, state.phase.value, len(fired)))
+
+    def receiver(_sender: object, **kwargs: Any) -> None:
+        fired.append(kwargs["epoch"])
+
+    with signals.phase_changed.connected_to(receiver, sender=topology.dbs):
+        Switcher(topology.dbs, sleep=sleep).run(CR)
+    assert topology.settings.drain_wait == pytest.approx(0.1)
+    assert seen == [(topology.settings.drain_wait, CR.value, 1)]
+
+
+def test_no_drain_wait_and_no_signal_on_refusal(topology: Topology) -> None:
+    slept: list[float] = []
+    fired: list[object] = []
+    with (
+        signals.phase_changed.connected_to(lambda s, **kw: fired.append(kw)),
+        pytest.raises(GuardRefused),
+    ):
+        Switcher(topology.dbs, sleep=slept.append).run(A)
+    assert slept == [] and fired == []
+
+
+def test_phase_changed_signal_carries_the_documented_kwargs(
+    topology: Topology, logs: list[dict[str, Any]]
+) -> None:
+    go(topology.dbs, CR)
+    add_cell_group(topology.cell_engine("cell1"), new_uuid())
+    calls: list[tuple[object, dict[str, Any]]] = []
+
+    def receiver(sender: object, **kwargs: Any) -> None:
+        calls.append((sender, kwargs))
+
+    with signals.phase_changed.connected_to(receiver, sender=topology.dbs):
+        Switcher(topology.dbs, sleep=no_sleep).run(AR, force=True, reason="why not")
+    assert calls == [
+        (
+            topology.dbs,
+            {
+                "from_phase": "dual-write-cell-reads",
+                "to_phase": "dual-write-api-reads",
+                "epoch": 2,
+                "forced": True,
+                "reason": "why not",
+                "actor": "tests",
+            },
+        )
+    ]
+    (event,) = [e for e in logs if e["event"] == "phase_changed" and e["epoch"] == 2]
+    assert event["from_phase"] == "dual-write-cell-reads"
+    assert event["to_phase"] == "dual-write-api-reads"
+    assert event["forced"] is True and event["actor"] == "tests"
+    assert event["overridden"] == [
+        "1 live cell group not in the API database (cell1: 1); run backfill"
+    ]
+
+
+def test_refusal_is_logged_quietly(topology: Topology, logs: list[dict[str, Any]]) -> None:
+    with pytest.raises(GuardRefused):
+        Switcher(topology.dbs, sleep=no_sleep).run(A)
+    (event,) = [e for e in logs if e["event"] == "phase_change_refused"]
+    assert event["log_level"] == "info"
+    assert event["phase"] == "cell-only" and event["target"] == "api-only"
+
+
+def test_announce_drops_the_local_phase_cache(topology: Topology) -> None:
+    slow = dataclasses.replace(topology.settings, phase_ttl=60.0)
+    with connect(topology.api_url_text, settings=slow) as dbs:
+        assert dbs.phases.get().phase is C  # cached for a minute
+        Switcher(dbs, sleep=no_sleep).run(CR)
+        assert dbs.phases.get().phase is CR
+
+
+def test_a_failing_receiver_neither_undoes_the_change_nor_skips_the_drain(
+    topology: Topology,
+) -> None:
+    slept: list[float] = []
+
+    def broken(_sender: object, **_kwargs: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    with signals.phase_changed.connected_to(broken, sender=topology.dbs):
+        Switcher(topology.dbs, sleep=slept.append).run(CR)
+    assert commands.show_phase(topology.dbs).phase == CR.value
+    assert slept == [topology.settings.drain_wait]
