@@ -167,6 +167,41 @@ api_journal = sa.Table(
     **_MYSQL,
 )
 
+api_backfill_chunks = sa.Table(
+    "shadowdb_backfill_chunks",
+    api_metadata,
+    # A range of cell group ids the backfill scans; claimed with SKIP LOCKED by one
+    # process at a time, ``next_id`` the resume point after a crash.
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("cell_uuid", sa.String(length=36), nullable=False),
+    sa.Column("start_id", sa.Integer, nullable=False),
+    sa.Column("end_id", sa.Integer, nullable=False),
+    sa.Column("next_id", sa.Integer, nullable=False),
+    sa.Column("done", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint(
+        "cell_uuid", "start_id", name="uniq_shadowdb_backfill_chunks0cell_uuid0start_id"
+    ),
+    **_MYSQL,
+)
+
+api_backfill_conflicts = sa.Table(
+    "shadowdb_backfill_conflicts",
+    api_metadata,
+    # A cell group the backfill refused to copy (live in two cells, or an API copy that
+    # disagrees outside a journal); retried on every run until it resolves.
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("group_uuid", sa.String(length=36), nullable=False),
+    sa.Column("cell_uuid", sa.String(length=36), nullable=False),
+    sa.Column("kind", sa.String(length=64), nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("found_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint(
+        "group_uuid", "cell_uuid", name="uniq_shadowdb_backfill_conflicts0group_uuid0cell_uuid"
+    ),
+    **_MYSQL,
+)
+
 # --------------------------------------------------------------------------- cell database
 
 cell_metadata = sa.MetaData()

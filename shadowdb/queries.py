@@ -263,6 +263,89 @@ class GroupTables:
         self._insert_children(conn, group_id, record.policies, record.members, now)
         return group_id
 
+    def insert_many(self, conn: Connection, records: Sequence[GroupRecord]) -> None:
+        """Insert many groups with their policies and members in a few statements.
+
+        One ``executemany`` per table; the new row ids are read back by uuid.
+        """
+        if not records:
+            return
+        now = utcnow()
+        extra: dict[str, Any] = {"deleted": 0} if self.soft_delete else {}
+        conn.execute(
+            self.groups.insert(),
+            [
+                {
+                    "uuid": r.uuid,
+                    "name": r.name,
+                    "user_id": r.user_id,
+                    "project_id": r.project_id,
+                    "created_at": r.created_at or now,
+                    "updated_at": r.updated_at,
+                    **extra,
+                }
+                for r in records
+            ],
+        )
+        g = self.groups
+        ids: dict[str, int] = {}
+        for chunk in _chunks([r.uuid for r in records]):
+            for uuid, group_id in conn.execute(
+                sa.select(g.c.uuid, g.c.id).where(g.c.uuid.in_(chunk), *self._live(g))
+            ):
+                ids[uuid] = group_id
+        policies = [
+            {"group_id": ids[r.uuid], "policy": p, "created_at": now, **extra}
+            for r in records
+            for p in dict.fromkeys(r.policies)
+        ]
+        members = [
+            {"group_id": ids[r.uuid], self.member_col.key: m, "created_at": now, **extra}
+            for r in records
+            for m in dict.fromkeys(r.members)
+        ]
+        if policies:
+            conn.execute(self.policies.insert(), policies)
+        if members:
+            conn.execute(self.members.insert(), members)
+
+    def lock_many(self, conn: Connection, ids: Sequence[int]) -> list[GroupRecord]:
+        """Lock the live groups with these row ids (id order) and load them."""
+        g = self.groups
+        rows: list[sa.Row[Any]] = []
+        for chunk in _chunks(sorted(ids)):
+            rows.extend(
+                conn.execute(
+                    sa.select(*self._group_columns())
+                    .where(g.c.id.in_(chunk), *self._live(g))
+                    .order_by(g.c.id)
+                    .with_for_update()
+                ).all()
+            )
+        return self._hydrate(conn, rows)
+
+    def present(self, conn: Connection, group_uuids: Sequence[str]) -> set[str]:
+        """Return which of ``group_uuids`` have a live copy here."""
+        g = self.groups
+        found: set[str] = set()
+        for chunk in _chunks(list(group_uuids)):
+            found.update(
+                conn.execute(
+                    sa.select(g.c.uuid).where(g.c.uuid.in_(chunk), *self._live(g))
+                ).scalars()
+            )
+        return found
+
+    def journaled(self, conn: Connection, group_uuids: Sequence[str]) -> set[str]:
+        """Return which of ``group_uuids`` have pending journal entries here."""
+        j = self.journal
+        found: set[str] = set()
+        for chunk in _chunks(list(group_uuids)):
+            found.update(
+                conn.execute(sa.select(j.c.group_uuid).where(j.c.group_uuid.in_(chunk))).scalars()
+            )
+        return found
+
     def _insert_children(
         self,
         conn: Connection,

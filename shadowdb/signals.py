@@ -27,7 +27,11 @@ All signals live in one :class:`blinker.Namespace`. The sender is always the
 ``divergence``
     ``group_uuid``, ``kind``, ``detail``.
 ``backfill-progress``
-    ``migration``, ``found``, ``done``, ``batch``.
+    ``migration``, ``found``, ``done``, ``batch`` (totals of this call so far).
+``backfill-step``
+    ``step`` (``"copied"``: groups committed to the API database, their chunk's
+    checkpoint not yet moved; ``"checkpointed"``: the chunk's checkpoint committed),
+    ``cell``, ``count``. Lifecycle points for observers (and crash tests).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from blinker import Namespace
 
 __all__ = [
     "backfill_progress",
+    "backfill_step",
     "divergence",
     "fallback_read",
     "group_created",
@@ -62,3 +67,4 @@ shadow_write_failed = signals.signal("shadow-write-failed")
 journal_replayed = signals.signal("journal-replayed")
 divergence = signals.signal("divergence")
 backfill_progress = signals.signal("backfill-progress")
+backfill_step = signals.signal("backfill-step")

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from shadowdb import models
-from shadowdb.databases import Databases
+from shadowdb.databases import Databases, writer
 from shadowdb.phase import Phase, utcnow
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5)
@@ -22,11 +22,14 @@ def new_uuid() -> str:
 
 def put_in_phase(dbs: Databases, phase: Phase) -> None:
     """Move the deployment to ``phase`` directly (no guards, no wait): tests of the layer."""
-    with dbs.api.begin() as conn:
+    with writer(dbs.api) as conn:
         epoch = conn.execute(sa.select(models.api_state.c.epoch)).scalar_one()
         conn.execute(
+            # Dated in the past: the backfill's drain wait is over (tests of it set their own).
             models.api_state.update().values(
-                phase=phase.value, epoch=epoch + 1, changed_at=utcnow()
+                phase=phase.value,
+                epoch=epoch + 1,
+                changed_at=utcnow() - dt.timedelta(minutes=1),
             )
         )
     dbs.phases.invalidate()
@@ -174,3 +177,119 @@ def group_state(engine: sa.Engine, side: str, uuid: str) -> tuple[Any, ...] | No
         tuple(sorted(record.policies)),
         tuple(sorted(record.members)),
     )
+
+
+# --------------------------------------------------------------------------- object-layer tests
+
+
+def writes_api(phase: Phase) -> bool:
+    """Tell whether ``phase`` writes the API copy of a group."""
+    return phase is not Phase.CELL_ONLY
+
+
+def writes_cell(phase: Phase) -> bool:
+    """Tell whether ``phase`` writes the cell copy of a group."""
+    return phase is not Phase.API_ONLY
+
+
+def reads_api(phase: Phase) -> bool:
+    """Tell whether ``phase`` answers single reads from the API database first."""
+    return phase in (Phase.DUAL_WRITE_API_READS, Phase.API_ONLY)
+
+
+def engines_of(dbs: Databases) -> dict[str, sa.Engine]:
+    """Return every engine of a deployment: ``"api"`` and one per cell name."""
+    return {"api": dbs.api, **{cell.name: cell.engine for cell in dbs.cells}}
+
+
+def dump_all(dbs: Databases) -> dict[str, dict[str, list[tuple[Any, ...]]]]:
+    """Dump the API database and every cell (keyed ``"api"`` and by cell name)."""
+    out = {"api": dump(dbs.api, models.api_metadata)}
+    for cell in dbs.cells:
+        out[cell.name] = dump(cell.engine, models.cell_metadata)
+    return out
+
+
+class StatementLog:
+    """Record the statements (text, parameters) that engines execute inside a ``with`` block.
+
+    ``log.seen[name]`` lists what engine ``name`` ran, hooked on SQLAlchemy's
+    ``before_cursor_execute`` event; the hooks are removed when the block ends.
+    """
+
+    def __init__(self, engines: dict[str, sa.Engine]) -> None:
+        self.engines = engines
+        self.seen: dict[str, list[tuple[str, Any]]] = {name: [] for name in engines}
+        self._hooks: list[tuple[sa.Engine, Any]] = []
+
+    def __enter__(self) -> StatementLog:
+        for name, engine in self.engines.items():
+
+            def hook(
+                _conn: Any,
+                _cursor: Any,
+                statement: str,
+                parameters: Any,
+                _context: Any,
+                _executemany: bool,
+                _name: str = name,
+            ) -> None:
+                self.seen[_name].append((statement, parameters))
+
+            sa.event.listen(engine, "before_cursor_execute", hook)
+            self._hooks.append((engine, hook))
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for engine, hook in self._hooks:
+            sa.event.remove(engine, "before_cursor_execute", hook)
+        self._hooks.clear()
+
+    def texts(self, name: str, containing: str = "") -> list[str]:
+        """Return the statements engine ``name`` ran whose text contains ``containing``."""
+        return [s for s, _ in self.seen[name] if containing in s]
+
+
+def _side_tables(side: str) -> tuple[sa.Table, sa.Table, sa.Table, str]:
+    if side == "api":
+        return models.api_groups, models.api_policies, models.api_members, "instance_uuid"
+    return models.cell_groups, models.cell_policies, models.cell_members, "instance_id"
+
+
+def group_rows(engine: sa.Engine, side: str, uuid: str) -> list[dict[str, Any]]:
+    """Return every ``instance_groups`` row with ``uuid`` (live or soft-deleted), by id."""
+    groups, _, _, _ = _side_tables(side)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(groups).where(groups.c.uuid == uuid).order_by(groups.c.id)
+        ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def child_rows(engine: sa.Engine, side: str, group_id: int) -> dict[str, list[dict[str, Any]]]:
+    """Return every policy and member row of group row ``group_id``, by id.
+
+    Member rows carry the instance uuid under ``"uuid"`` whatever the side calls it.
+    """
+    _, policies, members, column = _side_tables(side)
+    with engine.connect() as conn:
+        prows = conn.execute(
+            sa.select(policies).where(policies.c.group_id == group_id).order_by(policies.c.id)
+        ).all()
+        mrows = conn.execute(
+            sa.select(members).where(members.c.group_id == group_id).order_by(members.c.id)
+        ).all()
+    return {
+        "policies": [dict(r._mapping) for r in prows],
+        "members": [{**dict(r._mapping), "uuid": r._mapping[column]} for r in mrows],
+    }
+
+
+def live_members(engine: sa.Engine, side: str, uuid: str) -> list[str] | None:
+    """Return the member uuids of the live copy of group ``uuid`` in row order, or None."""
+    live = [r for r in group_rows(engine, side, uuid) if not r.get("deleted")]
+    if not live:
+        return None
+    assert len(live) == 1, f"{len(live)} live copies of {uuid} in one {side} database"
+    rows = child_rows(engine, side, live[0]["id"])["members"]
+    return [r["uuid"] for r in rows if not r.get("deleted")]
