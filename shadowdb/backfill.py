@@ -51,7 +51,7 @@ from sqlalchemy.engine import Connection
 
 from shadowdb import signals, urls
 from shadowdb.databases import Cell, Databases, reader, writer
-from shadowdb.errors import GuardRefused, InvalidInput, ShadowDBError
+from shadowdb.errors import DatabaseUnreachable, GuardRefused, InvalidInput, ShadowDBError
 from shadowdb.models import api_backfill_chunks, api_backfill_conflicts
 from shadowdb.phase import Phase, PhaseState, read_state, utcnow
 from shadowdb.queries import API, CELL, GroupRecord
@@ -160,6 +160,7 @@ class Backfiller:
         self.reverse = reverse
         self._sleep = sleep
         self._planned = False
+        self._down: dict[str, str] = {}
         self._conflicts: dict[tuple[str, str], Conflict] = {}
         self._reverse_after: dict[str, int] = {}
         self._rate_started = time.monotonic()
@@ -184,6 +185,35 @@ class Backfiller:
     def conflicts(self) -> tuple[Conflict, ...]:
         """Conflicts seen by this backfiller, in the order found."""
         return tuple(self._conflicts.values())
+
+    def remaining(self) -> int:
+        """Count exactly what is left to copy (for a progress bar's total).
+
+        Forward: live cell groups the API database lacks. Reverse: groups whose cell copy
+        differs from the API copy, plus live cell groups the API database no longer has.
+        """
+        if self.reverse:
+            probe = Backfiller(self.dbs, reverse=True)
+            return len(probe._reverse_candidates(10**12))
+        total = 0
+        g = CELL.groups
+        for cell in self.cells:
+            after = 0
+            while True:
+                with reader(cell.engine, cell.label) as conn:
+                    rows = conn.execute(
+                        sa.select(g.c.id, g.c.uuid)
+                        .where(g.c.deleted == 0, g.c.id > after)
+                        .order_by(g.c.id)
+                        .limit(1000)
+                    ).all()
+                if not rows:
+                    break
+                after = rows[-1].id
+                with reader(self.dbs.api, self.dbs.api_label) as conn:
+                    have = API.present(conn, [r.uuid for r in rows])
+                total += sum(1 for r in rows if r.uuid not in have)
+        return total
 
     # ------------------------------------------------------------------ preconditions
 
@@ -220,8 +250,13 @@ class Backfiller:
             return
         c = api_backfill_chunks
         for cell in self.cells:
-            with reader(cell.engine, cell.label) as conn:
-                top = conn.execute(sa.select(sa.func.max(CELL.groups.c.id))).scalar() or 0
+            try:
+                with reader(cell.engine, cell.label) as conn:
+                    top = conn.execute(sa.select(sa.func.max(CELL.groups.c.id))).scalar() or 0
+            except DatabaseUnreachable as err:
+                # The other cells go on; this one is reported, never skipped silently.
+                self._cell_down(cell, err)
+                continue
             with writer(self.dbs.api, self.dbs.api_label) as conn:
                 covered = (
                     conn.execute(
@@ -249,12 +284,22 @@ class Backfiller:
                         pass
         self._planned = True
 
+    def _cell_down(self, cell: Cell, err: BaseException) -> None:
+        if cell.uuid not in self._down:
+            self._down[cell.uuid] = f"{cell.label}: {one_line(err)}"
+            log.error("backfill_cell_unreachable", cell=cell.name, error=one_line(err))
+
     def _claim(self, conn: Connection) -> Any:
         """Lock and return one pending chunk of our cells, skipping those others hold."""
         c = api_backfill_chunks
         stmt = (
             sa.select(c.c.id, c.c.cell_uuid, c.c.start_id, c.c.end_id, c.c.next_id)
-            .where(c.c.done.is_(False), c.c.cell_uuid.in_([cell.uuid for cell in self.cells]))
+            .where(
+                c.c.done.is_(False),
+                c.c.cell_uuid.in_(
+                    [cell.uuid for cell in self.cells if cell.uuid not in self._down]
+                ),
+            )
             .order_by(c.c.id)
             .limit(1)
         )
@@ -265,10 +310,14 @@ class Backfiller:
     # ------------------------------------------------------------------ migrations
 
     def migrate_instance_groups(self, count: int) -> Step:
-        """Copy up to ``count`` live cell groups the API database lacks (module docstring)."""
-        self._plan()
+        """Copy up to ``count`` live cell groups the API database lacks (module docstring).
+
+        A cell that cannot be reached is reported in the step's error while the others
+        make progress.
+        """
         found = done = 0
         try:
+            self._plan()
             f, d = self._retry_conflicts(count)
             found, done = found + f, done + d
             while found < count:
@@ -285,8 +334,8 @@ class Backfiller:
                 )
         except (ShadowDBError, sa.exc.DBAPIError) as err:
             log.error("backfill_failed", migration="migrate_instance_groups", error=one_line(err))
-            return Step(found, done, one_line(err))
-        return Step(found, done)
+            return Step(found, done, "; ".join([*self._down.values(), one_line(err)]))
+        return Step(found, done, "; ".join(self._down.values()) or None)
 
     def _one_batch(self, budget: int) -> tuple[int, int] | None:
         """Claim a chunk, copy what its next rows lack, move its checkpoint.
@@ -311,21 +360,13 @@ class Backfiller:
                     sa.select(g.c.id, g.c.uuid)
                     .where(g.c.deleted == 0, g.c.id >= chunk.next_id, g.c.id <= chunk.end_id)
                     .order_by(g.c.id)
-                    .limit(min(self.batch_size, budget) * 4)
+                    .limit(min(self.batch_size, budget))
                 ).all()
             found = done = 0
             if rows:
-                with reader(api, self.dbs.api_label) as conn:
-                    have = API.present(conn, [r.uuid for r in rows])
-                candidates = [r for r in rows if r.uuid not in have]
-                take = candidates[: min(self.batch_size, budget)]
-                if len(take) < len(candidates):
-                    scanned_to = take[-1].id if take else rows[0].id - 1
-                else:
-                    scanned_to = rows[-1].id
-                found = len(take)
-                if take:
-                    done = self._copy(cell, [r.id for r in take])
+                scanned_to = rows[-1].id
+                found, done = self._copy(cell, [r.id for r in rows])
+                if done:
                     signals.backfill_step.send(self.dbs, step="copied", cell=cell.name, count=done)
             else:
                 scanned_to = chunk.end_id
@@ -361,39 +402,60 @@ class Backfiller:
         """Return which of ``uuids`` are also live in another cell (uuid -> cell name)."""
         elsewhere: dict[str, str] = {}
         for other in self.dbs.cells:
-            if other.uuid == cell.uuid:
+            if other.uuid == cell.uuid or other.uuid in self._down:
                 continue
-            with reader(other.engine, other.label) as conn:
-                for uuid in CELL.present(conn, uuids):
-                    elsewhere.setdefault(uuid, other.name)
+            try:
+                with reader(other.engine, other.label) as conn:
+                    for uuid in CELL.present(conn, uuids):
+                        elsewhere.setdefault(uuid, other.name)
+            except DatabaseUnreachable as err:
+                # Reported as this run's error: a twin there cannot be ruled out.
+                self._cell_down(other, err)
         return elsewhere
 
-    def _copy(self, cell: Cell, ids: Sequence[int]) -> int:
-        """Copy the live cell groups with these ids to the API database, under their locks.
+    def _copy(self, cell: Cell, ids: Sequence[int]) -> tuple[int, int]:
+        """Copy the live cell groups with these ids that the API database lacks.
 
-        Returns how many are now in the API database (copied here, or by a writer).
+        Under the groups' locks: a group whose API copy is level, or that has a pending
+        journal entry on either side (the replay owns it), needs nothing. A group whose
+        API copy differs outside a journal, or that is live in another cell too, is a
+        conflict: reported and recorded, never overwritten. Returns ``(found, done)``:
+        groups that needed work, and those copied.
         """
         api = self.dbs.api
         with transaction(cell.engine, cell.label) as cconn:
             records = CELL.lock_many(cconn, ids)
             if not records:
-                return 0
+                return 0, 0
             uuids = [r.uuid for r in records]
             twins = self._live_elsewhere(cell, uuids)
+            cell_journaled = CELL.journaled(cconn, uuids)
             with transaction(api, self.dbs.api_label) as aconn:
                 state = read_state(aconn, share=True)
-                allowed = _FORWARD_PHASES
-                if state.phase not in allowed:
+                if state.phase not in _FORWARD_PHASES:
                     raise GuardRefused(
                         state.phase.value, [f"the phase moved to {state.phase.value}"]
                     )
-                there = API.present(aconn, uuids)
-                journaled = API.journaled(aconn, uuids)
+                there = {r.uuid: r for r in API.get_many(aconn, uuids)}
+                journaled = cell_journaled | API.journaled(aconn, uuids)
                 todo: list[GroupRecord] = []
+                found = 0
                 for record in records:
-                    if record.uuid in there or record.uuid in journaled:
+                    api_copy = there.get(record.uuid)
+                    if record.uuid in journaled or (
+                        api_copy is not None and api_copy.same_data(record)
+                    ):
                         continue
-                    if record.uuid in twins:
+                    found += 1
+                    if api_copy is not None:
+                        self._conflict(
+                            aconn,
+                            record.uuid,
+                            cell,
+                            "api-copy-differs",
+                            "the API copy differs from the cell copy outside any journal",
+                        )
+                    elif record.uuid in twins:
                         self._conflict(
                             aconn,
                             record.uuid,
@@ -401,14 +463,13 @@ class Backfiller:
                             "live-in-two-cells",
                             f"also live in cell {twins[record.uuid]}",
                         )
-                        continue
-                    todo.append(record)
+                    else:
+                        todo.append(record)
                 API.insert_many(aconn, todo)
                 commit(aconn, self.dbs.api_label)
             commit(cconn, cell.label)
-        done = len(todo) + len(there)
-        log.info("backfill_batch", cell=cell.name, found=len(ids), done=done, copied=len(todo))
-        return done
+        log.info("backfill_batch", cell=cell.name, found=found, done=len(todo))
+        return found, len(todo)
 
     def _conflict(
         self, conn: Connection, group_uuid: str, cell: Cell, kind: str, detail: str
@@ -450,13 +511,10 @@ class Backfiller:
                         CELL.groups.c.uuid == row.group_uuid, CELL.groups.c.deleted == 0
                     )
                 ).first()
-            with reader(self.dbs.api, self.dbs.api_label) as conn:
-                in_api = bool(API.present(conn, [row.group_uuid]))
-            if live is not None and not in_api:
-                found += 1
-                copied = self._copy(cell, [live.id])
-                done += copied
-                if not copied:
+            if live is not None:
+                f, d = self._copy(cell, [live.id])
+                found, done = found + f, done + d
+                if f and not d:
                     continue  # still in conflict: keep it for the next run
             with writer(self.dbs.api, self.dbs.api_label) as conn:
                 conn.execute(t.delete().where(t.c.id == row.id))
@@ -572,6 +630,7 @@ def backfill(
     max_rate: float | None = None,
     reverse: bool = False,
     on_batch: Callable[[str, Step], None] | None = None,
+    on_start: Callable[[], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> BackfillResult:
     """Run the backfill the way ``nova-manage db online_data_migrations`` runs migrations.
@@ -591,7 +650,9 @@ def backfill(
         dbs, cell=cell, batch_size=batch_size, max_rate=max_rate, reverse=reverse, sleep=sleep
     )
     backfiller.check_phase()
-    totals: dict[str, list[int]] = {name: [0, 0] for name, _ in backfiller.migrations}
+    if on_start is not None:
+        on_start()
+    totals: dict[str, list[int]] = {}
     errors: list[str] = []
     batches = 0
     last_steps: dict[str, Step] = {}
@@ -609,8 +670,9 @@ def backfill(
             except Exception as err:  # a migration that raises must not stop the others
                 step = Step(0, 0, one_line(err))
             last_steps[name] = step
-            totals[name][0] += step.found
-            totals[name][1] += step.done
+            total = totals.setdefault(name, [0, 0])
+            total[0] += step.found
+            total[1] += step.done
             if step.error:
                 errors.append(f"{name}: {step.error}")
                 log.error("migration_failed", migration=name, error=step.error)

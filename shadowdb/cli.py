@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any, NoReturn, TextIO
 
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shadowdb import commands, errors, urls
-from shadowdb.databases import connect
+from shadowdb.databases import Databases, connect
 from shadowdb.phase import Phase
 from shadowdb.settings import Settings
 
@@ -258,18 +259,156 @@ def _cmd_phase_history(args: argparse.Namespace, settings: Settings, out: _Outpu
     return ExitCode.OK
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number > 0")
+    return value
+
+
+#: How a backfill outcome ends the process (nova-manage's codes, plus "stuck").
+_BACKFILL_EXIT = {
+    "done": ExitCode.OK,
+    "more": ExitCode.MORE,
+    "error": ExitCode.OPERATIONAL,
+    "stuck": ExitCode.OPERATIONAL,
+}
+
+
+def _cmd_backfill(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    from shadowdb import backfill as backfill_mod
+
+    with connect(args.api_url, settings=settings) as dbs:
+        progress: _BackfillProgress | None = None
+
+        def on_start() -> None:
+            nonlocal progress
+            if not out.json and args.max_count is None:
+                out.line(f"Running batches of {args.batch_size} until complete")
+            if not out.json and out.stream.isatty():
+                progress = _BackfillProgress(out, dbs, args)
+
+        def on_batch(name: str, step: backfill_mod.Step) -> None:
+            if progress is not None:
+                progress.advance(name, step)
+            if out.json:
+                return
+            if step.found:
+                out.line(f"{step.found} rows matched query {name}, {step.done} migrated")
+            if step.error:
+                out.line(f"Error attempting to run {name}: {step.error}")
+
+        try:
+            result = backfill_mod.backfill(
+                dbs,
+                max_count=args.max_count,
+                cell=args.cell,
+                batch_size=args.batch_size,
+                max_rate=args.max_rate,
+                reverse=args.reverse,
+                on_batch=on_batch,
+                on_start=on_start,
+            )
+        finally:
+            if progress is not None:
+                progress.stop()
+    code = _BACKFILL_EXIT[result.outcome]
+    if out.json:
+        out.emit_json({**_jsonable(result), "exit_code": int(code)})
+        return code
+    out.table(
+        None,
+        ("Migration", "Total Needed", "Completed"),
+        [(t.migration, t.found, t.done) for t in result.totals],
+    )
+    for conflict in result.conflicts:
+        out.line(
+            f"conflict: group {conflict.group_uuid} in {conflict.cell}: "
+            f"{conflict.kind} ({conflict.detail}); not copied"
+        )
+    if result.stuck:
+        out.line(
+            "Some records were found but could not be migrated (stuck): "
+            + ", ".join(result.stuck)
+            + ". Resolve the conflicts above, then run backfill again."
+        )
+    elif result.outcome == "error":
+        out.line("Some migrations failed unexpectedly. Check the errors above and the logs.")
+    elif result.outcome == "more":
+        out.line("More work may remain: run backfill again.")
+    return code
+
+
+class _BackfillProgress:
+    """Show a progress bar with rate and ETA, from an exact count of what is left."""
+
+    def __init__(self, out: _Output, dbs: Databases, args: argparse.Namespace) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        from shadowdb.backfill import Backfiller
+
+        total = Backfiller(dbs, cell=args.cell, reverse=args.reverse).remaining()
+        self._progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=out.console,
+        )
+        self._task = self._progress.add_task("groups", total=total, rate="")
+        self._started = time.monotonic()
+        self._done = 0
+        self._progress.start()
+
+    def advance(self, name: str, step: Any) -> None:
+        """Count the groups a migration call completed."""
+        if name.endswith("instance_groups") and step.done:
+            self._done += step.done
+            elapsed = max(1e-6, time.monotonic() - self._started)
+            rate = f"{self._done / elapsed:,.0f} groups/s"
+            self._progress.update(self._task, advance=step.done, rate=rate)
+
+    def stop(self) -> None:
+        """Leave the bar at its final state."""
+        self._progress.stop()
+
+
 Handler = Callable[[argparse.Namespace, Settings, _Output], ExitCode]
+
+#: The common options' values when given nowhere on the command line.
+_OPTION_DEFAULTS: dict[str, Any] = {"api_url": None, "format": "text", "debug": False}
 
 
 def _build_parser() -> _Parser:
-    common = _Parser(add_help=False)
+    # Options may come before or after each subcommand, so no parser has defaults for them
+    # (a subparser's default would overwrite a value given before it): see _OPTION_DEFAULTS.
+    common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument(
         "--api-url",
         metavar="URL",
-        default=None,
         help="API database URL (default: $SHADOWDB_API_URL, else shadowdb-data/api.sqlite)",
     )
-    common.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    common.add_argument("--format", choices=("text", "json"), help="output format")
     common.add_argument("--debug", action="store_true", help="log debug events and show tracebacks")
 
     parser = _Parser(
@@ -331,11 +470,41 @@ def _build_parser() -> _Parser:
         "history", help="list every phase change, oldest first", parents=[common]
     )
     hist.set_defaults(handler=_cmd_phase_history)
+
+    bf = sub.add_parser(
+        "backfill",
+        help="copy legacy cell groups into the API database (online data migration)",
+        parents=[common],
+    )
+    bf.add_argument(
+        "--max-count",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="run one batch migrating at most N records (default: batches until complete)",
+    )
+    bf.add_argument("--cell", default=None, metavar="NAME", help="only this cell")
+    bf.add_argument(
+        "--batch-size", type=_positive_int, default=50, metavar="N", help="records per batch"
+    )
+    bf.add_argument(
+        "--max-rate",
+        type=_positive_float,
+        default=None,
+        metavar="ROWS_PER_S",
+        help="copy at most this many groups per second",
+    )
+    bf.add_argument(
+        "--reverse", action="store_true", help="copy API -> cell (to leave api-only)"
+    )
+    bf.set_defaults(handler=_cmd_backfill)
     return parser
 
 
 def _fail(code: ExitCode, message: str, stderr: TextIO) -> ExitCode:
-    stderr.write(f"shadowdb: error: {urls.mask_text(message)}\n")
+    # One line: a driver error's SQL and parameters stay out (--debug shows them, masked).
+    first = (message.strip().splitlines() or [""])[0]
+    stderr.write(f"shadowdb: error: {urls.mask_text(first)}\n")
     return code
 
 
@@ -354,7 +523,7 @@ def main(
     debug = "--debug" in argv
     try:
         parser = _build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(argv, namespace=argparse.Namespace(**_OPTION_DEFAULTS))
         _configure_logging(args.debug, stderr)
         try:
             settings = Settings.from_environ(environ, api_url=args.api_url)
@@ -367,7 +536,8 @@ def main(
         if debug:
             import traceback
 
-            traceback.print_exc(file=stderr)
+            # Chained driver errors may quote a URL or SQL parameters: mask them too.
+            stderr.write(urls.mask_text(traceback.format_exc()))
         for cls, code in _ERROR_CODES:
             if isinstance(err, cls):
                 return int(_fail(code, str(err), stderr))

@@ -144,6 +144,12 @@ def _server_topology(server: Server, settings: Settings) -> tuple[URL, dict[str,
                     models.api_cell_mappings.c.name.not_in(CELL_NAMES)
                 )
             )
+            for name, url in cell_urls.items():  # a test may have re-aimed a mapping
+                conn.execute(
+                    models.api_cell_mappings.update()
+                    .where(models.api_cell_mappings.c.name == name)
+                    .values(database_connection=url.render_as_string(hide_password=False))
+                )
             initialise_state(conn, "tests")
     finally:
         api.dispose()

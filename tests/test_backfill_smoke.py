@@ -13,8 +13,8 @@ def test_nova_case_22_counts(topology: Topology) -> None:
     uuids = [seed_cell_group(cell, name=f"g{i}", members=[new_uuid()]) for i in range(3)]
     put_in_phase(dbs, Phase.DUAL_WRITE_CELL_READS)
     r = backfill(dbs, max_count=2, sleep=lambda s: None)
+    # The budget was spent by the first migration: the drain did not run.
     assert [(t.migration, t.found, t.done) for t in r.totals] == [
-        ("drain_journals", 0, 0),
         ("migrate_instance_groups", 2, 2),
     ]
     assert r.outcome == "more"
