@@ -364,6 +364,9 @@ class Backfiller:
                 ).all()
             found = done = 0
             if rows:
+                signals.backfill_step.send(
+                    self.dbs, step="scanned", cell=cell.name, count=len(rows)
+                )
                 scanned_to = rows[-1].id
                 found, done = self._copy(cell, [r.id for r in rows])
                 if done:
@@ -427,6 +430,7 @@ class Backfiller:
             records = CELL.lock_many(cconn, ids)
             if not records:
                 return 0, 0
+            signals.backfill_step.send(self.dbs, step="locked", cell=cell.name, count=len(records))
             uuids = [r.uuid for r in records]
             twins = self._live_elsewhere(cell, uuids)
             cell_journaled = CELL.journaled(cconn, uuids)
@@ -466,6 +470,12 @@ class Backfiller:
                     else:
                         todo.append(record)
                 API.insert_many(aconn, todo)
+                if todo:
+                    # Both transactions open, the copies not yet committed: a crash here
+                    # must leave neither the copies nor a moved checkpoint behind.
+                    signals.backfill_step.send(
+                        self.dbs, step="copying", cell=cell.name, count=len(todo)
+                    )
                 commit(aconn, self.dbs.api_label)
             commit(cconn, cell.label)
         log.info("backfill_batch", cell=cell.name, found=found, done=len(todo))

@@ -17,8 +17,9 @@ All signals live in one :class:`blinker.Namespace`. The sender is always the
 ``phase-changed``
     ``from_phase``, ``to_phase``, ``epoch``, ``forced`` (bool), ``reason``, ``actor``.
 ``fallback-read``
-    ``what`` (the lookup, e.g. ``"get_by_uuid"``), ``key`` (the uuid, name or instance
-    uuid looked up), ``cell`` (name of the cell that answered, or ``None``).
+    ``what`` (the kind of lookup: ``"uuid"``, ``"name"`` or ``"instance"``), ``key`` (the
+    uuid, name or instance uuid looked up), ``cell`` (name of the cell that answered, or
+    ``None``).
 ``shadow-write-failed``
     ``group_uuid``, ``phase``, ``database`` (label of the database that failed),
     ``error`` (one-line text), ``journal`` (``"api"`` or ``"cell"``: where it was recorded).
@@ -29,9 +30,12 @@ All signals live in one :class:`blinker.Namespace`. The sender is always the
 ``backfill-progress``
     ``migration``, ``found``, ``done``, ``batch`` (totals of this call so far).
 ``backfill-step``
-    ``step`` (``"copied"``: groups committed to the API database, their chunk's
-    checkpoint not yet moved; ``"checkpointed"``: the chunk's checkpoint committed),
-    ``cell``, ``count``. Lifecycle points for observers (and crash tests).
+    ``step``, ``cell``, ``count``: lifecycle points of one batch, in order, for observers
+    (and crash tests): ``"scanned"`` (the chunk's next rows read, nothing locked yet),
+    ``"locked"`` (their cell rows locked, nothing written), ``"copying"`` (the copies
+    inserted into the API database under those locks, not yet committed), ``"copied"``
+    (the copies committed to the API database, the chunk's checkpoint not yet moved),
+    ``"checkpointed"`` (the checkpoint committed).
 """
 
 from __future__ import annotations

@@ -135,6 +135,12 @@ def _server_topology(server: Server, settings: Settings) -> tuple[URL, dict[str,
         _synced[server.backend] = (api_url, cell_urls)
         return _synced[server.backend]
     api_url, cell_urls = _synced[server.backend]
+    empty_topology(api_url, cell_urls, settings)
+    return api_url, cell_urls
+
+
+def empty_topology(api_url: URL, cell_urls: dict[str, URL], settings: Settings) -> None:
+    """Empty every table of a synced topology; the phase goes back to ``cell-only``."""
     api = create_engine(api_url, settings)
     try:
         _empty(api, models.api_metadata, keep={"cell_mappings"})
@@ -159,7 +165,6 @@ def _server_topology(server: Server, settings: Settings) -> tuple[URL, dict[str,
             _empty(engine, models.cell_metadata, keep=set())
         finally:
             engine.dispose()
-    return api_url, cell_urls
 
 
 def _sqlite_topology(
