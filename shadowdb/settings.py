@@ -8,6 +8,7 @@ at import time.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -57,9 +58,25 @@ class Settings:
         if environ.get("SHADOWDB_DATA_DIR"):
             values["data_dir"] = Path(environ["SHADOWDB_DATA_DIR"])
         if environ.get("SHADOWDB_PHASE_TTL"):
-            values["phase_ttl"] = float(environ["SHADOWDB_PHASE_TTL"])
+            values["phase_ttl"] = _seconds(environ, "SHADOWDB_PHASE_TTL")
         user = environ.get("USER") or environ.get("LOGNAME")
         if user:
             values["actor"] = user
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _seconds(environ: Mapping[str, str], name: str) -> float:
+    """Read ``environ[name]`` as a finite, non-negative number of seconds.
+
+    A negative or infinite phase TTL would make ``phase set`` skip or never end its drain
+    wait, so it is refused like any other value that is not a number.
+    """
+    raw = environ[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}={raw!r} is not a number of seconds >= 0")
+    return value

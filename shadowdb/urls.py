@@ -32,6 +32,9 @@ _ACCEPTED_DRIVERS = {None, "pysqlite", "pymysql", "psycopg", "psycopg2"}
 Backend = str  # "sqlite" | "mysql" | "postgresql"
 
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+#: PyMySQL and psycopg also take a password as a query parameter (``?password=``).
+_PASSWORD_IN_QUERY = re.compile(r"(?P<key>[?&](?:password|passwd)=)[^&#\s'\"]*", re.IGNORECASE)
+_SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*")
 
 
 def parse_url(raw: str) -> URL:
@@ -43,7 +46,7 @@ def parse_url(raw: str) -> URL:
     Raises:
         InvalidURL: the text is not a URL, or names a backend or driver shadowdb lacks.
     """
-    shown = mask_text(raw)
+    shown = _shown(raw)
     try:
         url = make_url(raw.strip())
     except (ArgumentError, ValueError) as exc:
@@ -60,6 +63,9 @@ def parse_url(raw: str) -> URL:
     else:
         if not url.host:
             raise InvalidURL(shown, "no host")
+        if "@" in url.host:
+            # An unescaped "@" in the password: the rest of the password became the host.
+            raise InvalidURL(shown, "an '@' in the user or password must be written %40")
         if not url.database:
             raise InvalidURL(shown, "no database name")
         try:
@@ -83,9 +89,24 @@ def mask(url: URL | str) -> str:
     """Render ``url`` with its password replaced by ``***``."""
     if isinstance(url, str):
         return mask_text(url)
-    return url.render_as_string(hide_password=True)
+    return mask_text(url.render_as_string(hide_password=True))
 
 
 def mask_text(text: str) -> str:
-    """Mask every ``scheme://user:password@`` password found in free text."""
-    return _PASSWORD_IN_URL.sub(r"\g<head>***@", text)
+    """Mask every ``scheme://user:password@`` and ``?password=`` password in free text."""
+    text = _PASSWORD_IN_URL.sub(r"\g<head>***@", text)
+    return _PASSWORD_IN_QUERY.sub(r"\g<key>***", text)
+
+
+def _shown(raw: str) -> str:
+    """Quote ``raw`` for an error message with everything before its last ``@`` hidden.
+
+    Stricter than :func:`mask_text`: a URL being refused may be too malformed for the
+    pattern (a password with a space or an unescaped ``@``, a missing slash).
+    """
+    text = mask_text(raw.strip())
+    if "@" not in text:
+        return text
+    scheme, sep, _ = text.partition("://")
+    host = text.rpartition("@")[2]
+    return f"{scheme}://***@{host}" if sep and _SCHEME.fullmatch(scheme) else f"***@{host}"
