@@ -33,6 +33,7 @@ __all__ = [
     "Databases",
     "connect",
     "create_engine",
+    "create_read_engine",
     "database_errors",
     "reader",
     "writer",
@@ -89,6 +90,58 @@ def create_engine(url: URL, settings: Settings, *, create_dirs: bool = False) ->
         connect_args["charset"] = "utf8mb4"
         kwargs["isolation_level"] = "READ COMMITTED"
     return sa.create_engine(url, connect_args=connect_args, **kwargs)
+
+
+#: Bytes of a SQLite database a hot-path read connection maps into memory.
+SQLITE_READ_MMAP = 1 << 30
+#: KiB of page cache per hot-path SQLite read connection.
+SQLITE_READ_CACHE_KIB = 65536
+
+
+def create_read_engine(url: URL, settings: Settings) -> Engine:
+    """Create a read-only hot-path engine for ``url``: autocommit, nothing on checkout.
+
+    Every statement is its own transaction (``AUTOCOMMIT``), so a pooled connection needs
+    no ``BEGIN`` before its first statement and no ``ROLLBACK`` when it goes back to the
+    pool (``pool_reset_on_return=None``, ``skip_autocommit_rollback``): a checkout costs no
+    round trip. Only single-statement reads may use it; SQLite connections are opened
+    ``query_only`` so a write through it fails instead of committing on its own.
+    """
+    kwargs: dict[str, Any] = {
+        "isolation_level": "AUTOCOMMIT",
+        "pool_reset_on_return": None,
+        "skip_autocommit_rollback": True,
+    }
+    backend = urls.backend_of(url)
+    if backend == "sqlite":
+        engine = sa.create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA query_only=1")
+            # A member list is thousands of random probes into a large instances table:
+            # memory-mapped pages and a larger page cache spare a read() per page
+            # (BENCHMARKS.md, "get_hosts hot path").
+            cursor.execute(f"PRAGMA mmap_size={SQLITE_READ_MMAP}")
+            cursor.execute(f"PRAGMA cache_size=-{SQLITE_READ_CACHE_KIB}")
+            cursor.close()
+
+        return engine
+    connect_args: dict[str, Any] = {"connect_timeout": int(max(1, settings.connect_timeout))}
+    if backend == "mysql":
+        connect_args["charset"] = "utf8mb4"
+    return sa.create_engine(
+        url,
+        connect_args=connect_args,
+        pool_recycle=3600,
+        pool_size=10,
+        max_overflow=20,
+        **kwargs,
+    )
 
 
 def _make_sqlite_transactional(engine: Engine) -> None:
@@ -176,6 +229,28 @@ def writer(engine: Engine, label: str = "database") -> Iterator[Connection]:
             yield conn
 
 
+def _report_to(fast: Engine, engine: Engine) -> None:
+    """Show ``fast``'s statements to ``engine``'s statement listeners too.
+
+    Whoever watches a database's engine (statement counters in tests, tracing in a
+    service) thereby sees every statement sent to that database, whichever engine sent it.
+    """
+
+    @event.listens_for(fast, "before_cursor_execute")
+    def _forward(
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        if engine.dispatch.before_cursor_execute:
+            engine.dispatch.before_cursor_execute(
+                conn, cursor, statement, parameters, context, executemany
+            )
+
+
 class Databases:
     """Hold the API engine and one engine per cell; dispose of them with :meth:`dispose`.
 
@@ -190,6 +265,8 @@ class Databases:
         self._cells: tuple[Cell, ...] | None = None
         self._lock = threading.Lock()
         self._engines: dict[str, Engine] = {}
+        # Hot-path read engines, keyed by the engine they shadow (created on first use).
+        self._read_engines: dict[Engine, Engine] = {}
         self._phases: PhaseStore | None = None
 
     @property
@@ -198,7 +275,8 @@ class Databases:
         if self._phases is None:
             from shadowdb.phase import PhaseStore
 
-            self._phases = PhaseStore(self.api, self.settings.phase_ttl, self.api_label)
+            # Single-statement reads: the hot-path engine spares them BEGIN and ROLLBACK.
+            self._phases = PhaseStore(self.api_fast, self.settings.phase_ttl, self.api_label)
         return self._phases
 
     @property
@@ -234,6 +312,27 @@ class Databases:
             self._cells = tuple(cells)
         return self._cells
 
+    def read_engine(self, engine: Engine) -> Engine:
+        """Return the hot-path read engine for ``engine`` (same database), creating it once.
+
+        See :func:`create_read_engine`. ``engine`` is :attr:`api` or a cell's engine; the
+        write engines keep their own behaviour.
+        """
+        fast = self._read_engines.get(engine)
+        if fast is None:
+            with self._lock:
+                fast = self._read_engines.get(engine)
+                if fast is None:
+                    fast = create_read_engine(engine.url, self.settings)
+                    _report_to(fast, engine)
+                    self._read_engines[engine] = fast
+        return fast
+
+    @property
+    def api_fast(self) -> Engine:
+        """The hot-path read engine of the API database."""
+        return self.read_engine(self.api)
+
     def cell(self, name: str) -> Cell:
         """Return the cell called ``name`` (or with that uuid).
 
@@ -256,7 +355,7 @@ class Databases:
         """Close every pooled connection of every engine."""
         self.api.dispose()
         with self._lock:
-            for engine in self._engines.values():
+            for engine in (*self._engines.values(), *self._read_engines.values()):
                 engine.dispose()
 
     def __enter__(self) -> Databases:

@@ -1,37 +1,53 @@
 """Answer the scheduler's question: on which hosts do a group's instances run?
 
 Members are routed to their cells through ``instance_mappings`` (members without a
-mapping are asked of every cell); each cell answers with the distinct, non-null ``host``
-of its live instances among them, and cells are asked concurrently. A cell that fails
-is an error the caller sees, or, with ``allow_partial``, an explicit and logged partial
-answer: never a silent skip.
+mapping, or mapped to no known cell, are asked of every cell); each cell answers with
+**one** statement selecting only the distinct, non-null ``host`` of its live instances
+among them, and cells are asked concurrently. A cell that fails is an error the caller
+sees, or, with ``allow_partial``, an explicit and logged partial answer: never a silent
+skip.
+
+The member list travels as **one bound value**, whatever its size, in the form each
+backend plans best (``BENCHMARKS.md``, "get_hosts hot path", has the measurements):
+
+* SQLite: a JSON array read by ``json_each``, joined to ``instances`` with the array as
+  the outer loop (``CROSS JOIN`` fixes that order in SQLite), so every member is one
+  probe of the ``uuid`` index, whatever the statistics say; a long ``IN`` list lets
+  the planner prefer a host-first index and scan.
+* MariaDB/MySQL: a JSON array read by ``JSON_TABLE``, joined first
+  (``STRAIGHT_JOIN``): one probe of ``uniq_instances0uuid`` per member, and a single
+  parameter to escape instead of thousands.
+* PostgreSQL: ``uuid = ANY(:array)``, an index scan on ``uniq_instances0uuid``.
+
+No statement ever carries more than one bound value per member list, so there is no
+999-variable limit to chunk around and one statement per database touched.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import CellUnavailable, ShadowDBError
-from shadowdb.models import api_instance_mappings, cell_instances
-from shadowdb.queries import CHUNK
 
-__all__ = ["Hosts", "count_members_by_user", "hosts_of"]
+__all__ = ["Hosts", "count_members_by_user", "hosts_of", "route"]
 
 log = structlog.get_logger(__name__)
 
-_i = cell_instances
-#: A live instance, as Nova's ``deleted=False`` filter means it.
-_LIVE = sa.and_(_i.c.deleted == 0, sa.or_(_i.c.vm_state != "soft-delete", _i.c.vm_state.is_(None)))
+_LIVE = "i.deleted = 0 AND (i.vm_state <> 'soft-delete' OR i.vm_state IS NULL)"
 
 
 class Hosts(list[str]):
-    """The hosts of a group; ``failed_cells`` names the cells that did not answer.
+    """The hosts of a group, sorted; ``failed_cells`` names the cells that did not answer.
 
     ``failed_cells`` is only ever non-empty when the caller asked for a partial answer.
     """
@@ -44,29 +60,97 @@ class Hosts(list[str]):
         return bool(self.failed_cells)
 
 
-def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(values), CHUNK):
-        yield values[start : start + CHUNK]
+# --------------------------------------------------------------------------- statements
+#
+# Built once, per backend. ``:uuids`` is the member list as _bind() shapes it.
+
+
+def _statements(source: str, match: str) -> dict[str, sa.TextClause]:
+    """Build the hosts, count and routing statements over one member-list form.
+
+    ``source`` is the FROM clause with ``{table}`` where the searched table goes;
+    ``match`` the condition tying ``{column}`` to the member list.
+    """
+    instances = source.format(table="instances i")
+    on_uuid = match.format(column="i.uuid")
+    hosts = (
+        f"SELECT DISTINCT i.host FROM {instances}"
+        f" WHERE {on_uuid} AND {_LIVE} AND i.host IS NOT NULL"
+    )
+    count = f"SELECT count(*) FROM {instances} WHERE {on_uuid} AND {_LIVE} AND i.user_id = :user_id"
+    route = (
+        f"SELECT m.instance_uuid, m.cell_id FROM {source.format(table='instance_mappings m')}"
+        f" WHERE {match.format(column='m.instance_uuid')}"
+    )
+    scoped = " AND i.project_id = :project_id"
+    return {
+        "hosts": sa.text(hosts),
+        "hosts_scoped": sa.text(hosts + scoped),
+        "count": sa.text(count),
+        "count_scoped": sa.text(count + scoped),
+        "route": sa.text(route),
+    }
+
+
+_STATEMENTS: dict[str, dict[str, sa.TextClause]] = {
+    # json_each's "value" column; CROSS JOIN keeps the member list as the outer loop.
+    "sqlite": _statements("json_each(:uuids) AS w CROSS JOIN {table}", "{column} = w.value"),
+    # STRAIGHT_JOIN keeps the member list first. The column is declared in the tables'
+    # charset (Nova's utf8): a utf8mb4 column would make the comparison convert the
+    # indexed side and lose the index.
+    "mysql": _statements(
+        "JSON_TABLE(:uuids, '$[*]' COLUMNS (uuid VARCHAR(36) CHARACTER SET utf8mb3"
+        " PATH '$')) AS w STRAIGHT_JOIN {table}",
+        "{column} = w.uuid",
+    ),
+    "postgresql": {
+        name: stmt.bindparams(sa.bindparam("uuids", type_=postgresql.ARRAY(sa.String)))
+        for name, stmt in _statements("{table}", "{column} = ANY(:uuids)").items()
+    },
+}
+_STATEMENTS["mariadb"] = _STATEMENTS["mysql"]
+
+
+def _backend(conn: Connection) -> str:
+    return conn.dialect.name
+
+
+def _bind(backend: str, uuids: Sequence[str]) -> Any:
+    """Shape a member list as the backend's statements take it (one bound value)."""
+    if backend == "postgresql":
+        return list(uuids)
+    return json.dumps(list(uuids))
+
+
+# --------------------------------------------------------------------------- routing
 
 
 def route(dbs: Databases, members: Sequence[str]) -> dict[Cell, list[str]]:
-    """Group ``members`` by the cell ``instance_mappings`` puts them in.
+    """Group ``members`` by the cell ``instance_mappings`` puts them in (one statement).
 
-    Members with no mapping (or a mapping to an unknown cell) go to every cell.
+    Members with no mapping, or a mapping to no known cell, go to every cell. If the API
+    database cannot be asked, every member goes to every cell (complete, only slower)
+    and a warning says so.
     """
-    m = api_instance_mappings
     cell_of: dict[str, int | None] = {}
-    with reader(dbs.api, dbs.api_label) as conn:
-        for chunk in _chunks(members):
-            for uuid, cell_id in conn.execute(
-                sa.select(m.c.instance_uuid, m.c.cell_id).where(m.c.instance_uuid.in_(chunk))
-            ):
+    try:
+        with reader(dbs.api_fast, dbs.api_label) as conn:
+            backend = _backend(conn)
+            stmt = _STATEMENTS[backend]["route"]
+            for uuid, cell_id in conn.execute(stmt, {"uuids": _bind(backend, members)}):
                 cell_of[uuid] = cell_id
+    except ShadowDBError as err:
+        log.warning("routing_unavailable", error=str(err), members=len(members))
+        return {cell: list(members) for cell in dbs.cells}
+    known = {cell.id: cell for cell in dbs.cells}
+    if any(c is not None and c not in known for c in cell_of.values()):
+        # A cell registered after our list was read: read the list again, once.
+        known = {cell.id: cell for cell in dbs.refresh_cells()}
     routed: dict[Cell, list[str]] = {}
     everywhere: list[str] = []
     for uuid in members:
         cell_id = cell_of.get(uuid)
-        cell = dbs.cell_by_id(cell_id) if cell_id is not None else None
+        cell = known.get(cell_id) if cell_id is not None else None
         if cell is None:
             everywhere.append(uuid)
         else:
@@ -77,18 +161,45 @@ def route(dbs: Databases, members: Sequence[str]) -> dict[Cell, list[str]]:
     return routed
 
 
-def _hosts_in(conn: Connection, uuids: Sequence[str], project_id: str | None) -> set[str]:
-    hosts: set[str] = set()
-    for chunk in _chunks(uuids):
-        stmt = (
-            sa.select(_i.c.host)
-            .distinct()
-            .where(_i.c.uuid.in_(chunk), _LIVE, _i.c.host.is_not(None))
-        )
-        if project_id is not None:
-            stmt = stmt.where(_i.c.project_id == project_id)
-        hosts.update(row[0] for row in conn.execute(stmt))
-    return hosts
+# --------------------------------------------------------------------------- scatter-gather
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """Return the process-wide pool that asks cells concurrently (made on first use)."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="shadowdb-cells")
+    return _pool
+
+
+def _scatter(
+    dbs: Databases, routed: dict[Cell, list[str]], ask: Callable[[Connection, list[str]], Any]
+) -> tuple[list[Any], list[tuple[Cell, str]]]:
+    """Run ``ask`` on every routed cell, concurrently; return answers and failures."""
+
+    def one(cell: Cell) -> tuple[Any, str | None]:
+        try:
+            with reader(dbs.read_engine(cell.engine), cell.label) as conn:
+                return ask(conn, routed[cell]), None
+        except (ShadowDBError, sa.exc.DBAPIError) as err:
+            return None, (str(err).splitlines() or [type(err).__name__])[0]
+
+    cells = list(routed)
+    outcomes = [one(cells[0])] if len(cells) == 1 else list(_executor().map(one, cells))
+    answers: list[Any] = []
+    failed: list[tuple[Cell, str]] = []
+    for cell, (answer, error) in zip(cells, outcomes, strict=True):
+        if error is None:
+            answers.append(answer)
+        else:
+            failed.append((cell, error))
+            log.warning("cell_unavailable", cell=cell.name, error=error)
+    return answers, failed
 
 
 def hosts_of(
@@ -99,9 +210,10 @@ def hosts_of(
     project_id: str | None = None,
     allow_partial: bool = False,
 ) -> Hosts:
-    """Return the distinct hosts of the live instances among ``members``.
+    """Return the distinct hosts of the live instances among ``members``, sorted.
 
     Args:
+        dbs: the deployment's databases.
         members: the group's member instance uuids.
         exclude: uuids dropped before any query.
         project_id: restrict to one project's instances (non-admin callers).
@@ -110,71 +222,64 @@ def hosts_of(
     Raises:
         CellUnavailable: a cell failed and ``allow_partial`` is false.
     """
-    skip = set(exclude or ())
+    skip = set(exclude) if exclude else ()
     wanted = [u for u in dict.fromkeys(members) if u not in skip]
-    result = Hosts()
     if not wanted:
-        return result
-    routed = route(dbs, wanted)
+        return Hosts()
+    name = "hosts" if project_id is None else "hosts_scoped"
 
-    def ask(cell: Cell) -> set[str]:
-        with reader(cell.engine, cell.label) as conn:
-            return _hosts_in(conn, routed[cell], project_id)
+    def ask(conn: Connection, uuids: list[str]) -> list[str]:
+        backend = _backend(conn)
+        params: dict[str, Any] = {"uuids": _bind(backend, uuids)}
+        if project_id is not None:
+            params["project_id"] = project_id
+        return list(conn.execute(_STATEMENTS[backend][name], params).scalars())
 
-    failed: list[str] = []
+    answers, failed = _scatter(dbs, route(dbs, wanted), ask)
     found: set[str] = set()
-    cells = list(routed)
-    if len(cells) == 1:
-        outcomes = [_try(ask, cells[0])]
-    else:
-        with ThreadPoolExecutor(max_workers=min(8, len(cells))) as pool:
-            outcomes = list(pool.map(lambda c: _try(ask, c), cells))
-    for cell, (hosts, error) in zip(cells, outcomes, strict=True):
-        if error is not None:
-            failed.append(cell.name)
-            log.warning("cell_unavailable", cell=cell.name, error=error)
-        else:
-            found |= hosts
+    for hosts in answers:
+        found.update(hosts)
     if failed and not allow_partial:
-        raise CellUnavailable(failed)
-    result.extend(sorted(found))
-    result.failed_cells = tuple(failed)
+        raise CellUnavailable([c.name for c, _ in failed], failed[0][1])
+    result = Hosts(sorted(found))
     if failed:
-        log.warning("partial_hosts", failed_cells=failed, hosts=len(found))
+        result.failed_cells = tuple(c.name for c, _ in failed)
+        log.warning("partial_hosts", failed_cells=list(result.failed_cells), hosts=len(found))
     return result
 
 
-def _try(ask: Callable[[Cell], set[str]], cell: Cell) -> tuple[set[str], str | None]:
-    try:
-        return ask(cell), None
-    except (ShadowDBError, sa.exc.DBAPIError) as err:
-        return set(), str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
-def count_members_by_user(dbs: Databases, members: Sequence[str], user_id: str) -> int:
+def count_members_by_user(
+    dbs: Databases,
+    members: Sequence[str],
+    user_id: str,
+    *,
+    project_id: str | None = None,
+) -> int:
     """Count the live instances among ``members`` that belong to ``user_id``.
 
+    Args:
+        dbs: the deployment's databases.
+        members: the group's member instance uuids.
+        user_id: whose instances to count.
+        project_id: restrict to one project's instances (non-admin callers).
+
     Raises:
-        CellUnavailable: a cell that may hold members could not be asked.
+        CellUnavailable: a cell that may hold members could not be asked (a count
+            cannot be partial: it feeds a quota check).
     """
     wanted = list(dict.fromkeys(members))
     if not wanted:
         return 0
-    total = 0
-    failed: list[str] = []
-    for cell, uuids in route(dbs, wanted).items():
-        try:
-            with reader(cell.engine, cell.label) as conn:
-                for chunk in _chunks(uuids):
-                    total += int(
-                        conn.execute(
-                            sa.select(sa.func.count())
-                            .select_from(_i)
-                            .where(_i.c.uuid.in_(chunk), _LIVE, _i.c.user_id == user_id)
-                        ).scalar_one()
-                    )
-        except (ShadowDBError, sa.exc.DBAPIError):
-            failed.append(cell.name)
+    name = "count" if project_id is None else "count_scoped"
+
+    def ask(conn: Connection, uuids: list[str]) -> int:
+        backend = _backend(conn)
+        params: dict[str, Any] = {"uuids": _bind(backend, uuids), "user_id": user_id}
+        if project_id is not None:
+            params["project_id"] = project_id
+        return int(conn.execute(_STATEMENTS[backend][name], params).scalar_one())
+
+    answers, failed = _scatter(dbs, route(dbs, wanted), ask)
     if failed:
-        raise CellUnavailable(failed)
-    return total
+        raise CellUnavailable([c.name for c, _ in failed], failed[0][1])
+    return sum(answers)

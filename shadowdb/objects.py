@@ -499,9 +499,19 @@ class InstanceGroup:
         )
 
     def count_members_by_user(self, user_id: str) -> int:
-        """Count the group's live member instances that belong to ``user_id``."""
+        """Count the group's live member instances that belong to ``user_id``.
+
+        A non-admin caller counts only instances of their own project, as in Nova.
+
+        Raises:
+            CellUnavailable: a cell that may hold members could not be asked.
+        """
+        ctx = self._context
         return hosts_mod.count_members_by_user(
-            self._context.dbs, self._values.get("members") or [], user_id
+            ctx.dbs,
+            self._values.get("members") or [],
+            user_id,
+            project_id=ctx.scope.project_id,
         )
 
 

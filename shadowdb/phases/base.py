@@ -46,7 +46,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import structlog
 from sqlalchemy.engine import Connection
 
-from shadowdb import signals
+from shadowdb import lookups, signals
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import DatabaseUnreachable, GroupExists, GroupNotFound
 from shadowdb.phase import Phase, PhaseState, read_state
@@ -151,17 +151,16 @@ class PhaseStrategy(Protocol):
 def _find_on(
     conn: Connection, side: GroupTables, lookup: Lookup, scope: Scope
 ) -> GroupRecord | None:
-    if lookup.kind == "uuid":
-        return side.get(conn, lookup.key, scope=scope)
     if lookup.kind == "name":
         return side.by_name(conn, lookup.key, scope=scope)
-    group_uuid = side.uuid_by_member(conn, lookup.key)
-    return None if group_uuid is None else side.get(conn, group_uuid, scope=scope)
+    # uuid and member lookups are the scheduler's hot path: two statements at most,
+    # one if there is no such group (shadowdb.lookups).
+    return lookups.find(conn, side.name, lookup.kind, lookup.key, scope)
 
 
 def find_in_api(dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord | None:
-    """Look the group up in the API database."""
-    with reader(dbs.api, dbs.api_label) as conn:
+    """Look the group up in the API database (through its hot-path read engine)."""
+    with reader(dbs.api_fast, dbs.api_label) as conn:
         return _find_on(conn, API, lookup, scope)
 
 
@@ -179,7 +178,7 @@ def find_in_cells(dbs: Databases, lookup: Lookup, scope: Scope) -> tuple[GroupRe
     candidates: list[tuple[GroupRecord, Cell]] = []
     for cell in dbs.cells:
         try:
-            with reader(cell.engine, cell.label) as conn:
+            with reader(dbs.read_engine(cell.engine), cell.label) as conn:
                 found = _find_on(conn, CELL, lookup, scope)
         except DatabaseUnreachable:
             unreachable.append(cell.label)

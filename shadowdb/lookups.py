@@ -1,0 +1,116 @@
+"""Load one group by uuid or by member instance in at most two statements (the hot path).
+
+The scheduler asks for the group of the instance it places on every boot and move, and
+most instances are in no group: that answer must cost one indexed lookup per database.
+So the first statement finds the group row (through the member index for a member
+lookup, the uuid key for a uuid lookup) and the second, only if there is a group, reads
+its live policies and members together (``UNION ALL``). Statements are built once, here,
+per side; they run on whatever connection the caller gives (the hot-path read engine).
+
+Semantics are those of :meth:`shadowdb.queries.GroupTables.uuid_by_member` followed by
+:meth:`~shadowdb.queries.GroupTables.get`: a member lookup takes the first live member
+row (lowest id), whatever its project, then hides the group from a caller of another
+project, as Nova does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from shadowdb import models
+from shadowdb.queries import GroupRecord, Scope
+
+__all__ = ["find"]
+
+
+class _Side:
+    """The two statements of one kind of database (API or cell)."""
+
+    def __init__(
+        self,
+        groups: sa.Table,
+        policies: sa.Table,
+        members: sa.Table,
+        member_column: str,
+        soft_delete: bool,
+    ) -> None:
+        g, p, m = groups, policies, members
+        member = m.c[member_column]
+
+        def live(table: sa.Table) -> list[sa.ColumnElement[bool]]:
+            return [table.c.deleted == 0] if soft_delete else []
+
+        columns = (
+            g.c.id,
+            g.c.uuid,
+            g.c.name,
+            g.c.user_id,
+            g.c.project_id,
+            g.c.created_at,
+            g.c.updated_at,
+        )
+        self.by_member = (
+            sa.select(*columns)
+            .select_from(m.join(g, m.c.group_id == g.c.id))
+            .where(member == sa.bindparam("key"), *live(m), *live(g))
+            .order_by(m.c.id)
+            .limit(1)
+        )
+        self.by_uuid = sa.select(*columns).where(g.c.uuid == sa.bindparam("key"), *live(g))
+        kind: sa.Label[int] = sa.literal_column("0").label("kind")
+        self.children = sa.union_all(
+            sa.select(kind, p.c.id.label("row_id"), p.c.policy.label("value")).where(
+                p.c.group_id == sa.bindparam("group_id"), *live(p)
+            ),
+            sa.select(
+                sa.literal_column("1").label("kind"),
+                m.c.id.label("row_id"),
+                member.label("value"),
+            ).where(m.c.group_id == sa.bindparam("group_id"), *live(m)),
+        ).order_by(sa.literal_column("kind"), sa.literal_column("row_id"))
+
+
+_SIDES = {
+    "api": _Side(
+        models.api_groups, models.api_policies, models.api_members, "instance_uuid", False
+    ),
+    "cell": _Side(
+        models.cell_groups, models.cell_policies, models.cell_members, "instance_id", True
+    ),
+}
+
+
+def find(
+    conn: Connection,
+    side: Literal["api", "cell"] | str,
+    kind: Literal["uuid", "instance"] | str,
+    key: str,
+    scope: Scope,
+) -> GroupRecord | None:
+    """Return the live group with uuid ``key`` (or holding member ``key``) within ``scope``."""
+    statements = _SIDES[side]
+    stmt = statements.by_member if kind == "instance" else statements.by_uuid
+    row = conn.execute(stmt, {"key": key}).first()
+    if row is None:
+        return None
+    if scope.project_id is not None and row.project_id != scope.project_id:
+        return None
+    policies: list[str] = []
+    members: list[str] = []
+    lists: tuple[list[Any], list[Any]] = (policies, members)
+    for child_kind, _, value in conn.execute(statements.children, {"group_id": row.id}):
+        lists[int(child_kind)].append(value)
+    return GroupRecord(
+        id=row.id,
+        uuid=row.uuid,
+        name=row.name,
+        user_id=row.user_id,
+        project_id=row.project_id,
+        policies=tuple(policies),
+        members=tuple(members),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )

@@ -1,0 +1,306 @@
+"""get_hosts and count_members_by_user: what they answer, what they ask, how they fail."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import pytest
+import sqlalchemy as sa
+from structlog.testing import capture_logs
+
+from shadowdb import hosts as hosts_mod
+from shadowdb import models
+from shadowdb.databases import create_engine
+from shadowdb.errors import CellUnavailable, GroupNotFound
+from shadowdb.objects import InstanceGroup, RequestContext
+from shadowdb.phase import Phase
+from shadowdb.testing import StatementCounter
+from tests.conftest import Topology
+from tests.helpers import (
+    NOW,
+    engines_of,
+    map_instance,
+    new_uuid,
+    put_in_phase,
+    seed_api_group,
+    seed_cell_group,
+    seed_instance,
+)
+
+
+def _group_in(topology: Topology, phase: Phase, members: Sequence[str]) -> str:
+    """Create a group with ``members`` where ``phase`` reads it from (both sides if dual)."""
+    put_in_phase(topology.dbs, phase)
+    uuid = new_uuid()
+    if phase is not Phase.API_ONLY:
+        seed_cell_group(topology.cell_engine("cell1"), uuid=uuid, name="g", members=members)
+    if phase is not Phase.CELL_ONLY:
+        seed_api_group(topology.dbs.api, uuid=uuid, name="g", members=members)
+    return uuid
+
+
+def _bulk(topology: Topology, cell: str, rows: Sequence[tuple[str, str | None]]) -> None:
+    """Insert (uuid, host) live instances into ``cell`` and map them, in two statements."""
+    dbs = topology.dbs
+    with topology.cell_engine(cell).begin() as conn:
+        conn.execute(
+            models.cell_instances.insert(),
+            [
+                {
+                    "uuid": u,
+                    "host": h,
+                    "project_id": "p1",
+                    "user_id": "u1",
+                    "vm_state": "active",
+                    "deleted": 0,
+                    "created_at": NOW,
+                }
+                for u, h in rows
+            ],
+        )
+    with dbs.api.begin() as conn:
+        conn.execute(
+            models.api_instance_mappings.insert(),
+            [
+                {"instance_uuid": u, "cell_id": dbs.cell(cell).id, "project_id": "p1"}
+                for u, _ in rows
+            ],
+        )
+
+
+def _seed(topology: Topology, cell: str, host: str | None, **kwargs: object) -> str:
+    uuid = new_uuid()
+    seed_instance(topology.cell_engine(cell), uuid, host=host, **kwargs)  # type: ignore[arg-type]
+    map_instance(topology.dbs, uuid, cell, str(kwargs.get("project_id", "p1")))
+    return uuid
+
+
+def _unreachable(topology: Topology, name: str) -> None:
+    """Aim cell ``name``'s engine at a database that cannot be reached."""
+    dbs = topology.dbs
+    if topology.backend == "sqlite":
+        url = sa.make_url(f"sqlite:///{topology.settings.data_dir}/missing/folder/cell.sqlite")
+    else:
+        driver = "mysql+pymysql" if topology.backend == "mysql" else "postgresql+psycopg"
+        url = sa.make_url(f"{driver}://nobody@127.0.0.1:1/nowhere")
+    bad = create_engine(url, topology.settings)
+    dbs._cells = tuple(
+        dataclasses.replace(c, engine=bad) if c.name == name else c for c in dbs.cells
+    )
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_hosts_are_the_distinct_hosts_of_live_members(topology: Topology, phase: Phase) -> None:
+    live = [_seed(topology, "cell1", "h1"), _seed(topology, "cell1", "h1")]
+    null_state = _seed(topology, "cell1", "h4", vm_state=None)  # live: NULL is not soft-delete
+    gone = [
+        _seed(topology, "cell1", "h2", deleted=True),
+        _seed(topology, "cell1", "h3", vm_state="soft-delete"),
+        _seed(topology, "cell1", None),
+    ]
+    excluded = _seed(topology, "cell1", "h5")
+    unknown = new_uuid()  # a member whose instance row is gone for good
+    members = [*live, null_state, *gone, excluded, unknown]
+    uuid = _group_in(topology, phase, members)
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, uuid)
+    assert group.get_hosts() == ["h1", "h4", "h5"]
+    assert group.get_hosts(exclude=[excluded]) == ["h1", "h4"]
+    assert group.hosts == ["h1", "h4", "h5"]  # lazy load
+    assert "hosts" not in group.obj_what_changed()
+
+
+def test_members_in_two_cells_are_asked_concurrently_once_each(topology: Topology) -> None:
+    a = _seed(topology, "cell1", "h1")
+    b = _seed(topology, "cell2", "h2")
+    uuid = _group_in(topology, Phase.API_ONLY, [a, b])
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, uuid)
+    with StatementCounter(engines_of(topology.dbs)) as counter:
+        assert group.get_hosts() == ["h1", "h2"]
+    # One routing statement on the API database, one statement per cell.
+    assert counter.counts == {"api": 1, "cell1": 1, "cell2": 1}, counter.statements
+
+
+def test_members_of_one_cell_leave_the_other_cell_alone(topology: Topology) -> None:
+    a = _seed(topology, "cell2", "h2")
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, _group_in(topology, Phase.API_ONLY, [a]))
+    with StatementCounter(engines_of(topology.dbs)) as counter:
+        assert group.get_hosts() == ["h2"]
+    assert counter.counts == {"api": 1, "cell1": 0, "cell2": 1}, counter.statements
+
+
+def test_unmapped_members_are_asked_of_every_cell(topology: Topology) -> None:
+    a, b = new_uuid(), new_uuid()
+    seed_instance(topology.cell_engine("cell1"), a, host="h1")
+    seed_instance(topology.cell_engine("cell2"), b, host="h2")
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, _group_in(topology, Phase.API_ONLY, [a, b]))
+    with StatementCounter(engines_of(topology.dbs)) as counter:
+        assert group.get_hosts() == ["h1", "h2"]
+    assert counter.counts == {"api": 1, "cell1": 1, "cell2": 1}, counter.statements
+
+
+def test_thousands_of_members_take_one_statement_per_database(topology: Topology) -> None:
+    rows1 = [(new_uuid(), f"c1-{n % 37}") for n in range(2200)]
+    rows2 = [(new_uuid(), None if n % 2 else f"c2-{n % 5}") for n in range(1300)]
+    _bulk(topology, "cell1", rows1)
+    _bulk(topology, "cell2", rows2)
+    members = [u for u, _ in rows1 + rows2]
+    excluded = [u for u, h in rows1 if h == "c1-0"]
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    group = InstanceGroup(ctx, uuid=new_uuid(), members=members)
+    expected = sorted({h for _, h in rows1 + rows2 if h is not None})
+    with StatementCounter(engines_of(topology.dbs)) as counter:
+        assert group.get_hosts() == expected
+        assert group.get_hosts(exclude=excluded) == [h for h in expected if h != "c1-0"]
+    assert counter.counts == {"api": 2, "cell1": 2, "cell2": 2}, counter.statements
+    assert group.count_members_by_user("u1") == 3500
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_empty_group_asks_no_cell(topology: Topology, phase: Phase) -> None:
+    only = _seed(topology, "cell1", "h1")
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    empty = InstanceGroup.get_by_uuid(ctx, _group_in(topology, phase, []))
+    full = InstanceGroup.get_by_uuid(ctx, _group_in(topology, phase, [only]))
+    with StatementCounter(engines_of(topology.dbs)) as counter:
+        assert empty.get_hosts() == []
+        assert full.get_hosts(exclude=[only]) == []
+        assert empty.count_members_by_user("u1") == 0
+    assert counter.total() == 0, counter.statements
+
+
+def test_non_admins_see_only_their_projects_instances(topology: Topology) -> None:
+    mine = _seed(topology, "cell1", "h1", project_id="p1")
+    theirs = _seed(topology, "cell1", "h2", project_id="p2")
+    theirs_too = _seed(topology, "cell2", "h3", project_id="p2", user_id="u1")
+    uuid = _group_in(topology, Phase.API_ONLY, [mine, theirs, theirs_too])
+    user = InstanceGroup.get_by_uuid(RequestContext(topology.dbs, "p1", "u1"), uuid)
+    admin = InstanceGroup.get_by_uuid(RequestContext(topology.dbs, "p9", "a", True), uuid)
+    assert user.get_hosts() == ["h1"]
+    assert admin.get_hosts() == ["h1", "h2", "h3"]
+    assert user.count_members_by_user("u1") == 1
+    assert admin.count_members_by_user("u1") == 3
+
+
+def test_count_members_by_user_counts_live_instances_of_that_user(topology: Topology) -> None:
+    members = [
+        _seed(topology, "cell1", "h1"),
+        _seed(topology, "cell2", None),  # not placed yet: still a live instance
+        _seed(topology, "cell1", "h1", user_id="u2"),
+        _seed(topology, "cell1", "h1", deleted=True),
+        _seed(topology, "cell2", "h1", vm_state="soft-delete"),
+    ]
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, _group_in(topology, Phase.DUAL_WRITE_API_READS, members))
+    assert group.count_members_by_user("u1") == 2
+    assert group.count_members_by_user("u2") == 1
+
+
+def test_a_failed_cell_raises_naming_it(topology: Topology) -> None:
+    a = _seed(topology, "cell1", "h1")
+    b = _seed(topology, "cell2", "h2")
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, _group_in(topology, Phase.API_ONLY, [a, b]))
+    _unreachable(topology, "cell2")
+    with capture_logs() as logs, pytest.raises(CellUnavailable) as raised:
+        group.get_hosts()
+    assert raised.value.cells == ("cell2",)
+    assert "cell2" in str(raised.value)
+    assert any(e["event"] == "cell_unavailable" and e["cell"] == "cell2" for e in logs)
+    with pytest.raises(CellUnavailable):
+        group.count_members_by_user("u1")
+
+
+def test_a_failed_cell_gives_a_flagged_partial_answer_when_asked(topology: Topology) -> None:
+    a = _seed(topology, "cell1", "h1")
+    b = _seed(topology, "cell2", "h2")
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, _group_in(topology, Phase.API_ONLY, [a, b]))
+    _unreachable(topology, "cell2")
+    with capture_logs() as logs:
+        hosts = group.get_hosts(allow_partial=True)
+    assert hosts == ["h1"]
+    assert hosts.partial and hosts.failed_cells == ("cell2",)
+    assert any(e["event"] == "partial_hosts" and e["log_level"] == "warning" for e in logs)
+    # A cell that holds none of the members is not asked, so it cannot fail the call.
+    only_cell1 = InstanceGroup(ctx, uuid=new_uuid(), members=[a])
+    assert only_cell1.get_hosts() == ["h1"]
+
+
+def test_an_unknown_cell_id_refreshes_the_cell_list_once(topology: Topology) -> None:
+    dbs = topology.dbs
+    a = _seed(topology, "cell2", "h2")
+    dbs._cells = tuple(c for c in dbs.cells if c.name == "cell1")  # a stale list
+    group = InstanceGroup(RequestContext(dbs, "p1", "u1"), uuid=new_uuid(), members=[a])
+    assert group.get_hosts() == ["h2"]
+    assert [c.name for c in dbs.cells] == ["cell1", "cell2"]
+
+
+def test_hosts_of_takes_members_directly(topology: Topology) -> None:
+    a = _seed(topology, "cell1", "h1")
+    assert hosts_mod.hosts_of(topology.dbs, [a, a]) == ["h1"]
+    assert hosts_mod.hosts_of(topology.dbs, [a], project_id="p2") == []
+    assert hosts_mod.hosts_of(topology.dbs, []) == []
+
+
+# --------------------------------------------------------------------------- group lookups
+
+
+def _cache_phase(topology: Topology) -> None:
+    """Serve the phase from the cache for the rest of the test, as a running service does."""
+    phases = topology.dbs.phases
+    phases.get()
+    phases._ttl = 3600.0
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_instance_in_no_group_costs_one_lookup_per_database(
+    topology: Topology, phase: Phase
+) -> None:
+    dbs = topology.dbs
+    put_in_phase(dbs, phase)
+    seed_cell_group(topology.cell_engine("cell1"), members=[new_uuid()])
+    seed_api_group(dbs.api, members=[new_uuid()])
+    ctx = RequestContext(dbs, "p1", "u1")
+    _cache_phase(topology)
+    with StatementCounter(engines_of(dbs)) as counter, pytest.raises(GroupNotFound):
+        InstanceGroup.get_by_instance_uuid(ctx, new_uuid())
+    lookups = {
+        name: [s for n, s in counter.statements if n == name and "instance_group_member" in s]
+        for name in counter.counts
+    }
+    reads_api = phase in (Phase.DUAL_WRITE_API_READS, Phase.API_ONLY)
+    reads_cells = phase is not Phase.API_ONLY
+    assert len(lookups["api"]) == (1 if reads_api else 0)
+    assert len(lookups["cell1"]) == len(lookups["cell2"]) == (1 if reads_cells else 0)
+    # Nothing but those lookups, except dual-write-api-reads' check, before it falls back
+    # to the cells, that the phase has not moved on to api-only (the phase row, by key).
+    others = [s for n, s in counter.statements if "instance_group_member" not in s]
+    if phase is Phase.DUAL_WRITE_API_READS:
+        assert len(others) == 1 and "shadowdb_state" in others[0], others
+    else:
+        assert others == []
+    # Each lookup is a single indexed probe: the member index, joined to the group row.
+    for statement in [s for found in lookups.values() for s in found]:
+        assert "JOIN instance_groups" in statement
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_group_of_an_instance_loads_in_two_statements(topology: Topology, phase: Phase) -> None:
+    dbs = topology.dbs
+    member = new_uuid()
+    uuid = _group_in(topology, phase, [member, new_uuid()])
+    ctx = RequestContext(dbs, "p1", "u1")
+    _cache_phase(topology)
+    with StatementCounter(engines_of(dbs)) as counter:
+        group = InstanceGroup.get_by_instance_uuid(ctx, member)
+    assert group.uuid == uuid and group.members[0] == member
+    assert counter.total() == 2, counter.statements
+    # Another project's caller does not see it (Nova: the member lookup is unscoped, the
+    # group is not).
+    with pytest.raises(GroupNotFound):
+        InstanceGroup.get_by_instance_uuid(RequestContext(dbs, "p2", "u2"), member)
