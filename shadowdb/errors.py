@@ -19,7 +19,9 @@ Hierarchy::
     |   +-- SchemaError                .database, a migration failed or the schema is old
     |   +-- CellUnavailable            .cells, a get_hosts scatter that lost a cell
     +-- GuardRefused                   a phase transition refused by its guards (exit 3)
-                                       .reasons, a tuple of human-readable strings
+    |                                  .reasons, a tuple of human-readable strings
+    +-- UnsupportedPolicy              a group policy whose scheduler filter or weigher is
+                                       not enabled: .policy, .enforcer
 
 Driver errors are wrapped where they occur and chained with ``raise ... from``.
 """
@@ -46,6 +48,7 @@ __all__ = [
     "ShadowDBError",
     "UnknownCell",
     "UnknownPhase",
+    "UnsupportedPolicy",
 ]
 
 
@@ -179,3 +182,12 @@ class GuardRefused(ShadowDBError):
         self.target = target
         self.reasons = tuple(reasons)
         super().__init__(f"refusing to enter {target}: " + "; ".join(self.reasons))
+
+
+class UnsupportedPolicy(ShadowDBError):
+    """Refuse to schedule a group whose policy no enabled filter or weigher enforces."""
+
+    def __init__(self, policy: str, enforcer: str) -> None:
+        self.policy = policy
+        self.enforcer = enforcer
+        super().__init__(f"unsupported policy {policy!r}: {enforcer} is not enabled")
