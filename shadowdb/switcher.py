@@ -372,6 +372,7 @@ class StepKind(enum.Enum):
     RECORD = "record"
     ANNOUNCE = "announce"
     DRAIN_WAIT = "drain-wait"
+    CATCH_UP = "catch-up"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,6 +395,14 @@ class Switched:
     epoch: int
     changed_at: dt.datetime
     steps: tuple[Step, ...]
+
+
+#: Moves after which the cell copies are levelled once more (see ``Switcher._catch_up``).
+_CATCH_UP = {
+    (Phase.API_ONLY, Phase.DUAL_WRITE_API_READS): (
+        "copy what api-only wrote since the reverse sync to the cells (backfill --reverse)"
+    ),
+}
 
 
 def _overridden_text(overridden: Sequence[str]) -> str | None:
@@ -490,12 +499,15 @@ class Switcher:
             f"wait {settings.drain_wait:g}s (phase TTL {settings.phase_ttl:g}s + write grace "
             f"{settings.write_grace:g}s) until no process writes as {t.from_phase.value}"
         )
-        return [
+        steps = [
             Step(StepKind.PRECONDITIONS, pre, t),
             Step(StepKind.RECORD, record, t),
             Step(StepKind.ANNOUNCE, announce, t),
             Step(StepKind.DRAIN_WAIT, drain, t),
         ]
+        if (t.from_phase, t.to_phase) in _CATCH_UP:
+            steps.append(Step(StepKind.CATCH_UP, _CATCH_UP[(t.from_phase, t.to_phase)], t))
+        return steps
 
     def dry_run(
         self, target: Phase, *, force: bool = False, reason: str | None = None
@@ -539,6 +551,8 @@ class Switcher:
                 self._announce(transition)
             elif step.kind is StepKind.DRAIN_WAIT:
                 self._sleep(self.dbs.settings.drain_wait)
+            elif step.kind is StepKind.CATCH_UP:
+                self._catch_up(transition)
         if changed_at is None:
             raise ValueError("a plan without a record step")
         return Switched(transition, transition.new_epoch, changed_at, tuple(steps))
@@ -582,6 +596,30 @@ class Switcher:
                 )
             )
         return now
+
+    def _catch_up(self, t: Transition) -> None:
+        """Level the cell copies with what ``api-only`` wrote after the reverse sync.
+
+        Writers of ``api-only`` never touch the cells: whatever they wrote between the
+        operator's reverse backfill and the record step is on the API side only, with no
+        journal entry. After the drain wait every writer dual-writes again, so one more
+        reverse pass now leaves nothing behind.
+        """
+        from shadowdb.backfill import backfill
+
+        result = backfill(self.dbs, reverse=True, sleep=self._sleep)
+        log.info(
+            "phase_catch_up",
+            to_phase=t.to_phase.value,
+            outcome=result.outcome,
+            done=sum(total.done for total in result.totals),
+        )
+        if result.outcome != "done":
+            raise OperationalError(
+                f"the phase is {t.to_phase.value}, but levelling the cell copies did not "
+                f"finish ({'; '.join(result.errors) or result.outcome}): "
+                "run `shadowdb backfill --reverse`"
+            )
 
     def _announce(self, t: Transition) -> None:
         # This process must not serve the old phase from its own cache for another TTL.
