@@ -136,6 +136,11 @@ class _Output:
             table.add_column(column)
         for row in rows:
             table.add_row(*("" if v is None else str(v) for v in row))
+        if not self.stream.isatty():
+            # Nor is any cell cut with "…", however wide the table: it may be parsed too.
+            wide = self.console.options.update_width(1_000_000)
+            natural = self.console.measure(table, options=wide).maximum
+            self.console.width = max(self.console.width, natural)
         self.console.print(table)
 
 

@@ -205,10 +205,23 @@ def _topology_snapshot(topology: Topology, tmp_path: Path) -> Snapshot:
     return snapshot([topology.api_url, *topology.cell_urls.values()], tmp_path)
 
 
-@pytest.mark.parametrize("case", [c.param() for c in CASES])
-def test_refused_with_one_line_and_nothing_written(
-    cli: Cli, topology: Topology, tmp_path: Path, case: Case
-) -> None:
+#: The refusals that come after shadowdb has read the topology's API database: these run on
+#: every backend. The others are refused before it is reached, whatever its backend.
+REACH_THE_API = {
+    "name-empty",
+    "name-blank",
+    "name-256",
+    "name-duplicate",
+    "name-duplicate-padded",
+    "cell-sqlite-in-memory",
+    "cell-mysql-closed-port",
+    "cell-postgresql-closed-port",
+    "cell-sqlite-no-folder",
+}
+SQLITE_ONLY = [pytest.param("sqlite", marks=pytest.mark.sqlite)]
+
+
+def _refused(cli: Cli, topology: Topology, tmp_path: Path, case: Case) -> None:
     argv = [topology.api_url_text if a == API else a for a in case.argv]
     before = _topology_snapshot(topology, tmp_path)
     run = cli(*argv, env=case.env)
@@ -216,6 +229,27 @@ def test_refused_with_one_line_and_nothing_written(
     message = run.only_error()  # one line, no traceback, nothing on stdout
     assert re.search(case.message, message), message
     assert_unchanged(before, _topology_snapshot(topology, tmp_path), argv)
+
+
+@pytest.mark.parametrize("case", [c.param() for c in CASES if c.id in REACH_THE_API])
+def test_refused_after_reading_the_api_database_writes_nothing(
+    cli: Cli, topology: Topology, tmp_path: Path, case: Case
+) -> None:
+    _refused(cli, topology, tmp_path, case)
+
+
+@pytest.mark.parametrize("backend", SQLITE_ONLY, indirect=True)
+@pytest.mark.parametrize("case", [c.param() for c in CASES if c.id not in REACH_THE_API])
+def test_refused_before_the_api_database_writes_nothing(
+    cli: Cli, topology: Topology, tmp_path: Path, case: Case
+) -> None:
+    _refused(cli, topology, tmp_path, case)
+
+
+def test_every_case_is_known() -> None:
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids))
+    assert set(ids) >= REACH_THE_API
 
 
 @pytest.mark.parametrize("case", [c.param() for c in CASES if c.id.startswith(("api-", "cell-"))])
