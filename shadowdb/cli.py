@@ -61,7 +61,9 @@ class UsageError(errors.InvalidInput):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        # "shadowdb: error: cell add: ..." rather than repeating the program's name.
+        where = self.prog.removeprefix("shadowdb").strip()
+        raise UsageError(f"{where}: {message}" if where else message)
 
 
 def _configure_logging(debug: bool, stream: TextIO) -> None:

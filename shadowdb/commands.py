@@ -170,6 +170,13 @@ def add_cell(dbs: Databases, name: str, url: str, *, default: bool = False) -> C
     cell_uuid = str(uuidlib.uuid4())
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     with writer(dbs.api, dbs.api_label) as conn:
+        # Serialise cell registrations on the state row, then look again: two concurrent
+        # `cell add` of one name must not both pass (cell_mappings has no unique name).
+        read_state(conn, for_update=True)
+        if conn.execute(
+            sa.select(api_cell_mappings.c.id).where(api_cell_mappings.c.name == name)
+        ).first():
+            raise CellExists(name)
         conn.execute(
             api_cell_mappings.insert().values(
                 created_at=now,

@@ -146,12 +146,12 @@ CASES = [
     # Usage.
     _bad("no-command", f"--api-url {API}", r"required: COMMAND$"),
     _bad("unknown-command", f"frobnicate --api-url {API}", r"invalid choice: 'frobnicate'"),
-    _bad("no-action", f"cell --api-url {API}", r"shadowdb cell: .*required: ACTION$"),
+    _bad("no-action", f"cell --api-url {API}", r"^cell: .*required: ACTION$"),
     _bad("unknown-action", f"cell remove cell1 --api-url {API}", r"invalid choice: 'remove'"),
     _bad(
         "missing-db-url",
         f"cell add cell3 --api-url {API}",
-        r"shadowdb cell add: .*required: DB_URL$",
+        r"^cell add: .*required: DB_URL$",
     ),
     _bad("missing-name", f"cell add --api-url {API}", r"required: name, DB_URL$"),
     _bad("extra-argument", f"status extra --api-url {API}", r"unrecognized arguments: extra$"),
