@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import structlog
 
-from shadowdb import schema, urls
+from shadowdb import diff, schema, urls
 from shadowdb.databases import Cell, Databases, database_errors, reader, writer
 from shadowdb.errors import CellExists, DatabaseUnreachable, InvalidInput, SchemaError
 from shadowdb.models import api_cell_mappings, api_phase_history, api_state
@@ -33,6 +33,7 @@ __all__ = [
     "Status",
     "SyncResult",
     "add_cell",
+    "diff_report",
     "list_cells",
     "phase_history",
     "set_phase",
@@ -346,3 +347,49 @@ def phase_history(dbs: Databases) -> list[HistoryEntry]:
         )
         for row in rows
     ]
+
+
+# --------------------------------------------------------------------------- diff report
+
+
+def diff_report(
+    dbs: Databases,
+    *,
+    cell: str | None = None,
+    keys_only: bool = False,
+    limit: int | None = None,
+    repair: bool = False,
+    chunk_size: int = diff.DEFAULT_CHUNK,
+    progress: diff.Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> diff.DiffReport:
+    """Compare every cell's live groups with the API database's and record the result.
+
+    Differences are re-checked under the writers' lock before they are reported (see
+    :mod:`shadowdb.diff`); the result is stored for ``phase set``'s guards.
+
+    Args:
+        cell: compare only this cell's groups (such a run admits no phase change).
+        keys_only: leave group data out of the findings.
+        limit: keep only the first ``limit`` findings (``total`` still counts all).
+        repair: enqueue every differing key with an authoritative copy in that side's
+            journal, for the next ``shadowdb backfill`` to replay.
+        chunk_size: groups per checksum chunk (memory is bounded by it).
+        progress: called with (stage, done, total) as the run goes.
+        sleep: what the pause between re-checks calls.
+
+    Raises:
+        InvalidInput: ``limit`` or ``chunk_size`` below 1, or an unknown cell.
+        ScanIncomplete: a scan accounted for fewer rows than a database holds.
+        OperationalError: a database could not be read.
+    """
+    return diff.run_diff(
+        dbs,
+        cell=cell,
+        keys_only=keys_only,
+        limit=limit,
+        repair=repair,
+        chunk_size=chunk_size,
+        progress=progress,
+        sleep=sleep,
+    )

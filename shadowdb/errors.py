@@ -18,6 +18,8 @@ Hierarchy::
     |   +-- DatabaseUnreachable        .database (a masked URL or a cell name)
     |   +-- SchemaError                .database, a migration failed or the schema is old
     |   +-- CellUnavailable            .cells, a get_hosts scatter that lost a cell
+    |   +-- ScanIncomplete             .database, .what, .expected, .seen: a diff scan
+    |                                  that read fewer rows than the database holds
     +-- GuardRefused                   a phase transition refused by its guards (exit 3)
     |                                  .reasons, a tuple of human-readable strings
     +-- UnsupportedPolicy              a group policy whose scheduler filter or weigher is
@@ -44,6 +46,7 @@ __all__ = [
     "NotFound",
     "ObjectActionError",
     "OperationalError",
+    "ScanIncomplete",
     "SchemaError",
     "ShadowDBError",
     "UnknownCell",
@@ -173,6 +176,23 @@ class CellUnavailable(OperationalError):
         self.cells = tuple(cells)
         suffix = f": {detail}" if detail else ""
         super().__init__(f"cell(s) {', '.join(self.cells)} unavailable{suffix}")
+
+
+class ScanIncomplete(OperationalError):
+    """Report a diff scan that accounted for fewer (or more) rows than the database holds.
+
+    A short scan proves nothing: the diff report is an error, never "clean".
+    """
+
+    def __init__(self, database: str, what: str, expected: int, seen: int) -> None:
+        self.database = database
+        self.what = what
+        self.expected = expected
+        self.seen = seen
+        super().__init__(
+            f"{database}: the diff scan accounted for {seen} {what} rows, "
+            f"the database holds {expected}; nothing is reported clean"
+        )
 
 
 class GuardRefused(ShadowDBError):

@@ -202,6 +202,29 @@ api_backfill_conflicts = sa.Table(
     **_MYSQL,
 )
 
+api_diff_results = sa.Table(
+    "shadowdb_diff_results",
+    api_metadata,
+    # One row per diff-report run; the newest gates `phase set` (shadowdb.switcher).
+    # ``outcome`` is "clean", "differences" or "incomplete"; ``scope`` "all" or a cell name;
+    # ``counts`` a JSON object of differing keys per kind.
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=False),
+    sa.Column("phase", sa.String(length=32), nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("scope", sa.String(length=255), nullable=False),
+    sa.Column("outcome", sa.String(length=16), nullable=False),
+    sa.Column("differences", sa.Integer, nullable=False),
+    sa.Column("counts", sa.Text, nullable=True),
+    sa.Column("rows_api", sa.Integer, nullable=False),
+    sa.Column("rows_cells", sa.Integer, nullable=False),
+    sa.Column("repaired", sa.Integer, nullable=False),
+    sa.Column("actor", sa.String(length=255), nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    **_MYSQL,
+)
+
 # --------------------------------------------------------------------------- cell database
 
 cell_metadata = sa.MetaData()
