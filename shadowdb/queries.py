@@ -200,12 +200,16 @@ class GroupTables:
         return self._hydrate(conn, rows)
 
     def by_name(self, conn: Connection, name: str, *, scope: Scope | None) -> GroupRecord | None:
-        """Load the oldest live group called ``name`` (ties broken by id), within scope."""
+        """Load the oldest live group called ``name`` (ties broken by id), within scope.
+
+        Undated rows come last on every backend (as across cells), whatever the backend's
+        own NULL ordering (first on MySQL and SQLite, last on PostgreSQL).
+        """
         g = self.groups
         row = conn.execute(
             sa.select(*self._group_columns())
             .where(g.c.name == name, *self._scoped(scope))
-            .order_by(g.c.created_at, g.c.id)
+            .order_by(g.c.created_at.is_(None), g.c.created_at, g.c.id)
             .limit(1)
         ).first()
         return self._hydrate(conn, [row])[0] if row is not None else None

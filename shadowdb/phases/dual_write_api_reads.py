@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from shadowdb import signals
-from shadowdb.databases import Databases
+from shadowdb.databases import Databases, reader
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
@@ -29,7 +29,7 @@ from shadowdb.phases.base import (
     list_cells,
     merge,
 )
-from shadowdb.queries import GroupRecord, Scope
+from shadowdb.queries import API, GroupRecord, Scope
 
 log = structlog.get_logger(__name__)
 
@@ -49,15 +49,20 @@ class DualWriteApiReads:
         if dbs.phases.fresh().phase is Phase.API_ONLY:
             raise lookup.not_found()
         found = find_in_cells(dbs, lookup, scope)
-        signals.fallback_read.send(
-            dbs, what=lookup.kind, key=lookup.key, cell=found[1].name if found else None
-        )
-        log.info(
-            "fallback_read",
-            what=lookup.kind,
-            key=lookup.key,
-            cell=found[1].name if found else None,
-        )
+        if found is not None:
+            with reader(dbs.api, dbs.api_label) as conn:
+                shadowed = bool(API.present(conn, [found[0].uuid]))
+            if shadowed:
+                # The group has an API copy, the authority: it did not match (renamed,
+                # member removed, other project) or has just arrived. Serve it if it
+                # matches now; never the cell copy, which is stale.
+                found = None
+                record = find_in_api(dbs, lookup, scope)
+        cell = found[1].name if found else None
+        signals.fallback_read.send(dbs, what=lookup.kind, key=lookup.key, cell=cell)
+        log.info("fallback_read", what=lookup.kind, key=lookup.key, cell=cell)
+        if record is not None:
+            return record
         if found is None:
             raise lookup.not_found()
         return found[0]
