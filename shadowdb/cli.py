@@ -8,6 +8,7 @@ otherwise. Every failure ends in one line on stderr and an exit code from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from shadowdb import commands, errors, urls
 from shadowdb.databases import Databases, connect
+from shadowdb.diff import DiffKind, DiffReport
 from shadowdb.phase import Phase
 from shadowdb.settings import Settings
 
@@ -400,6 +402,118 @@ class _BackfillProgress:
         self._progress.stop()
 
 
+def _cmd_diff_report(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    target = out
+    with contextlib.ExitStack() as stack:
+        if args.output is not None:
+            try:
+                handle = stack.enter_context(open(args.output, "w", encoding="utf-8"))
+            except OSError as err:
+                raise errors.InvalidInput(f"cannot write --output {args.output}: {err}") from err
+            target = _Output(out.fmt, handle)
+        dbs = stack.enter_context(connect(args.api_url, settings=settings))
+        # A bar only on a terminal, and never mixed into JSON on it.
+        bar = out.stream.isatty() and (args.output is not None or not out.json)
+        with _DiffProgress(out) if bar else contextlib.nullcontext() as progress:
+            report = commands.diff_report(
+                dbs,
+                cell=args.cell,
+                keys_only=args.keys_only,
+                limit=args.limit,
+                repair=args.repair,
+                progress=progress.update if progress is not None else None,
+            )
+        code = ExitCode.OK if report.clean else ExitCode.MORE
+        if target.json:
+            target.emit_json({**_jsonable(report), "exit_code": int(code)})
+        else:
+            _render_diff(target, report)
+    return code
+
+
+def _render_diff(out: _Output, report: DiffReport) -> None:
+    scope = "every cell" if report.scope == "all" else f"cell {report.scope}"
+    where = f"phase {report.phase}, epoch {report.epoch}, {scope}"
+    rows = report.rows
+    if report.clean:
+        out.line(f"clean: the API database and {scope} hold the same groups ({where})")
+    else:
+        kinds = ", ".join(
+            f"{kind.value}: {report.counts[kind.value]}"
+            for kind in DiffKind
+            if kind.value in report.counts
+        )
+        out.line(f"{report.total} differing keys ({kinds}) ({where})")
+        columns = ["Kind", "Key", "Authoritative", "Cells", "Detail"]
+        if not report.keys_only:
+            columns += ["API", "Cell"]
+        if report.repaired or report.not_repaired:
+            columns.append("Repair")
+        table_rows = []
+        for f in report.findings:
+            row: list[Any] = [
+                f.kind.value,
+                f.key,
+                f.authoritative or "none",
+                ", ".join(f.cells),
+                f.detail,
+            ]
+            if not report.keys_only:
+                row += [_compact(f.api), _compact(f.cell)]
+            if report.repaired or report.not_repaired:
+                row.append(f.repair)
+            table_rows.append(row)
+        out.table(None, columns, table_rows)
+        if len(report.findings) < report.total:
+            out.line(f"showing the first {len(report.findings)} of {report.total} (--limit)")
+    out.line(
+        f"rows checksummed: API {rows.api_hashed}, cells {rows.cells_hashed}; "
+        f"compared row by row: API {rows.api_compared}, cells {rows.cells_compared}; "
+        f"chunks differing: {rows.chunks_differing} of {rows.chunks}; "
+        f"re-checked: {rows.rechecked} ({rows.cleared} were writes in flight)"
+    )
+    if report.repaired or report.not_repaired:
+        out.line(
+            f"repair: {report.repaired} keys enqueued in their authoritative journal, "
+            f"{report.not_repaired} left; run `shadowdb backfill` to replay them, then "
+            "diff-report again"
+        )
+
+
+def _compact(value: Any) -> str:
+    return "" if value is None else json.dumps(value, sort_keys=True)
+
+
+class _DiffProgress:
+    """Show one progress bar per stage of a diff (checksums, compare, recheck)."""
+
+    def __init__(self, out: _Output) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=out.console,
+            transient=True,
+        )
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _DiffProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        """Move the bar of ``stage`` to ``done`` of ``total``."""
+        task = self._tasks.get(stage)
+        if task is None:
+            task = self._tasks[stage] = self._progress.add_task(stage, total=total)
+        self._progress.update(task, completed=done, total=total)
+
+
 Handler = Callable[[argparse.Namespace, Settings, _Output], ExitCode]
 
 #: The common options' values when given nowhere on the command line.
@@ -505,6 +619,32 @@ def _build_parser() -> _Parser:
         "--reverse", action="store_true", help="copy API -> cell (to leave api-only)"
     )
     bf.set_defaults(handler=_cmd_backfill)
+
+    dr = sub.add_parser(
+        "diff-report",
+        help="compare every cell's groups with the API database's (exit 1 if they differ)",
+        parents=[common],
+    )
+    dr.add_argument("--cell", default=None, metavar="NAME", help="only this cell's groups")
+    dr.add_argument(
+        "--output", default=None, metavar="FILE", help="write the report to FILE, not stdout"
+    )
+    dr.add_argument(
+        "--keys-only", action="store_true", help="list the differing keys without group data"
+    )
+    dr.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="show the first N differences (the total is still counted)",
+    )
+    dr.add_argument(
+        "--repair",
+        action="store_true",
+        help="enqueue each differing key in its authoritative side's journal for backfill",
+    )
+    dr.set_defaults(handler=_cmd_diff_report)
     return parser
 
 

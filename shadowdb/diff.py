@@ -1293,7 +1293,9 @@ def run_diff(
                 repaired=0,
                 detail=one_line(err),
             )
-        log.error("diff_report_failed", scope=scope, error=one_line(err))
+        # The caller reports the error itself (the CLI: one line on stderr); this is the
+        # command's canonical line, quiet unless debugging.
+        log.info("diff_report", outcome="incomplete", scope=scope, error=one_line(err))
         raise
     counts = dict(Counter(f.kind.value for f in findings))
     repaired = not_repaired = 0
