@@ -32,6 +32,8 @@ class Settings:
         write_grace: upper bound, in seconds, of one object write; part of the drain wait.
         connect_timeout: seconds to wait when connecting to a server database.
         actor: who is acting, recorded in the phase history.
+        diff_max_age: seconds a clean diff-report stays good enough for ``phase set``
+            into ``dual-write-api-reads`` or ``api-only`` (counted from its start).
     """
 
     api_url: str | None = None
@@ -40,6 +42,7 @@ class Settings:
     write_grace: float = 1.0
     connect_timeout: float = 5.0
     actor: str = "shadowdb"
+    diff_max_age: float = 3600.0
 
     @property
     def drain_wait(self) -> float:
@@ -50,7 +53,8 @@ class Settings:
     def from_environ(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
         """Build settings from ``SHADOWDB_*`` variables, then apply ``overrides``.
 
-        Recognised: ``SHADOWDB_API_URL``, ``SHADOWDB_DATA_DIR``, ``SHADOWDB_PHASE_TTL``.
+        Recognised: ``SHADOWDB_API_URL``, ``SHADOWDB_DATA_DIR``, ``SHADOWDB_PHASE_TTL``,
+        ``SHADOWDB_DIFF_MAX_AGE``.
         """
         values: dict[str, object] = {}
         if environ.get("SHADOWDB_API_URL"):
@@ -59,6 +63,8 @@ class Settings:
             values["data_dir"] = Path(environ["SHADOWDB_DATA_DIR"])
         if environ.get("SHADOWDB_PHASE_TTL"):
             values["phase_ttl"] = _seconds(environ, "SHADOWDB_PHASE_TTL")
+        if environ.get("SHADOWDB_DIFF_MAX_AGE"):
+            values["diff_max_age"] = _seconds(environ, "SHADOWDB_DIFF_MAX_AGE")
         user = environ.get("USER") or environ.get("LOGNAME")
         if user:
             values["actor"] = user

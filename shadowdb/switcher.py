@@ -49,8 +49,8 @@ What guards do not promise
     A guard verdict is a snapshot. Writers of the current phase keep running while guards
     scan, so a journal may gain a row between the guard and the record; the journals are
     drained by backfill in the phase that follows, and a later guard (into ``api-only``)
-    requires them empty again. Guards on backfill completeness and on a clean, recent diff
-    are added to :data:`GUARDS` by the backfill and diff-report work.
+    requires them empty again. :class:`CleanRecentDiff` explains why a clean diff-report
+    stays valid until the move, writes since it included.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
-from shadowdb import signals
+from shadowdb import diff, signals
 from shadowdb.databases import Cell, Databases, reader, writer
 from shadowdb.errors import DatabaseUnreachable, GuardRefused, OperationalError
 from shadowdb.models import (
@@ -84,6 +84,7 @@ __all__ = [
     "TRANSITIONS",
     "ApiJournalEmpty",
     "CellJournalsEmpty",
+    "CleanRecentDiff",
     "Guard",
     "ReverseSyncDone",
     "Step",
@@ -313,6 +314,74 @@ class ReverseSyncDone:
         return reasons
 
 
+class CleanRecentDiff:
+    """Require a clean diff-report of every cell, recent, run in the current phase.
+
+    The newest run recorded by :mod:`shadowdb.diff` admits the move when it
+
+    1. completed, compared every cell (not one ``--cell``) and found no difference;
+    2. started at most ``Settings.diff_max_age`` seconds ago;
+    3. ran at the current epoch. A phase change since the run could have let writers
+       that skip a database (``cell-only`` writers after a step back, ``api-only``
+       writers) leave copies unequal without a trace, so any change voids the run.
+
+    What about writes since the run, in the same phase? In a dual-write phase a write
+    leaves the two copies unequal only when its second half fails, and then it records a
+    journal entry in the transaction of its first half (:mod:`shadowdb.phases.base`).
+    Every move this guard gates also runs the journal guards of the journals its source
+    phase writes (``cell-journals-empty`` from ``dual-write-cell-reads``; both from
+    ``dual-write-api-reads``; ``api-journal-empty`` from ``api-only``), so such an entry,
+    while pending, refuses the move; once replayed, its copies are level again. Writes of
+    ``api-only`` reach no cell and leave no journal: leaving it, the switcher's catch-up
+    step levels the cells once more after the drain wait. This guard reads only the API
+    database.
+    """
+
+    name = "clean-recent-diff"
+
+    def check(self, dbs: Databases, state: PhaseState, target: Phase) -> list[str]:
+        """Check the newest recorded diff-report against the rule above."""
+        with reader(dbs.api, dbs.api_label) as conn:
+            last = diff.last_result(conn)
+        run = "run `shadowdb diff-report`"
+        if last is None:
+            return [f"no diff-report on record; {run}"]
+        when = f"the last diff-report (started {last.started_at:%Y-%m-%d %H:%M:%S}Z)"
+        if last.outcome == "incomplete":
+            return [f"{when} did not complete; {run}"]
+        if last.outcome != "clean":
+            kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(last.counts.items()))
+            return [
+                f"{when} found {_plural(last.differences, 'difference')} ({kinds}); "
+                "repair them (diff-report --repair, then backfill) and run diff-report again"
+            ]
+        if last.scope != "all":
+            return [f"{when} compared cell {last.scope} only; {run} for every cell"]
+        reasons = []
+        age = (utcnow() - last.started_at).total_seconds()
+        limit = dbs.settings.diff_max_age
+        if age > limit:
+            reasons.append(
+                f"{when} is {_duration(age)} old, more than diff_max_age ({_duration(limit)}); "
+                f"{run}"
+            )
+        if last.epoch != state.epoch:
+            reasons.append(
+                f"the phase changed since the last diff-report (it ran in {last.phase} at epoch "
+                f"{last.epoch}, now epoch {state.epoch}); {run}"
+            )
+        return reasons
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole < 120:
+        return f"{whole}s"
+    if whole < 7200:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
 def _count(conn: Connection, table: sa.Table) -> int:
     return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
@@ -322,13 +391,18 @@ def _count(conn: Connection, table: sa.Table) -> int:
 GUARDS: dict[tuple[Phase, Phase], tuple[Guard, ...]] = {
     # The drain wait is what makes this safe: no cell-only writer survives it.
     (_C, _CR): (),
-    (_CR, _AR): (UnmigratedCellGroups(), CellJournalsEmpty()),
-    (_AR, _A): (ApiJournalEmpty(), CellJournalsEmpty(), UnmigratedCellGroups()),
+    (_CR, _AR): (UnmigratedCellGroups(), CellJournalsEmpty(), CleanRecentDiff()),
+    (_AR, _A): (
+        ApiJournalEmpty(),
+        CellJournalsEmpty(),
+        UnmigratedCellGroups(),
+        CleanRecentDiff(),
+    ),
     # The cell stays authoritative; the API copies merely stop being written, and backfill
     # must bring them level again before dual-write-api-reads.
     (_CR, _C): (),
     (_AR, _CR): (ApiJournalEmpty(),),
-    (_A, _AR): (ReverseSyncDone(), ApiJournalEmpty()),
+    (_A, _AR): (ReverseSyncDone(), ApiJournalEmpty(), CleanRecentDiff()),
 }
 
 

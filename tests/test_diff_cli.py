@@ -231,3 +231,23 @@ def test_one_cell(cli: Cli, topology: Topology) -> None:
     run = diff(cli, topology, "--cell", "cell2", "--format", "json")
     assert run.code == ExitCode.MORE
     assert [(f["key"], f["kind"]) for f in run.json()["findings"]] == [(uuid, "missing-in-api")]
+
+
+def test_phase_set_uses_the_stored_result(cli: Cli, topology: Topology) -> None:
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
+    group = seed_pair(topology)
+    api = ("--api-url", topology.api_url_text)
+    with topology.dbs.api.begin() as conn:
+        conn.execute(
+            models.api_groups.update().where(models.api_groups.c.uuid == group).values(name="x")
+        )
+    assert diff(cli, topology).code == ExitCode.MORE
+    refused = cli("phase", "set", "dual-write-api-reads", *api)
+    assert refused.code == ExitCode.REFUSED
+    assert "found 1 difference (field-mismatch: 1)" in refused.only_error()
+    assert diff(cli, topology, "--repair").code == ExitCode.MORE
+    assert cli("backfill", *api).code == ExitCode.OK
+    assert diff(cli, topology).code == ExitCode.OK
+    moved = cli("phase", "set", "dual-write-api-reads", *api)
+    assert moved.code == ExitCode.OK, moved.err
+    assert moved.out.startswith("phase: dual-write-cell-reads -> dual-write-api-reads")

@@ -133,7 +133,8 @@ def test_phase_set_lists_every_failed_guard_on_one_line(topology: Topology) -> N
         "shadowdb: error: refusing to enter dual-write-api-reads: "
         "3 live cell groups not in the API database (cell1: 1, cell2: 2); run backfill; "
         "journal of cell cell1 holds 1 entry (API copies lag); run backfill; "
-        "journal of cell cell2 holds 1 entry (API copies lag); run backfill\n"
+        "journal of cell cell2 holds 1 entry (API copies lag); run backfill; "
+        "no diff-report on record; run `shadowdb diff-report`\n"
     )
     assert written(topology) == before
 
@@ -165,7 +166,8 @@ def test_phase_set_force_overrides_and_is_recorded(topology: Topology) -> None:
     assert out.splitlines() == [
         "phase: dual-write-cell-reads -> dual-write-api-reads (epoch 2)",
         "forced over: 1 live cell group not in the API database (cell1: 1); run backfill; "
-        "journal of cell cell2 holds 1 entry (API copies lag); run backfill",
+        "journal of cell cell2 holds 1 entry (API copies lag); run backfill; "
+        "no diff-report on record; run `shadowdb diff-report`",
     ]
     code, out, _err = run(topology, "phase", "history", "--format", "json")
     last = json.loads(out)[-1]
@@ -175,6 +177,7 @@ def test_phase_set_force_overrides_and_is_recorded(topology: Topology) -> None:
     assert last["overridden"] == [
         "1 live cell group not in the API database (cell1: 1); run backfill",
         "journal of cell cell2 holds 1 entry (API copies lag); run backfill",
+        "no diff-report on record; run `shadowdb diff-report`",
     ]
     code, out, _err = run(topology, "phase", "history")
     assert "ticket 7" in out and "yes" in out

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import itertools
 import logging
+import re
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +17,11 @@ import sqlalchemy as sa
 import structlog
 import structlog.testing
 
-from shadowdb import commands, models, signals, switcher
+from shadowdb import commands, diff, models, signals, switcher
+from shadowdb.backfill import backfill
 from shadowdb.databases import Databases, connect, reader
-from shadowdb.errors import GuardRefused, UnknownPhase
-from shadowdb.phase import Phase, read_state
+from shadowdb.errors import GuardRefused, ScanIncomplete, UnknownPhase
+from shadowdb.phase import Phase, read_state, utcnow
 from shadowdb.switcher import GUARDS, TRANSITIONS, StepKind, Switcher
 from tests.conftest import Topology
 
@@ -98,10 +101,21 @@ def snapshot(dbs: Databases) -> tuple[Any, ...]:
     return (state, commands.phase_history(dbs))
 
 
+#: The moves the clean-recent-diff guard gates.
+DIFF_GATED = {(CR, AR), (AR, A), (A, AR)}
+
+
 def go(dbs: Databases, *phases: Phase) -> None:
-    """Walk through ``phases`` with no drain wait."""
+    """Walk through ``phases`` with no drain wait, diffing as an operator must.
+
+    A diff-report runs before each move that needs one and once more at the end, so that
+    a test of another guard finds a clean, recent diff of the current phase on record.
+    """
     for phase in phases:
+        if (dbs.phases.fresh().phase, phase) in DIFF_GATED:
+            commands.diff_report(dbs, sleep=no_sleep)
         Switcher(dbs, sleep=no_sleep).run(phase)
+    commands.diff_report(dbs, sleep=no_sleep)
 
 
 def refusal(dbs: Databases, target: Phase, **kwargs: Any) -> tuple[str, ...]:
@@ -141,10 +155,19 @@ def test_every_allowed_transition_has_an_explicit_guard_entry() -> None:
     assert GUARDS[(C, CR)] == ()
     assert GUARDS[(CR, C)] == ()
     names = {key: tuple(g.name for g in guards) for key, guards in GUARDS.items()}
-    assert names[(CR, AR)] == ("unmigrated-cell-groups", "cell-journals-empty")
-    assert names[(AR, A)] == ("api-journal-empty", "cell-journals-empty", "unmigrated-cell-groups")
+    assert names[(CR, AR)] == (
+        "unmigrated-cell-groups",
+        "cell-journals-empty",
+        "clean-recent-diff",
+    )
+    assert names[(AR, A)] == (
+        "api-journal-empty",
+        "cell-journals-empty",
+        "unmigrated-cell-groups",
+        "clean-recent-diff",
+    )
     assert names[(AR, CR)] == ("api-journal-empty",)
-    assert names[(A, AR)] == ("reverse-sync", "api-journal-empty")
+    assert names[(A, AR)] == ("reverse-sync", "api-journal-empty", "clean-recent-diff")
 
 
 @pytest.mark.parametrize(("frm", "to"), list(itertools.product(Phase, Phase)))
@@ -180,6 +203,8 @@ def test_every_allowed_transition_forward_and_back(topology: Topology) -> None:
     walk = [CR, AR, A, AR, CR, C]
     previous = C
     for epoch, target in enumerate(walk, start=1):
+        if (previous, target) in DIFF_GATED:
+            assert commands.diff_report(dbs, sleep=no_sleep).clean
         change = commands.set_phase(dbs, target.value, reason=f"step {epoch}", sleep=no_sleep)
         assert (change.from_phase, change.to_phase) == (previous.value, target.value)
         assert change.epoch == epoch
@@ -345,6 +370,140 @@ def test_unreachable_cell_alone_still_refuses(topology: Topology, tmp_path: Path
     assert reason.startswith("cell cell3 unreachable")
 
 
+# --------------------------------------------------------------------------- the diff guard
+
+
+def last_diff_started(dbs: Databases) -> str:
+    with reader(dbs.api) as conn:
+        last = diff.last_result(conn)
+    assert last is not None
+    return f"{last.started_at:%Y-%m-%d %H:%M:%S}Z"
+
+
+def test_every_diff_gated_move_runs_the_journal_guards_of_its_source_phase() -> None:
+    # CleanRecentDiff leaves writes since the diff to these (see its docstring).
+    names = {key: {g.name for g in guards} for key, guards in GUARDS.items()}
+    gated = {key for key, guards in names.items() if "clean-recent-diff" in guards}
+    assert gated == DIFF_GATED
+    assert "cell-journals-empty" in names[(CR, AR)]
+    assert {"cell-journals-empty", "api-journal-empty"} <= names[(AR, A)]
+    assert "api-journal-empty" in names[(A, AR)]
+
+
+def test_diff_guard_needs_a_diff_on_record(topology: Topology) -> None:
+    Switcher(topology.dbs, sleep=no_sleep).run(CR)
+    assert refusal(topology.dbs, AR) == ("no diff-report on record; run `shadowdb diff-report`",)
+
+
+def test_diff_guard_refuses_differences_until_repaired(topology: Topology) -> None:
+    dbs = topology.dbs
+    go(dbs, CR)
+    group = new_uuid()
+    add_cell_group(topology.cell_engine("cell1"), group)
+    add_api_group(topology, group)
+    with dbs.api.begin() as conn:
+        conn.execute(
+            models.api_groups.update().where(models.api_groups.c.uuid == group).values(name="x")
+        )
+    assert not commands.diff_report(dbs, sleep=no_sleep).clean
+    assert refusal(dbs, AR) == (
+        f"the last diff-report (started {last_diff_started(dbs)}) found 1 difference "
+        "(field-mismatch: 1); repair them (diff-report --repair, then backfill) and run "
+        "diff-report again",
+    )
+    assert commands.diff_report(dbs, repair=True, sleep=no_sleep).repaired == 1
+    assert backfill(dbs, sleep=no_sleep).errors == ()
+    assert commands.diff_report(dbs, sleep=no_sleep).clean
+    Switcher(dbs, sleep=no_sleep).run(AR)
+    assert commands.show_phase(dbs).phase == AR.value
+
+
+def test_diff_guard_refuses_an_incomplete_diff(
+    topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    go(topology.dbs, CR)
+    monkeypatch.setattr(diff.Differ, "_checked_chunks", lambda self, chunks: {})
+    add_cell_group(topology.cell_engine("cell1"), new_uuid())
+    with pytest.raises(ScanIncomplete):
+        commands.diff_report(topology.dbs, sleep=no_sleep)
+    assert refusal(topology.dbs, AR)[-1] == (
+        f"the last diff-report (started {last_diff_started(topology.dbs)}) did not complete; "
+        "run `shadowdb diff-report`"
+    )
+
+
+def test_diff_guard_refuses_a_diff_of_one_cell(topology: Topology) -> None:
+    go(topology.dbs, CR)
+    assert commands.diff_report(topology.dbs, cell="cell2", sleep=no_sleep).clean
+    assert refusal(topology.dbs, AR) == (
+        f"the last diff-report (started {last_diff_started(topology.dbs)}) compared cell cell2 "
+        "only; run `shadowdb diff-report` for every cell",
+    )
+
+
+def test_diff_guard_refuses_an_old_diff(topology: Topology) -> None:
+    go(topology.dbs, CR, AR)
+    t = models.api_diff_results
+    with topology.dbs.api.begin() as conn:
+        conn.execute(t.update().values(started_at=utcnow() - dt.timedelta(minutes=5, seconds=1)))
+    # The default diff_max_age (an hour) admits it; a stricter setting does not.
+    Switcher(topology.dbs, sleep=no_sleep).plan(A)
+    strict = dataclasses.replace(topology.settings, diff_max_age=300)
+    with connect(topology.api_url_text, settings=strict) as dbs:
+        (reason,) = refusal(dbs, A)
+        # The age is to the second, and a second may tick during the test.
+        assert re.fullmatch(
+            re.escape(f"the last diff-report (started {last_diff_started(dbs)}) is ")
+            + r"5m 0\ds"
+            + re.escape(" old, more than diff_max_age (5m 00s); run `shadowdb diff-report`"),
+            reason,
+        ), reason
+    with topology.dbs.api.begin() as conn:
+        conn.execute(t.update().values(started_at=utcnow() - dt.timedelta(hours=2)))
+    assert refusal(topology.dbs, A)[0].endswith(
+        "is 2h 00m old, more than diff_max_age (60m 00s); run `shadowdb diff-report`"
+    )
+
+
+def test_diff_guard_refuses_a_diff_from_another_epoch(topology: Topology) -> None:
+    dbs = topology.dbs
+    go(dbs, CR)  # a clean diff at epoch 1
+    # Back to cell-only and forward again: cell-only writers may have run in between.
+    Switcher(dbs, sleep=no_sleep).run(C)
+    Switcher(dbs, sleep=no_sleep).run(CR)
+    assert refusal(dbs, AR) == (
+        "the phase changed since the last diff-report (it ran in dual-write-cell-reads at "
+        "epoch 1, now epoch 3); run `shadowdb diff-report`",
+    )
+
+
+def test_a_failed_write_since_the_diff_is_refused_by_its_journal(topology: Topology) -> None:
+    dbs = topology.dbs
+    group = new_uuid()
+    add_cell_group(topology.cell_engine("cell1"), group)
+    add_api_group(topology, group)
+    go(dbs, CR)  # clean
+    # Since the diff: a write whose API half failed, journaled with its cell half.
+    with topology.cell_engine("cell1").begin() as conn:
+        conn.execute(
+            models.cell_groups.update()
+            .where(models.cell_groups.c.uuid == group)
+            .values(name="renamed")
+        )
+        conn.execute(
+            models.cell_journal.insert().values(
+                group_uuid=group, created_at=sa.func.now(), epoch=1, error="API unreachable"
+            )
+        )
+    assert refusal(dbs, AR) == (
+        "journal of cell cell1 holds 1 entry (API copies lag); run backfill",
+    )
+    # Replayed: the copies are level again, and the clean diff still stands.
+    assert backfill(dbs, sleep=no_sleep).errors == ()
+    Switcher(dbs, sleep=no_sleep).run(AR)
+    assert commands.diff_report(dbs, sleep=no_sleep).clean
+
+
 # --------------------------------------------------------------------------- force
 
 
@@ -437,7 +596,8 @@ def test_dry_run_refuses_what_a_run_refuses_and_shows_what_force_overrides(
     lines = sw.dry_run(AR, force=True)
     assert lines[0] == (
         "preconditions: dual-write-cell-reads -> dual-write-api-reads allowed at epoch 1; "
-        "guards (unmigrated-cell-groups, cell-journals-empty) failed, overridden by force: "
+        "guards (unmigrated-cell-groups, cell-journals-empty, clean-recent-diff) failed, "
+        "overridden by force: "
         "1 live cell group not in the API database (cell1: 1); run backfill"
     )
     assert "forced yes" in lines[1]
