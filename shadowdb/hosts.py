@@ -132,13 +132,12 @@ def route(dbs: Databases, members: Sequence[str]) -> dict[Cell, list[str]]:
     database cannot be asked, every member goes to every cell (complete, only slower)
     and a warning says so.
     """
-    cell_of: dict[str, int | None] = {}
     try:
         with reader(dbs.api_fast, dbs.api_label) as conn:
             backend = _backend(conn)
             stmt = _STATEMENTS[backend]["route"]
-            for uuid, cell_id in conn.execute(stmt, {"uuids": _bind(backend, members)}):
-                cell_of[uuid] = cell_id
+            rows = conn.execute(stmt, {"uuids": _bind(backend, members)}).all()
+            cell_of: dict[str, int | None] = dict(rows)
     except ShadowDBError as err:
         log.warning("routing_unavailable", error=str(err), members=len(members))
         return {cell: list(members) for cell in dbs.cells}
@@ -146,15 +145,14 @@ def route(dbs: Databases, members: Sequence[str]) -> dict[Cell, list[str]]:
     if any(c is not None and c not in known for c in cell_of.values()):
         # A cell registered after our list was read: read the list again, once.
         known = {cell.id: cell for cell in dbs.refresh_cells()}
-    routed: dict[Cell, list[str]] = {}
-    everywhere: list[str] = []
+    # Grouped by cell id (an int): hashing Cell objects per member would cost more
+    # than the query on large groups.
+    by_id: dict[int | None, list[str]] = {}
     for uuid in members:
         cell_id = cell_of.get(uuid)
-        cell = known.get(cell_id) if cell_id is not None else None
-        if cell is None:
-            everywhere.append(uuid)
-        else:
-            routed.setdefault(cell, []).append(uuid)
+        by_id.setdefault(cell_id if cell_id in known else None, []).append(uuid)
+    everywhere = by_id.pop(None, [])
+    routed = {known[cell_id]: uuids for cell_id, uuids in by_id.items() if cell_id is not None}
     if everywhere:
         for cell in dbs.cells:
             routed.setdefault(cell, []).extend(everywhere)
@@ -233,7 +231,7 @@ def hosts_of(
         params: dict[str, Any] = {"uuids": _bind(backend, uuids)}
         if project_id is not None:
             params["project_id"] = project_id
-        return list(conn.execute(_STATEMENTS[backend][name], params).scalars())
+        return [row[0] for row in conn.execute(_STATEMENTS[backend][name], params).all()]
 
     answers, failed = _scatter(dbs, route(dbs, wanted), ask)
     found: set[str] = set()

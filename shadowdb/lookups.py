@@ -101,7 +101,7 @@ def find(
     policies: list[str] = []
     members: list[str] = []
     lists: tuple[list[Any], list[Any]] = (policies, members)
-    for child_kind, _, value in conn.execute(statements.children, {"group_id": row.id}):
+    for child_kind, _, value in conn.execute(statements.children, {"group_id": row.id}).all():
         lists[int(child_kind)].append(value)
     return GroupRecord(
         id=row.id,
