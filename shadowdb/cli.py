@@ -514,6 +514,27 @@ class _DiffProgress:
         self._progress.update(task, completed=done, total=total)
 
 
+def _cmd_cleanup(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    from shadowdb.cleanup import cleanup
+
+    if not args.yes:
+        raise errors.InvalidInput(
+            "cleanup soft-deletes every cell copy of every group: pass --yes to go ahead"
+        )
+    with connect(args.api_url, settings=settings) as dbs:
+        result = cleanup(dbs)
+    if out.json:
+        out.emit_json(result)
+        return ExitCode.OK
+    out.table(
+        None,
+        ("Cell", "Groups", "Policies", "Members"),
+        [(c.cell, c.groups, c.policies, c.members) for c in result.cells],
+    )
+    out.line(f"{result.total} cell rows soft-deleted; the API database holds every group.")
+    return ExitCode.OK
+
+
 Handler = Callable[[argparse.Namespace, Settings, _Output], ExitCode]
 
 #: The common options' values when given nowhere on the command line.
@@ -619,6 +640,14 @@ def _build_parser() -> _Parser:
         "--reverse", action="store_true", help="copy API -> cell (to leave api-only)"
     )
     bf.set_defaults(handler=_cmd_backfill)
+
+    cl = sub.add_parser(
+        "cleanup",
+        help="soft-delete the legacy cell copies (api-only, after a clean diff-report)",
+        parents=[common],
+    )
+    cl.add_argument("--yes", action="store_true", help="confirm: this retires every cell copy")
+    cl.set_defaults(handler=_cmd_cleanup)
 
     dr = sub.add_parser(
         "diff-report",
