@@ -7,9 +7,14 @@ then the cell copies are what makes rolling back cheap (after it, leaving ``api-
 recreates them with ``backfill --reverse``). So it is refused unless:
 
 * the phase is ``api-only`` (nothing reads or writes the cell copies any more); and
-* the newest diff-report is clean, recent, of every cell and of the current epoch, and
-  the API journal is empty: the API copies are known to hold everything the cell copies
-  hold.
+* a diff-report of every cell came out clean in ``dual-write-api-reads`` right before
+  the move into ``api-only`` (the run that gated it), or in ``api-only`` itself, and the
+  API journal is empty: the API copies are known to hold everything the cell copies hold.
+  Why a run from before the move counts: from the moment the API database is the
+  authority, every write reaches it first (a cell write that fails is journaled on the
+  API side), and in ``api-only`` nothing writes the cells at all. The cells can only fall
+  behind the API database after that clean run, never get ahead of it; and a diff-report
+  run in ``api-only`` under traffic is never clean, precisely because the cells lag.
 
 Rows are retired in batches (one transaction each), groups last, so that an interrupted
 run leaves no live group without its children and a re-run finishes the job.
@@ -22,8 +27,9 @@ import dataclasses
 import sqlalchemy as sa
 import structlog
 
-from shadowdb.databases import Cell, Databases, writer
+from shadowdb.databases import Cell, Databases, reader, writer
 from shadowdb.errors import GuardRefused
+from shadowdb.models import api_diff_results
 from shadowdb.phase import Phase, utcnow
 from shadowdb.queries import CELL
 
@@ -57,14 +63,30 @@ class CleanupResult:
 
 
 def _refusals(dbs: Databases) -> list[str]:
-    from shadowdb.switcher import ApiJournalEmpty, CleanRecentDiff
+    from shadowdb.switcher import ApiJournalEmpty
 
     state = dbs.phases.fresh()
     if state.phase is not Phase.API_ONLY:
         return [f"cleanup runs in api-only only; the phase is {state.phase.value}"]
-    reasons: list[str] = []
-    for guard in (ApiJournalEmpty(), CleanRecentDiff()):
-        reasons.extend(guard.check(dbs, state, Phase.API_ONLY))
+    reasons = ApiJournalEmpty().check(dbs, state, Phase.API_ONLY)
+    t = api_diff_results
+    with reader(dbs.api, dbs.api_label) as conn:
+        clean = conn.execute(
+            sa.select(t.c.id)
+            .where(
+                t.c.outcome == "clean",
+                t.c.scope == "all",
+                t.c.epoch >= state.epoch - 1,
+                t.c.phase.in_([Phase.DUAL_WRITE_API_READS.value, Phase.API_ONLY.value]),
+            )
+            .limit(1)
+        ).first()
+    if clean is None:
+        reasons.append(
+            "no clean diff-report of every cell from the move into api-only (epoch "
+            f"{state.epoch - 1}, dual-write-api-reads) or since; "
+            "the API copies are not known to hold everything"
+        )
     return reasons
 
 

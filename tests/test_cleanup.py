@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from shadowdb import commands, models
 from shadowdb.backfill import backfill
 from shadowdb.cli import ExitCode
+from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from tests.cli_support import Cli
 from tests.conftest import Topology
@@ -21,9 +22,10 @@ def _migrated(topology: Topology) -> list[str]:
     ]
     put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
     assert backfill(topology.dbs, sleep=lambda _s: None).outcome == "done"
-    put_in_phase(topology.dbs, Phase.API_ONLY)
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_API_READS)
     report = commands.diff_report(topology.dbs, sleep=lambda _s: None)
     assert report.clean
+    put_in_phase(topology.dbs, Phase.API_ONLY)
     return uuids
 
 
@@ -70,6 +72,28 @@ def test_cleanup_is_refused_without_a_clean_diff(topology: Topology) -> None:
     assert run.code == ExitCode.REFUSED
     assert "diff-report" in run.only_error()
     assert dump(topology.cell_engine("cell1"), models.cell_metadata) == before
+
+
+def test_cleanup_accepts_the_gating_diff_despite_api_only_writes(topology: Topology) -> None:
+    uuids = _migrated(topology)
+    ctx = RequestContext(topology.dbs, "p1", "u1", is_admin=True)
+    group = InstanceGroup.get_by_uuid(ctx, uuids[0])
+    group.name = "written in api-only"
+    group.save()  # the cell copy now lags: expected, and no reason to keep it
+    assert _cli(topology)("cleanup", "--yes").code == ExitCode.OK
+
+
+def test_cleanup_refuses_a_diff_older_than_the_gating_one(topology: Topology) -> None:
+    seed_cell_group(topology.cell_engine("cell1"))
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
+    assert backfill(topology.dbs, sleep=lambda _s: None).outcome == "done"
+    assert commands.diff_report(topology.dbs, sleep=lambda _s: None).clean
+    # Two moves later (the last one forced past its guards) that clean run proves nothing.
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_API_READS)
+    put_in_phase(topology.dbs, Phase.API_ONLY)
+    run = _cli(topology)("cleanup", "--yes")
+    assert run.code == ExitCode.REFUSED
+    assert "no clean diff-report" in run.only_error()
 
 
 def test_cleanup_needs_yes(topology: Topology) -> None:
