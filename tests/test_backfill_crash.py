@@ -113,7 +113,6 @@ POINTS = [
     pytest.param("copying:1", id="first-copy-inserted-not-committed"),
     pytest.param("copied:1", id="first-copy-committed-before-its-checkpoint"),
     pytest.param("checkpointed:3", id="after-the-third-checkpoint"),
-    pytest.param("copying:7", id="mid-copy-of-a-later-batch"),
     pytest.param("journal-replayed:2", id="mid-drain-cell-journal"),
     pytest.param("journal-replayed:5", id="mid-drain-api-journal"),
 ]
