@@ -12,23 +12,27 @@ Two levels
    first eight hex digits (``bucket = prefix * n >> 32``, ``n`` sized so that a chunk
    holds about ``chunk_size`` groups; uuids whose first eight characters are not
    lowercase hex share one extra chunk, ``n``). For every database, one aggregate query
-   per table computes, per chunk, the number of rows and two sums: every live row
+   per table computes, per chunk, the number of rows and a checksum: every live row
    (group, policy, member) is written as a canonical line (``g``/``p``/``m``, then each
-   field as ``<length>:<value>`` or ``~`` for NULL; ``created_at`` to the second), hashed
-   with MD5, and the two 64-bit halves of the digest are summed modulo 2**64. MariaDB
-   (``MD5``, ``CONV``, exact ``SUM``) and PostgreSQL (``md5``, ``bit(64)``, ``numeric``
-   sums) compute this inside the database; SQLite streams the rows through the same
-   function in Python. Sums are additive, so the cell side of a chunk is the sum over
-   every cell, and it must equal the API side.
+   field as ``<length>:<value>`` or ``~`` for NULL; ``created_at`` to the second), its
+   MD5 digest is read as a 128-bit number, and the numbers are summed modulo 2**128.
+   MariaDB (``MD5``, ``CONV``, exact ``SUM`` of two 64-bit halves) and PostgreSQL
+   (``md5`` once per row, exact sums of four 32-bit quarters) compute this inside the
+   database; SQLite streams the rows through the same function in Python. Sums are
+   additive, so the cell side of a chunk is the sum over every cell, and it must equal
+   the API side.
 2. **Rows, only where a chunk differs.** Each differing chunk is read from every
    database (an index range on ``uuid``; memory bounded by the chunk) and compared group
    by group: fields, the policy multiset, the member multiset.
 
 Why this checksum
-    Each row contributes 128 bits of MD5 (two 64-bit lanes), and the sums are compared
+    Each row contributes the 128 bits of its MD5 digest, and the sums are compared
     together with the exact row counts of each table. For data nobody crafted to collide,
     two different chunks agree with probability 2**-128 per chunk: no practical
-    collision. Unlike a ``BIT_XOR`` of row hashes (pt-table-checksum), a sum does not
+    collision. (MD5's known weakness is crafted collisions of binary blocks, which no
+    length-prefixed line of short text fields can carry; it is the hash both servers
+    compute fastest, and an additive sum would be the weaker link against an adversary
+    whatever the hash.) Unlike a ``BIT_XOR`` of row hashes (pt-table-checksum), a sum does not
     cancel out a duplicated row, and the length-prefixed encoding makes field boundaries
     unambiguous (``"ab" + "c"`` never hashes like ``"a" + "bc"``; NULL is not ``""``).
     The Python implementation is the reference: tests check that each backend's SQL
@@ -133,7 +137,7 @@ DEFAULT_CHUNK = 1000
 RECHECKS = 4
 
 _SPACE = 1 << 32
-_MASK = (1 << 64) - 1
+_MASK = (1 << 128) - 1
 _PREFIX = re.compile(r"[0-9a-f]{8}")
 #: Rows per ``IN (...)`` list: under every backend's bind-parameter limit.
 _IN = 500
@@ -205,9 +209,13 @@ def _group_line(
     return "g" + _enc(uuid) + _enc(name) + _enc(user) + _enc(project) + _enc(_stamp(created))
 
 
-def _lanes(line: str) -> tuple[int, int]:
-    digest = hashlib.md5(line.encode("utf-8"), usedforsecurity=False).digest()
-    return int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:], "big")
+def _hash(line: str) -> int:
+    """Return the MD5 digest of a canonical line as a 128-bit number."""
+    return int.from_bytes(hashlib.md5(line.encode("utf-8"), usedforsecurity=False).digest())
+
+
+#: How SQLAlchemy stores a DateTime in SQLite; ``created_at`` to the second is its head.
+_SQLITE_STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{1,6})?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,19 +296,13 @@ class _ServerSql:
             return f"CONCAT({', '.join(parts)})"
         return "(" + " || ".join(parts) + ")"
 
-    def lanes(self, line: str) -> tuple[str, str]:
-        if self.mysql:
-            return (
-                f"CAST(CONV(SUBSTRING(MD5({line}), 1, 16), 16, 10) AS UNSIGNED)",
-                f"CAST(CONV(SUBSTRING(MD5({line}), 17, 16), 16, 10) AS UNSIGNED)",
-            )
-        return (
-            f"('x' || substr(md5({line}), 1, 16))::bit(64)::bigint",
-            f"('x' || substr(md5({line}), 17, 16))::bit(64)::bigint",
-        )
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The bits of each part the digest is summed in, most significant first."""
+        return (64, 64) if self.mysql else (32, 32, 32, 32)
 
     def tally(self, side: GroupTables, kind: str) -> sa.TextClause:
-        """Return the aggregate of one table: (chunk, rows hashed, lane sums) per chunk."""
+        """Return the aggregate of one table: (chunk, rows hashed, part sums...) per chunk."""
         live = "g.deleted = 0" if side.soft_delete else "1 = 1"
         if kind == "g":
             line = self.cat(
@@ -322,13 +324,31 @@ class _ServerSql:
             source = f"{table.name} c JOIN {side.groups.name} g ON g.id = c.group_id"
             if side.soft_delete:
                 live += " AND c.deleted = 0"
-        one, two = self.lanes(line)
-        # COUNT of the lane, not of the row: a row whose hash came out NULL is not counted,
-        # and the plain count then shows the scan as short.
-        sql = (
-            f"SELECT {self.bucket('g.uuid')} AS chunk, COUNT({one}) AS hashed, "
-            f"SUM({one}) AS one, SUM({two}) AS two FROM {source} WHERE {live} GROUP BY 1"
-        )
+        bucket = self.bucket("g.uuid")
+        if self.mysql:
+            # Unsigned 64-bit halves (CONV), summed exactly as DECIMAL. COUNT of a half,
+            # not of the row: a row whose hash came out NULL would not be counted, and the
+            # plain count would then show the scan as short.
+            one, two = (
+                f"CAST(CONV(SUBSTRING(MD5({line}), {start}, 16), 16, 10) AS UNSIGNED)"
+                for start in (1, 17)
+            )
+            sql = (
+                f"SELECT {bucket} AS chunk, COUNT({one}) AS hashed, SUM({one}), SUM({two}) "
+                f"FROM {source} WHERE {live} GROUP BY 1"
+            )
+        else:
+            # md5 once per row (OFFSET 0 keeps the subquery from being folded into the
+            # aggregate, which would evaluate it once per use); unsigned 32-bit quarters
+            # (bit(32) -> bigint), summed exactly as numeric.
+            quarters = ", ".join(
+                f"SUM(('x' || substr(h, {start}, 8))::bit(32)::bigint)" for start in (1, 9, 17, 25)
+            )
+            sql = (
+                f"SELECT chunk, COUNT(h) AS hashed, {quarters} FROM "
+                f"(SELECT {bucket} AS chunk, md5({line}) AS h FROM {source} WHERE {live} "
+                "OFFSET 0) AS hashed_rows GROUP BY 1"
+            )
         params: dict[str, Any] = {"pat": "^[0-9a-f]{8}$"}
         if kind == "g":
             params["fmt"] = self.stamp_format
@@ -491,7 +511,7 @@ class _Scan:
     """One database's checksums, counted."""
 
     label: str
-    chunks: dict[int, list[int]]  # chunk -> [groups, policies, members, lane one, lane two]
+    chunks: dict[int, list[int]]  # chunk -> [groups, policies, members, sum of digests]
     orphans: list[_Orphan]
     hashed: int = 0
 
@@ -676,7 +696,7 @@ class Differ:
             scan = self._scan(cell.engine, cell.label, CELL, cell.name)
             self._rows["cells_hashed"] += scan.hashed
             for chunk, tally in scan.chunks.items():
-                total = cells.setdefault(chunk, [0, 0, 0, 0, 0])
+                total = cells.setdefault(chunk, [0, 0, 0, 0])
                 for i, value in enumerate(tally):
                     total[i] += value
             self._report("checksums", done, databases)
@@ -707,13 +727,13 @@ class Differ:
             else:
                 sql = _ServerSql(conn.dialect.name)
                 for slot, kind in enumerate(("g", "p", "m")):
-                    for chunk, hashed, one, two in conn.execute(
-                        sql.tally(side, kind), {"n": self.n}
-                    ):
-                        tally = scan.chunks.setdefault(int(chunk), [0, 0, 0, 0, 0])
+                    for chunk, hashed, *parts in conn.execute(sql.tally(side, kind), {"n": self.n}):
+                        tally = scan.chunks.setdefault(int(chunk), [0, 0, 0, 0])
                         tally[slot] += int(hashed)
-                        tally[3] += int(one or 0)
-                        tally[4] += int(two or 0)
+                        total = 0
+                        for width, part in zip(sql.widths, parts, strict=True):
+                            total = (total << width) + int(part or 0)
+                        tally[3] += total
             scan.chunks = self._checked_chunks(scan.chunks)
             scan.orphans = self._read_orphans(conn, side, database)
             self._orphans.extend(scan.orphans)
@@ -725,33 +745,76 @@ class Differ:
         return {c: t for c, t in chunks.items() if 0 <= c <= self.n}
 
     def _python_tallies(self, conn: Connection, side: GroupTables, scan: _Scan) -> None:
-        """Compute the checksums in Python, streaming (SQLite has no MD5)."""
-        g, n, chunks = side.groups, self.n, scan.chunks
-        stmt = sa.select(g.c.uuid, g.c.name, g.c.user_id, g.c.project_id, g.c.created_at).where(
-            *_live(side, g)
-        )
-        for uuid, name, user, project, created in conn.execute(stmt):
-            one, two = _lanes(_group_line(uuid, name, user, project, created))
-            tally = chunks.setdefault(bucket_of(uuid, n), [0, 0, 0, 0, 0])
-            tally[0] += 1
-            tally[3] += one
-            tally[4] += two
-        for slot, kind, table, column in (
-            (1, "p", side.policies, side.policies.c.policy),
-            (2, "m", side.members, side.member_col),
-        ):
-            stmt = (
-                sa.select(g.c.uuid, column)
-                .select_from(table.join(g, table.c.group_id == g.c.id))
-                .where(*_live(side, g), *_live(side, table))
+        """Compute the checksums in Python, streaming (SQLite has no MD5).
+
+        The hot loop of a SQLite diff: the driver's own cursor, the canonical line inlined
+        (:func:`canonical_lines` spells it out), one digest per row.
+        """
+        n, chunks = self.n, scan.chunks
+        md5, from_bytes, canonical = hashlib.md5, int.from_bytes, _PREFIX.fullmatch
+        stamp_of = self._sqlite_stamp(conn)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            live = " WHERE g.deleted = 0" if side.soft_delete else ""
+            cursor.execute(
+                "SELECT g.uuid, g.name, g.user_id, g.project_id, g.created_at "
+                f"FROM {side.groups.name} g{live}"
             )
-            for row in conn.execute(stmt):
-                uuid = row[0]
-                one, two = _lanes(kind + _enc(uuid) + _enc(row[1]))
-                tally = chunks.setdefault(bucket_of(uuid, n), [0, 0, 0, 0, 0])
-                tally[slot] += 1
-                tally[3] += one
-                tally[4] += two
+            for uuid, name, user, project, created in cursor:
+                stamp = stamp_of(created)
+                line = (
+                    f"g{len(uuid)}:{uuid}"
+                    + ("~" if name is None else f"{len(name)}:{name}")
+                    + ("~" if user is None else f"{len(user)}:{user}")
+                    + ("~" if project is None else f"{len(project)}:{project}")
+                    + ("~" if stamp is None else f"{len(stamp)}:{stamp}")
+                )
+                head = uuid[:8]
+                chunk = int(head, 16) * n >> 32 if canonical(head) else n
+                tally = chunks.get(chunk)
+                if tally is None:
+                    tally = chunks[chunk] = [0, 0, 0, 0]
+                tally[0] += 1
+                tally[3] += from_bytes(md5(line.encode(), usedforsecurity=False).digest())
+            for slot, kind, table, column in (
+                (1, "p", side.policies, "policy"),
+                (2, "m", side.members, side.member_col.key),
+            ):
+                live = " WHERE g.deleted = 0 AND c.deleted = 0" if side.soft_delete else ""
+                cursor.execute(
+                    f"SELECT g.uuid, c.{column} FROM {table.name} c "
+                    f"JOIN {side.groups.name} g ON g.id = c.group_id{live}"
+                )
+                last: str | None = None
+                prefix = ""
+                tally = []
+                for uuid, value in cursor:
+                    if uuid != last:
+                        # Children mostly come grouped: work out their group's part once.
+                        last, prefix = uuid, f"{kind}{len(uuid)}:{uuid}"
+                        head = uuid[:8]
+                        chunk = int(head, 16) * n >> 32 if canonical(head) else n
+                        tally = chunks.get(chunk) or chunks.setdefault(chunk, [0, 0, 0, 0])
+                    line = prefix + ("~" if value is None else f"{len(value)}:{value}")
+                    tally[slot] += 1
+                    tally[3] += from_bytes(md5(line.encode(), usedforsecurity=False).digest())
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _sqlite_stamp(conn: Connection) -> Callable[[Any], str | None]:
+        """Return how a raw SQLite ``created_at`` becomes its canonical text, fast."""
+        parse = sa.DateTime().dialect_impl(conn.dialect).result_processor(conn.dialect, None)
+
+        def stamp(raw: Any) -> str | None:
+            if raw is None:
+                return None
+            if isinstance(raw, str) and _SQLITE_STAMP.fullmatch(raw):
+                return raw[:19]
+            # Stored some other way: read it as SQLAlchemy does, then format it.
+            return _stamp(parse(raw) if parse is not None else raw)
+
+        return stamp
 
     def _read_orphans(self, conn: Connection, side: GroupTables, database: str) -> list[_Orphan]:
         """List live child rows whose group is absent (or, on a cell, deleted)."""
@@ -905,7 +968,7 @@ class Differ:
                     suspects = {}
                 self._report("compare", chunk + 1, self.n + 1)
             self._orphans.extend(self._read_orphans(conn, CELL, only.name))
-            scan = _Scan(only.label, {0: [*totals, 0, 0]}, [o for o in self._orphans])
+            scan = _Scan(only.label, {0: [*totals, 0]}, list(self._orphans))
             self._verify(conn, CELL, only.label, scan)
             self._rows["cells_compared"] = sum(totals)
         self._recheck(suspects)
@@ -1076,8 +1139,8 @@ class Differ:
 
 def _norm(tally: list[int] | None) -> tuple[int, ...]:
     if tally is None:
-        return (0, 0, 0, 0, 0)
-    return (tally[0], tally[1], tally[2], tally[3] & _MASK, tally[4] & _MASK)
+        return (0, 0, 0, 0)
+    return (tally[0], tally[1], tally[2], tally[3] & _MASK)
 
 
 def _duplicates(values: Sequence[str]) -> bool:

@@ -73,9 +73,7 @@ def seed_deleted_cell_group(engine: sa.Engine, **kwargs: Any) -> str:
             sa.select(models.cell_groups.c.id).where(models.cell_groups.c.uuid == uuid)
         ).scalar_one()
         for child in (models.cell_policies, models.cell_members):
-            conn.execute(
-                child.update().where(child.c.group_id == gid).values(deleted=child.c.id)
-            )
+            conn.execute(child.update().where(child.c.group_id == gid).values(deleted=child.c.id))
     return uuid
 
 

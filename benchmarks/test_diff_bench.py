@@ -1,0 +1,409 @@
+"""Measure diff-report's rate beside a plain scan-and-hash of the same rows, in one run.
+
+The data: 50,000 groups, level in the API database and the cells (two thirds in
+``cell1``, a third in ``cell2``), each with one policy and two members: 200,000 rows per
+side, 400,000 rows in all, on SQLite and MariaDB. Measured, on each backend:
+
+* ``scan-hash-dbapi`` and ``scan-hash-core``, the baseline: read every live row the diff
+  accounts for (groups; policies and members joined to their live group, for the group
+  uuid) from the API database and from each cell, and MD5 each row in Python; through the
+  bare driver (sqlite3, PyMySQL) and through SQLAlchemy Core. The faster is the floor.
+* ``diff-report``: :func:`shadowdb.commands.diff_report` on the clean deployment, which
+  must report it clean having checksummed exactly those rows (and stored its result).
+
+The figures are rows per second (400,000 / best round) and the diff's ratio to the
+floor, held to >= 0.5. A separate test runs one diff-report in a fresh process and
+records its peak RSS (``ru_maxrss``) against the same process before the run, and the
+peak of Python allocations during the run (``tracemalloc``), held to a fixed bound: the
+diff's memory follows its chunk size, not the 400,000 rows.
+
+The deployment lives in ``$SHADOWDB_BENCH_DIR/diff`` (SQLite; default ``./.bench-data``)
+and in the ``sdbbench_diff_*`` databases on the local MariaDB (``SHADOWDB_BENCH_MYSQL_URL``,
+default root on 127.0.0.1), rebuilt on every session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+import tracemalloc
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from shadowdb import commands, models
+from shadowdb.databases import Databases, connect
+from shadowdb.diff import DEFAULT_CHUNK
+from shadowdb.phase import Phase, utcnow
+from shadowdb.settings import Settings
+
+GROUPS = 50_000
+MEMBERS = 2
+ROWS_PER_SIDE = GROUPS * (2 + MEMBERS)
+ROWS = 2 * ROWS_PER_SIDE
+BATCH = 5_000
+ROUNDS = 3
+#: diff-report must check at least this fraction of the plain scan's rows per second.
+TARGET = 0.5
+#: Python allocations a clean 50k-group diff may peak at (it holds chunk sums, not rows).
+PEAK_PYTHON_BYTES = 16 * 1024 * 1024
+NOW = dt.datetime(2026, 5, 1, 12, 0, 0)
+SEED = 20260501
+
+BACKENDS = [
+    pytest.param("sqlite", marks=pytest.mark.sqlite),
+    pytest.param("mysql", marks=pytest.mark.mysql),
+]
+_DB_NAMES = ("sdbbench_diff_api", "sdbbench_diff_cell1", "sdbbench_diff_cell2")
+
+
+@dataclasses.dataclass
+class Deployment:
+    """The benchmark's deployment: its URLs and shadowdb's databases."""
+
+    backend: str
+    api_url: str
+    cell_urls: tuple[str, str]
+    dbs: Databases
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def _mysql_url(name: str) -> str:
+    base = os.environ.get("SHADOWDB_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/")
+    return (
+        sa.make_url(base)
+        .set(drivername="mysql+pymysql", database=name)
+        .render_as_string(hide_password=False)
+    )
+
+
+def _urls(backend: str) -> list[str]:
+    if backend == "sqlite":
+        folder = Path(os.environ.get("SHADOWDB_BENCH_DIR", ".bench-data")).resolve() / "diff"
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in folder.glob("*.sqlite*"):
+            path.unlink()
+        return [f"sqlite:///{folder / n}.sqlite" for n in ("api", "cell1", "cell2")]
+    admin = sa.create_engine(_mysql_url(""), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for name in _DB_NAMES:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+                conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    except sa.exc.OperationalError as err:
+        pytest.skip(f"mysql unreachable: {err}")
+    finally:
+        admin.dispose()
+    return [_mysql_url(n) for n in _DB_NAMES]
+
+
+def _groups() -> list[dict[str, Any]]:
+    rng = random.Random(SEED)
+    return [
+        {
+            "uuid": str(uuidlib.UUID(int=rng.getrandbits(128), version=4)),
+            "name": f"group-{i}",
+            "project_id": f"p{i % 97}",
+            "user_id": f"u{i % 13}",
+            "created_at": NOW,
+            "policy": ("anti-affinity", "affinity", "soft-affinity")[i % 3],
+            "members": [str(uuidlib.UUID(int=rng.getrandbits(128), version=4)) for _ in "ab"],
+        }
+        for i in range(GROUPS)
+    ]
+
+
+def _seed(engine: sa.Engine, groups: list[dict[str, Any]], *, cell: bool) -> None:
+    """Insert ``groups`` with ids 1..n, their policy and members, in batches."""
+    if cell:
+        g, p, m, column = (
+            models.cell_groups,
+            models.cell_policies,
+            models.cell_members,
+            "instance_id",
+        )
+    else:
+        g, p, m, column = (
+            models.api_groups,
+            models.api_policies,
+            models.api_members,
+            "instance_uuid",
+        )
+    extra = {"deleted": 0} if cell else {}
+    with engine.begin() as conn:
+        for start in range(0, len(groups), BATCH):
+            batch = list(enumerate(groups[start : start + BATCH], start=start + 1))
+            conn.execute(
+                g.insert(),
+                [
+                    {
+                        "id": i,
+                        "uuid": x["uuid"],
+                        "name": x["name"],
+                        "project_id": x["project_id"],
+                        "user_id": x["user_id"],
+                        "created_at": x["created_at"],
+                        **extra,
+                    }
+                    for i, x in batch
+                ],
+            )
+            conn.execute(
+                p.insert(),
+                [
+                    {"group_id": i, "policy": x["policy"], "created_at": NOW, **extra}
+                    for i, x in batch
+                ],
+            )
+            conn.execute(
+                m.insert(),
+                [
+                    {"group_id": i, column: member, "created_at": NOW, **extra}
+                    for i, x in batch
+                    for member in x["members"]
+                ],
+            )
+
+
+def build(backend: str) -> Deployment:
+    """Create the deployment on ``backend`` afresh: level, in ``dual-write-cell-reads``."""
+    api_url, cell1_url, cell2_url = _urls(backend)
+    settings = Settings(actor="bench", phase_ttl=0.0, write_grace=0.0)
+    dbs = connect(api_url, settings=settings, create=True)
+    commands.sync_schema(dbs)
+    commands.add_cell(dbs, "cell1", cell1_url)
+    commands.add_cell(dbs, "cell2", cell2_url)
+    commands.sync_schema(dbs)
+    groups = _groups()
+    cut = GROUPS * 2 // 3
+    _seed(dbs.api, groups, cell=False)
+    _seed(dbs.cell("cell1").engine, groups[:cut], cell=True)
+    _seed(dbs.cell("cell2").engine, groups[cut:], cell=True)
+    with dbs.api.begin() as conn:
+        conn.execute(
+            models.api_state.update().values(
+                phase=Phase.DUAL_WRITE_CELL_READS.value,
+                epoch=1,
+                changed_at=utcnow() - dt.timedelta(minutes=1),
+            )
+        )
+    dbs.phases.invalidate()
+    return Deployment(backend, api_url, (cell1_url, cell2_url), dbs)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    deployment = build(str(request.param))
+    try:
+        yield deployment
+    finally:
+        deployment.dbs.dispose()
+
+
+# --------------------------------------------------------------------------- the baseline
+
+#: The rows the diff accounts for, per side: (sql, live filter) on each kind of database.
+_SELECTS = {
+    "api": (
+        "SELECT uuid, name, user_id, project_id, created_at FROM instance_groups",
+        "SELECT g.uuid, p.policy FROM instance_group_policy p"
+        " JOIN instance_groups g ON g.id = p.group_id",
+        "SELECT g.uuid, m.instance_uuid FROM instance_group_member m"
+        " JOIN instance_groups g ON g.id = m.group_id",
+    ),
+    "cell": (
+        "SELECT uuid, name, user_id, project_id, created_at FROM instance_groups WHERE deleted = 0",
+        "SELECT g.uuid, p.policy FROM instance_group_policy p"
+        " JOIN instance_groups g ON g.id = p.group_id WHERE g.deleted = 0 AND p.deleted = 0",
+        "SELECT g.uuid, m.instance_id FROM instance_group_member m"
+        " JOIN instance_groups g ON g.id = m.group_id WHERE g.deleted = 0 AND m.deleted = 0",
+    ),
+}
+
+
+def _hash_rows(rows: Any) -> int:
+    seen = 0
+    for row in rows:
+        hashlib.md5("|".join(map(str, row)).encode(), usedforsecurity=False).digest()
+        seen += 1
+    return seen
+
+
+def _dbapi_connect(url: str) -> Any:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return sqlite3.connect(str(parsed.database))
+    import pymysql
+
+    return pymysql.connect(
+        host=parsed.host,
+        port=parsed.port or 3306,
+        user=parsed.username,
+        password=parsed.password or "",
+        database=parsed.database,
+        charset="utf8mb4",
+    )
+
+
+def scan_hash_dbapi(dep: Deployment) -> int:
+    """Read and MD5 every row the diff accounts for, on bare DB-API connections."""
+    seen = 0
+    for url, kind in ((dep.api_url, "api"), *((u, "cell") for u in dep.cell_urls)):
+        conn = _dbapi_connect(url)
+        try:
+            cursor = conn.cursor()
+            for sql in _SELECTS[kind]:
+                cursor.execute(sql)
+                seen += _hash_rows(cursor)
+        finally:
+            conn.close()
+    return seen
+
+
+def scan_hash_core(dep: Deployment) -> int:
+    """The same reads through SQLAlchemy Core on shadowdb's engines."""
+    seen = 0
+    engines = [(dep.dbs.api, "api"), *((c.engine, "cell") for c in dep.dbs.cells)]
+    for engine, kind in engines:
+        with engine.connect() as conn:
+            for sql in _SELECTS[kind]:
+                seen += _hash_rows(conn.exec_driver_sql(sql))
+    return seen
+
+
+def run_diff(dep: Deployment) -> int:
+    """Run diff-report on the clean deployment; return the rows it checksummed."""
+    report = commands.diff_report(dep.dbs)
+    assert report.clean, report.findings[:5]
+    assert report.rows.api_hashed == report.rows.cells_hashed == ROWS_PER_SIDE
+    assert report.rows.chunks_differing == 0
+    return report.rows.api_hashed + report.rows.cells_hashed
+
+
+# --------------------------------------------------------------------------- measurements
+
+_best: dict[tuple[str, str], float] = {}
+
+PLAIN: dict[str, Callable[[Deployment], int]] = {
+    "scan-hash-dbapi": scan_hash_dbapi,
+    "scan-hash-core": scan_hash_core,
+}
+
+
+def _measure(benchmark: Any, dep: Deployment, what: str, fn: Callable[[], int]) -> float:
+    rows = benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    assert rows == ROWS
+    best = float(benchmark.stats.stats.min)
+    _best[(dep.backend, what)] = best
+    benchmark.extra_info.update(
+        {
+            "backend": dep.backend,
+            "what": what,
+            "rows": ROWS,
+            "rows_per_s": round(ROWS / best),
+            "settings": _settings(dep),
+        }
+    )
+    return best
+
+
+def _settings(dep: Deployment) -> dict[str, str]:
+    if dep.backend == "sqlite":
+        return {"sqlite": sqlite3.sqlite_version, "python": platform.python_version()}
+    names = ("version", "innodb_buffer_pool_size", "tx_isolation")
+    with dep.dbs.api.connect() as conn:
+        return {n: str(conn.exec_driver_sql(f"SELECT @@{n}").scalar_one()) for n in names}
+
+
+def _floor(dep: Deployment) -> float:
+    """Return the faster plain scan's best seconds (measured here if it was deselected)."""
+    for what, scan in PLAIN.items():
+        if (dep.backend, what) not in _best:
+            scan(dep)  # warm-up, as pedantic does
+            times = []
+            for _ in range(ROUNDS):
+                started = time.perf_counter()
+                assert scan(dep) == ROWS
+                times.append(time.perf_counter() - started)
+            _best[(dep.backend, what)] = min(times)
+    return min(_best[(dep.backend, what)] for what in PLAIN)
+
+
+@pytest.mark.benchmark(group="diff-report")
+@pytest.mark.parametrize("what", list(PLAIN))
+def test_plain_scan_and_hash(benchmark: Any, deployment: Deployment, what: str) -> None:
+    _measure(benchmark, deployment, what, lambda: PLAIN[what](deployment))
+
+
+@pytest.mark.benchmark(group="diff-report")
+def test_diff_report(benchmark: Any, deployment: Deployment) -> None:
+    seconds = _measure(benchmark, deployment, "diff-report", lambda: run_diff(deployment))
+    ratio = _floor(deployment) / seconds
+    benchmark.extra_info["ratio_to_plain_scan"] = round(ratio, 3)
+    print(
+        f"\n{deployment.backend}: diff-report {ROWS / seconds:,.0f} rows/s, "
+        f"floor {ROWS / _floor(deployment):,.0f} rows/s, ratio {ratio:.2f}"
+    )
+    assert ratio >= TARGET, f"diff-report at {ratio:.2f}x the plain scan's rate"
+
+
+_PROCESS = """
+import json, resource, sys
+from shadowdb import commands
+from shadowdb.databases import connect
+from shadowdb.settings import Settings
+
+with connect(sys.argv[1], settings=Settings(actor="bench")) as dbs:
+    dbs.refresh_cells()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report = commands.diff_report(dbs, chunk_size=int(sys.argv[2]))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({
+    "clean": report.clean,
+    "rows": report.rows.api_hashed + report.rows.cells_hashed,
+    "rss_before_kib": before,
+    "rss_peak_kib": peak,
+}))
+"""
+
+
+def test_fifty_thousand_clean_groups_in_bounded_memory(deployment: Deployment) -> None:
+    """One diff in a fresh process: its peak RSS; in this one: its Python allocations."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PROCESS, deployment.api_url, str(DEFAULT_CHUNK)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["clean"] and figures["rows"] == ROWS
+    tracemalloc.start()
+    try:
+        assert run_diff(deployment) == ROWS
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    growth = figures["rss_peak_kib"] - figures["rss_before_kib"]
+    print(
+        f"\n{deployment.backend}: 50,000 clean groups reported clean; peak RSS "
+        f"{figures['rss_peak_kib'] / 1024:.1f} MiB ({growth / 1024:+.1f} MiB over the "
+        f"process before the diff); Python allocations peaked at {peak / 2**20:.2f} MiB "
+        f"(chunk size {DEFAULT_CHUNK})"
+    )
+    assert peak < PEAK_PYTHON_BYTES, f"the diff held {peak / 2**20:.1f} MiB of Python objects"
