@@ -11,9 +11,11 @@ Cells are discovered the way Nova discovers them: from the API database's
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,7 @@ __all__ = [
     "create_engine",
     "create_read_engine",
     "database_errors",
+    "read_session",
     "reader",
     "writer",
 ]
@@ -130,11 +133,12 @@ def create_read_engine(url: URL, settings: Settings) -> Engine:
             cursor.execute(f"PRAGMA cache_size=-{SQLITE_READ_CACHE_KIB}")
             cursor.close()
 
+        _READ_ENGINES.add(engine)
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": int(max(1, settings.connect_timeout))}
     if backend == "mysql":
         connect_args["charset"] = "utf8mb4"
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         connect_args=connect_args,
         pool_recycle=3600,
@@ -142,6 +146,8 @@ def create_read_engine(url: URL, settings: Settings) -> Engine:
         max_overflow=20,
         **kwargs,
     )
+    _READ_ENGINES.add(engine)
+    return engine
 
 
 def _make_sqlite_transactional(engine: Engine) -> None:
@@ -209,11 +215,53 @@ def _is_connection_error(err: exc.DBAPIError) -> bool:
     return any(marker in text for marker in markers)
 
 
+#: Hot-path read engines (autocommit): the only ones a read session may share.
+_READ_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+#: The connections of the current read session, per read engine (see read_session).
+_session: contextvars.ContextVar[dict[Engine, Connection] | None] = contextvars.ContextVar(
+    "shadowdb_read_session", default=None
+)
+
+
+@contextlib.contextmanager
+def read_session() -> Iterator[None]:
+    """Let hot-path reads in this block share one connection per read engine.
+
+    The scheduler's path reads the same database two or three times in a row (the
+    group, then the routing of its members); a pool checkout costs about as much as a
+    small statement, so the block checks out once per database. Only autocommit read
+    engines share (each statement is its own transaction anyway); threads started
+    inside the block (the cell scatter) check out their own.
+    """
+    token = _session.set({})
+    try:
+        yield
+    finally:
+        held = _session.get() or {}
+        _session.reset(token)
+        for conn in held.values():
+            conn.close()
+
+
 @contextlib.contextmanager
 def reader(engine: Engine, label: str = "database") -> Iterator[Connection]:
     """Open a read unit of work on ``engine``; it is rolled back, never committed."""
-    with database_errors(label), engine.connect() as conn:
-        yield conn
+    held = _session.get()
+    if held is None or engine not in _READ_ENGINES:
+        with database_errors(label), engine.connect() as conn:
+            yield conn
+        return
+    with database_errors(label):
+        shared = held.get(engine)
+        if shared is None:
+            shared = held[engine] = engine.connect()
+        try:
+            yield shared
+        except BaseException:
+            # The connection may be broken: do not hand it to the next read.
+            held.pop(engine, None)
+            shared.close()
+            raise
 
 
 @contextlib.contextmanager

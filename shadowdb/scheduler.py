@@ -134,20 +134,23 @@ def get_group_details(
     """
     if not instance_uuid:
         return None
+    from shadowdb.databases import read_session
     from shadowdb.errors import GroupNotFound
     from shadowdb.objects import InstanceGroup
 
-    try:
-        group = InstanceGroup.get_by_instance_uuid(ctx, instance_uuid)
-    except GroupNotFound:
-        return None
-    policies = tuple(group.policies)
-    if not any(p in _ENFORCER for p in policies):
-        return None
-    for policy in policies:
-        if policy in _ENFORCER and not enabled.supports(policy):
-            raise UnsupportedPolicy(policy, _ENFORCER[policy])
-    hosts = group.get_hosts(allow_partial=allow_partial)
+    # One connection per database for the group and the routing of its members.
+    with read_session():
+        try:
+            group = InstanceGroup.get_by_instance_uuid(ctx, instance_uuid)
+        except GroupNotFound:
+            return None
+        policies = tuple(group.policies)
+        if not any(p in _ENFORCER for p in policies):
+            return None
+        for policy in policies:
+            if policy in _ENFORCER and not enabled.supports(policy):
+                raise UnsupportedPolicy(policy, _ENFORCER[policy])
+        hosts = group.get_hosts(allow_partial=allow_partial)
     return GroupDetails(
         uuid=group.uuid,
         policies=policies,

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from shadowdb.errors import CellUnavailable, UnsupportedPolicy
 from shadowdb.objects import RequestContext
@@ -258,3 +259,24 @@ def test_importing_the_scheduler_module_is_cheap() -> None:
         "hosts": False,
         "threads": 1,
     }, out.stderr
+
+
+def test_the_scheduler_path_checks_out_one_connection_per_database(topology: Topology) -> None:
+    a = _placed(topology, "cell1", "h1")
+    _group(topology, Phase.API_ONLY, [a], "affinity")
+    dbs = topology.dbs
+    ctx = RequestContext(dbs, "p1", "u1")
+    _cache_phase(topology)
+    checkouts: list[str] = []
+    engines = {"api": dbs.api_fast, "cell1": dbs.read_engine(dbs.cell("cell1").engine)}
+    hooks = [(e, lambda *_, n=name: checkouts.append(n)) for name, e in engines.items()]
+    for engine, hook in hooks:
+        sa.event.listen(engine, "checkout", hook)
+    try:
+        details = get_group_details(ctx, a)
+    finally:
+        for engine, hook in hooks:
+            sa.event.remove(engine, "checkout", hook)
+    assert details is not None and details.hosts == {"h1"}
+    # The group, its children and the routing share one API connection.
+    assert sorted(checkouts) == ["api", "cell1"]

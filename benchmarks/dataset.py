@@ -1,0 +1,375 @@
+"""Build the benchmark data set: an API database and two cells, one with 1M instances.
+
+The data set is realistic in the ways that matter to the hosts query: instance rows as
+wide as Nova's (most columns filled), members spread at random over the whole table (a
+group's instances were booted months apart), some deleted, soft-deleted and host-less
+instances, one instance mapping per instance, and thousands of background groups.
+
+Building is idempotent: a database that already holds the expected data is reused (the
+``shadowdb_bench_meta`` marker), so repeated benchmark runs skip the minutes of loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+import uuid as uuidlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from shadowdb import commands, models
+from shadowdb.databases import Databases, connect
+from shadowdb.settings import Settings
+
+#: Group sizes the benchmarks measure.
+SIZES = (10, 100, 1000, 5000)
+#: Bump when the shape of the data changes: older data sets are rebuilt.
+VERSION = 3
+SEED = 20260601
+
+CELL1_INSTANCES = 1_000_000
+CELL2_INSTANCES = 20_000
+HOSTS = 2000
+PROJECTS = 500
+BACKGROUND_GROUPS = 20_000
+BATCH = 5000
+NOW = dt.datetime(2026, 5, 1, 12, 0, 0)
+
+_META = "shadowdb_bench_meta"
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """One measured group: its uuid, members and the instance the scheduler asks about."""
+
+    uuid: str
+    size: int
+    project_id: str
+    members: tuple[str, ...]
+    expected_hosts: frozenset[str]
+
+    @property
+    def instance(self) -> str:
+        """The instance whose group the scheduler looks up (the first member)."""
+        return self.members[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSet:
+    """Where the data set lives and what the measured groups hold."""
+
+    backend: str
+    api_url: str
+    cell_urls: dict[str, str]
+    groups: dict[int, Group]
+    no_group_instance: str
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuidlib.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _instance_rows(
+    rng: random.Random, count: int, first_id: int
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """Yield (row, uuid) for ``count`` instances; about 7% are not live or have no host."""
+    for n in range(count):
+        iid = first_id + n
+        uuid = _uuid(rng)
+        host_n = rng.randrange(HOSTS)
+        host: str | None = f"compute-{host_n:05d}"
+        vm_state: str | None = "active"
+        deleted = 0
+        roll = rng.random()
+        if roll < 0.04:
+            deleted = iid
+            vm_state = "deleted"
+        elif roll < 0.05:
+            vm_state = "soft-delete"
+        elif roll < 0.06:
+            host = None
+            vm_state = "error"
+        elif roll < 0.07:
+            vm_state = None
+        project = f"project-{rng.randrange(PROJECTS):04d}"
+        created = NOW - dt.timedelta(seconds=rng.randrange(3 * 365 * 86400))
+        yield (
+            {
+                "id": iid,
+                "created_at": created,
+                "updated_at": created,
+                "deleted_at": created if deleted else None,
+                "user_id": f"user-{rng.randrange(5000):05d}",
+                "project_id": project,
+                "image_ref": "5f0b7b9c-1c4e-4c4f-9a8e-2c1d6b1f0a11",
+                "launch_index": 0,
+                "key_name": "ops-key",
+                "power_state": 1,
+                "vm_state": vm_state,
+                "memory_mb": 4096,
+                "vcpus": 2,
+                "hostname": f"vm-{iid}",
+                "host": host,
+                "reservation_id": f"r-{iid:010x}",
+                "launched_at": created,
+                "display_name": f"server-{iid}",
+                "display_description": f"server-{iid}",
+                "availability_zone": "nova",
+                "locked": False,
+                "os_type": "linux",
+                "launched_on": host,
+                "instance_type_id": 3,
+                "uuid": uuid,
+                "architecture": "x86_64",
+                "root_device_name": "/dev/vda",
+                "config_drive": "",
+                "progress": 0,
+                "auto_disk_config": False,
+                "shutdown_terminate": False,
+                "disable_terminate": False,
+                "root_gb": 20,
+                "ephemeral_gb": 0,
+                "node": host,
+                "deleted": deleted,
+                "cleaned": 0,
+                "hidden": False,
+                "compute_id": host_n if host else None,
+            },
+            uuid,
+        )
+
+
+def _insert(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(table.insert(), list(rows))
+
+
+def _server_url(backend: str, name: str) -> str:
+    if backend == "mysql":
+        return f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+    raise ValueError(backend)
+
+
+def _fresh_server_db(backend: str, name: str) -> None:
+    admin = sa.create_engine(_server_url(backend, ""), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+        conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    admin.dispose()
+
+
+def _read_meta(url: str) -> dict[str, Any] | None:
+    try:
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                row = conn.execute(sa.text(f"SELECT version, payload FROM {_META}")).first()
+        finally:
+            engine.dispose()
+    except sa.exc.DBAPIError:
+        return None
+    if row is None or row[0] != VERSION:
+        return None
+    import json
+
+    loaded: dict[str, Any] = json.loads(row[1])
+    return loaded
+
+
+def _write_meta(engine: sa.Engine, payload: dict[str, Any]) -> None:
+    import json
+
+    with engine.begin() as conn:
+        kind = "LONGTEXT" if engine.dialect.name in ("mysql", "mariadb") else "TEXT"
+        conn.execute(sa.text(f"CREATE TABLE {_META} (version INTEGER, payload {kind})"))
+        conn.execute(
+            sa.text(f"INSERT INTO {_META} VALUES (:v, :p)"),
+            {"v": VERSION, "p": json.dumps(payload)},
+        )
+
+
+def _decode(backend: str, api_url: str, cell_urls: dict[str, str], meta: dict[str, Any]) -> DataSet:
+    groups = {
+        int(size): Group(
+            g["uuid"], int(size), g["project_id"], tuple(g["members"]), frozenset(g["hosts"])
+        )
+        for size, g in meta["groups"].items()
+    }
+    return DataSet(backend, api_url, cell_urls, groups, meta["no_group_instance"])
+
+
+def build(backend: str, folder: Path) -> DataSet:
+    """Return the data set on ``backend`` ("sqlite" or "mysql"), building it if needed."""
+    if backend == "sqlite":
+        folder.mkdir(parents=True, exist_ok=True)
+        api_url = f"sqlite:///{folder / 'api.sqlite'}"
+        cell_urls = {n: f"sqlite:///{folder / f'{n}.sqlite'}" for n in ("cell1", "cell2")}
+    else:
+        api_url = _server_url(backend, "sdbbench_api")
+        cell_urls = {n: _server_url(backend, f"sdbbench_{n}") for n in ("cell1", "cell2")}
+    meta = _read_meta(api_url)
+    if meta is not None:
+        return _decode(backend, api_url, cell_urls, meta)
+    if backend == "sqlite":
+        for path in folder.glob("*.sqlite*"):
+            path.unlink()
+    else:
+        for name in ("sdbbench_api", "sdbbench_cell1", "sdbbench_cell2"):
+            _fresh_server_db(backend, name)
+    settings = Settings(data_dir=folder, actor="bench")
+    with connect(api_url, settings=settings, create=True) as dbs:
+        commands.sync_schema(dbs)
+        for name, url in cell_urls.items():
+            commands.add_cell(dbs, name, url)
+        commands.sync_schema(dbs)
+        payload = _load(dbs, backend)
+        _write_meta(dbs.api, payload)
+    return _decode(backend, api_url, cell_urls, payload)
+
+
+def _tuned(conn: sa.Connection, backend: str) -> None:
+    if backend == "mysql":
+        conn.exec_driver_sql("SET SESSION unique_checks = 0")
+        conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")
+
+
+def _load(dbs: Databases, backend: str) -> dict[str, Any]:
+    rng = random.Random(SEED)
+    cells = {c.name: c for c in dbs.cells}
+    mapping_rows: list[dict[str, Any]] = []
+    live_host: dict[str, str | None] = {}  # cell1 uuid -> host if live and hosted, else None
+    project_of: dict[str, str] = {}
+    cell1_uuids: list[str] = []
+    for name, count in (("cell1", CELL1_INSTANCES), ("cell2", CELL2_INSTANCES)):
+        cell = cells[name]
+        with cell.engine.connect() as conn:
+            batch: list[dict[str, Any]] = []
+            with conn.begin():
+                _tuned(conn, backend)
+                for row, uuid in _instance_rows(rng, count, 1):
+                    batch.append(row)
+                    live = row["deleted"] == 0 and row["vm_state"] != "soft-delete"
+                    if name == "cell1":
+                        cell1_uuids.append(uuid)
+                        live_host[uuid] = row["host"] if live else None
+                        project_of[uuid] = row["project_id"]
+                    mapping_rows.append(
+                        {
+                            "instance_uuid": uuid,
+                            "cell_id": cell.id,
+                            "project_id": row["project_id"],
+                            "user_id": row["user_id"],
+                            "queued_for_delete": False,
+                            "created_at": NOW,
+                        }
+                    )
+                    if len(batch) >= BATCH:
+                        _insert(conn, models.cell_instances, batch)
+                        batch = []
+                _insert(conn, models.cell_instances, batch)
+    with dbs.api.connect() as conn, conn.begin():
+        _tuned(conn, backend)
+        for start in range(0, len(mapping_rows), BATCH):
+            _insert(conn, models.api_instance_mappings, mapping_rows[start : start + BATCH])
+    del mapping_rows
+
+    # Measured groups: members drawn at random from the whole of cell1.
+    groups: dict[str, Any] = {}
+    chosen = rng.sample(cell1_uuids, sum(SIZES))
+    offset = 0
+    specs: list[tuple[str, str, list[str], str]] = []
+    for size in SIZES:
+        members = chosen[offset : offset + size]
+        offset += size
+        # The instance being scheduled is live and placed, like a real member.
+        first = next(m for m in members if live_host[m])
+        members.remove(first)
+        members.insert(0, first)
+        group_uuid = _uuid(rng)
+        project = project_of[first]
+        hosts = sorted({h for m in members if (h := live_host[m])})
+        groups[str(size)] = {
+            "uuid": group_uuid,
+            "project_id": project,
+            "members": members,
+            "hosts": hosts,
+        }
+        specs.append((group_uuid, project, members, "anti-affinity" if size < 100 else "affinity"))
+    # Background groups (2-5 members each), in both databases as after a backfill.
+    pool = rng.sample(cell1_uuids, BACKGROUND_GROUPS * 5)
+    for n in range(BACKGROUND_GROUPS):
+        members = pool[n * 5 : n * 5 + rng.randint(2, 5)]
+        specs.append((_uuid(rng), project_of[members[0]], members, "soft-anti-affinity"))
+    for tables in ("api", "cell"):
+        engine = dbs.api if tables == "api" else cells["cell1"].engine
+        _insert_groups(engine, tables, specs, backend)
+    no_group = next(u for u in reversed(cell1_uuids) if live_host[u])
+    if backend == "sqlite":
+        for engine in (dbs.api, *(c.engine for c in dbs.cells)):
+            with engine.begin() as conn:
+                conn.exec_driver_sql("ANALYZE")
+    else:
+        for cell in dbs.cells:
+            with cell.engine.connect() as conn:
+                conn.exec_driver_sql("ANALYZE TABLE instances")
+        with dbs.api.connect() as conn:
+            conn.exec_driver_sql("ANALYZE TABLE instance_mappings, instance_group_member")
+    return {"groups": groups, "no_group_instance": no_group}
+
+
+def _insert_groups(
+    engine: sa.Engine, side: str, specs: Sequence[tuple[str, str, list[str], str]], backend: str
+) -> None:
+    if side == "api":
+        g, p, m, col, extra = (
+            models.api_groups,
+            models.api_policies,
+            models.api_members,
+            "instance_uuid",
+            {},
+        )
+    else:
+        g, p, m, col, extra = (
+            models.cell_groups,
+            models.cell_policies,
+            models.cell_members,
+            "instance_id",
+            {"deleted": 0},
+        )
+    with engine.connect() as conn, conn.begin():
+        _tuned(conn, backend)
+        for start in range(0, len(specs), BATCH):
+            part = specs[start : start + BATCH]
+            _insert(
+                conn,
+                g,
+                [
+                    {
+                        "uuid": u,
+                        "name": f"group-{u[:8]}",
+                        "project_id": proj,
+                        "user_id": "user-00001",
+                        "created_at": NOW,
+                        **extra,
+                    }
+                    for u, proj, _, _ in part
+                ],
+            )
+        ids = dict(conn.execute(sa.select(g.c.uuid, g.c.id)).tuples().all())
+        policies = [
+            {"group_id": ids[u], "policy": pol, "created_at": NOW, **extra}
+            for u, _, _, pol in specs
+        ]
+        for start in range(0, len(policies), BATCH):
+            _insert(conn, p, policies[start : start + BATCH])
+        members = [
+            {"group_id": ids[u], col: member, "created_at": NOW, **extra}
+            for u, _, ms, _ in specs
+            for member in ms
+        ]
+        for start in range(0, len(members), BATCH):
+            _insert(conn, m, members[start : start + BATCH])

@@ -1,0 +1,164 @@
+"""Turn a pytest-benchmark JSON file into the BENCHMARKS.md table and the latency plot.
+
+Usage: ``python -m benchmarks.report RESULTS.json OUT.png`` prints the Markdown table
+(medians, and each phase's ratio to the raw floor and to api-only) and writes the plot.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+PHASES = ("cell-only", "dual-write-cell-reads", "dual-write-api-reads", "api-only")
+#: The floor each phase is held to: the raw statements reading the same side.
+FLOOR_OF = {
+    "cell-only": "cell",
+    "dual-write-cell-reads": "cell",
+    "dual-write-api-reads": "api",
+    "api-only": "api",
+}
+
+
+Medians = dict[tuple[str, str, int], float]
+
+
+def load(path: Path) -> tuple[Medians, Medians, dict[str, Any]]:
+    """Return the contiguous and the interleaved medians {(backend, path, size): s}."""
+    raw = json.loads(path.read_text())
+    medians: Medians = {}
+    interleaved: Medians = {}
+    settings: dict[str, Any] = {}
+    for bench in raw["benchmarks"]:
+        info = bench["extra_info"]
+        if info["path"] == "interleaved":
+            for path, value in info["medians"].items():
+                interleaved[(info["backend"], path, int(info["size"]))] = value
+            continue
+        medians[(info["backend"], info["path"], int(info["size"]))] = bench["stats"]["median"]
+        if "settings" in info:
+            settings[info["backend"]] = info["settings"]
+    return medians, interleaved, {"machine": raw.get("machine_info", {}), "settings": settings}
+
+
+def floors(medians: dict[tuple[str, str, int], float]) -> dict[tuple[str, str, int], float]:
+    """Return the raw floor per (backend, side, size): the faster formulation."""
+    out: dict[tuple[str, str, int], float] = {}
+    for (backend, path, size), value in medians.items():
+        if path.startswith("floor-"):
+            side = path.split("-")[1]
+            key = (backend, side, size)
+            out[key] = min(out.get(key, value), value)
+    return out
+
+
+def table(medians: dict[tuple[str, str, int], float]) -> str:
+    """Render the Markdown table: one row per backend and size."""
+    floor = floors(medians)
+    lines = [
+        "| backend | members | "
+        + " | ".join(PHASES)
+        + " | floor (API reads) | floor (cell reads) | Nova-style | DWAR / api-only"
+        " | worst phase / floor | Nova-style / api-only |",
+        "|---" * (len(PHASES) + 8) + "|",
+    ]
+    sizes = sorted({s for (_, p, s) in medians if p in PHASES})
+    for backend in ("sqlite", "mysql"):
+        for size in sizes:
+            if (backend, "api-only", size) not in medians:
+                continue
+            ms = {p: medians[(backend, p, size)] * 1e3 for p in PHASES}
+            ratios = [
+                medians[(backend, p, size)] / floor[(backend, FLOOR_OF[p], size)] for p in PHASES
+            ]
+            nova = medians[(backend, "nova-style", size)]
+            cells = [f"{ms[p]:.3f}" for p in PHASES]
+            lines.append(
+                f"| {backend} | {size} | "
+                + " | ".join(cells)
+                + f" | {floor[(backend, 'api', size)] * 1e3:.3f}"
+                f" | {floor[(backend, 'cell', size)] * 1e3:.3f}"
+                f" | {nova * 1e3:.3f}"
+                f" | {ms['dual-write-api-reads'] / ms['api-only']:.2f}x"
+                f" | {max(ratios):.2f}x"
+                f" | {nova / medians[(backend, 'api-only', size)]:.1f}x |"
+            )
+    return "\n".join(lines)
+
+
+def checkout_table(medians: dict[tuple[str, str, int], float]) -> str:
+    """Render the pooled checkout + ``SELECT 1`` medians, write vs hot-path read engine."""
+    lines = ["| server | write engine (us) | read engine (us) | saved (us) |", "|---|---|---|---|"]
+    for server in ("mysql", "postgresql"):
+        write = medians.get((server, "checkout write-engine", 0))
+        read = medians.get((server, "checkout read-engine", 0))
+        if write is not None and read is not None:
+            lines.append(
+                f"| {server} | {write * 1e6:.0f} | {read * 1e6:.0f} | {(write - read) * 1e6:.0f} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def no_group_line(medians: dict[tuple[str, str, int], float]) -> str:
+    """Render the instance-in-no-group medians (api-only), per backend."""
+    found = [
+        f"{backend}: {medians[(backend, 'no-group api-only', 0)] * 1e3:.3f} ms"
+        for backend in ("sqlite", "mysql")
+        if (backend, "no-group api-only", 0) in medians
+    ]
+    return "instance in no group (api-only): " + ", ".join(found) if found else ""
+
+
+def plot(medians: dict[tuple[str, str, int], float], out: Path) -> None:
+    """Plot median latency against members: one line per phase, the floors and Nova-style."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floor = floors(medians)
+    backends = [b for b in ("sqlite", "mysql") if any(k[0] == b for k in medians)]
+    fig, axes = plt.subplots(1, len(backends), figsize=(6.5 * len(backends), 4.8), squeeze=False)
+    for ax, backend in zip(axes[0], backends, strict=True):
+        series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for (b, path, size), value in sorted(medians.items(), key=lambda kv: kv[0][2]):
+            if b == backend and (path in PHASES or path == "nova-style"):
+                series[path].append((size, value * 1e3))
+        for side in ("api", "cell"):
+            series[f"raw floor ({side} reads)"] = sorted(
+                (s, v * 1e3) for (b, sd, s), v in floor.items() if b == backend and sd == side
+            )
+        for name, points in series.items():
+            style = "--" if name.startswith("raw") else ":" if name == "nova-style" else "-"
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("group members")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"group of an instance, then its hosts: {backend}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main(argv: list[str]) -> None:
+    """Print the table for ``argv[0]`` and write the plot to ``argv[1]``."""
+    medians, interleaved, _ = load(Path(argv[0]))
+    if interleaved:
+        print("Interleaved turns (the figures compared):\n")
+        print(table(interleaved))
+        print("\nContiguous pytest-benchmark runs (same run, for reference):\n")
+    print(table(medians))
+    for extra in (checkout_table(medians), no_group_line(medians)):
+        if extra:
+            print()
+            print(extra)
+    if len(argv) > 1:
+        plot(interleaved or medians, Path(argv[1]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,355 @@
+"""Measure the scheduler's path: the group of an instance, then its hosts.
+
+For every group size and backend, in the same run:
+
+* each phase, through ``shadowdb.scheduler.get_group_details`` (what the scheduler calls);
+* the **raw floor**: the same statements sent through the bare DB-API driver (sqlite3,
+  PyMySQL) on connections held open, in two formulations of the member list (one JSON
+  value, as shadowdb sends it; a plain ``IN (?, ?, ...)`` list): the faster of the two,
+  size by size, is the floor. Group lookups read the API database (``floor-api-*``) or
+  the cell (``floor-cell-*``), as the phases do;
+* a **Nova-style** path: the member lookup, the group with its policies and members
+  joined (policies x members rows), then full instance rows for every member, as Nova's
+  ``InstanceGroup.get_hosts`` loads ``Instance`` objects to keep their ``host``.
+
+Every benchmark checks its answer against the data set's expected hosts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import sqlite3
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pymysql
+import pytest
+import sqlalchemy as sa
+
+from benchmarks import dataset
+from benchmarks.conftest import server_settings, set_phase
+from shadowdb import models
+from shadowdb.databases import SQLITE_READ_CACHE_KIB, SQLITE_READ_MMAP, Databases, connect
+from shadowdb.objects import RequestContext
+from shadowdb.phase import Phase, PhaseState, utcnow
+from shadowdb.scheduler import get_group_details
+from shadowdb.settings import Settings
+
+PHASES = [p.value for p in Phase]
+FLOORS = ["floor-api-json", "floor-api-in", "floor-cell-json", "floor-cell-in"]
+PATHS = [*PHASES, *FLOORS, "nova-style"]
+
+_LIVE = "i.deleted = 0 AND (i.vm_state <> 'soft-delete' OR i.vm_state IS NULL)"
+
+
+# --------------------------------------------------------------------------- raw floor
+
+
+class RawFloor:
+    """The scheduler path's statements on bare DB-API connections, kept open."""
+
+    def __init__(self, data: dataset.DataSet, dbs: Databases) -> None:
+        self.backend = data.backend
+        self.cell_id = dbs.cell("cell1").id
+        if data.backend == "sqlite":
+            self.api: Any = self._sqlite(data.api_url)
+            self.cell: Any = self._sqlite(data.cell_urls["cell1"])
+            self.mark = "?"
+            json_from = "json_each(?) AS w CROSS JOIN {table}"
+            json_match = "{column} = w.value"
+        else:
+            self.api = self._mysql(data.api_url)
+            self.cell = self._mysql(data.cell_urls["cell1"])
+            self.mark = "%s"
+            json_from = (
+                "JSON_TABLE(%s, '$[*]' COLUMNS (uuid VARCHAR(36) CHARACTER SET utf8mb3"
+                " PATH '$')) AS w STRAIGHT_JOIN {table}"
+            )
+            json_match = "{column} = w.uuid"
+        q = self.mark
+        self.by_member = {
+            side: (
+                "SELECT g.id, g.uuid, g.name, g.user_id, g.project_id, g.created_at,"
+                " g.updated_at FROM instance_group_member m JOIN instance_groups g"
+                f" ON m.group_id = g.id WHERE m.{col} = {q}{live}"
+                " ORDER BY m.id LIMIT 1"
+            )
+            for side, col, live in (
+                ("api", "instance_uuid", ""),
+                ("cell", "instance_id", " AND m.deleted = 0 AND g.deleted = 0"),
+            )
+        }
+        self.children = {
+            side: (
+                f"SELECT 0 AS kind, p.id AS row_id, p.policy AS value FROM"
+                f" instance_group_policy p WHERE p.group_id = {q}{live.format(t='p')}"
+                f" UNION ALL SELECT 1, m.id, m.{col} FROM instance_group_member m"
+                f" WHERE m.group_id = {q}{live.format(t='m')} ORDER BY kind, row_id"
+            )
+            for side, col, live in (
+                ("api", "instance_uuid", ""),
+                ("cell", "instance_id", " AND {t}.deleted = 0"),
+            )
+        }
+        self.route_json = (
+            f"SELECT m.instance_uuid, m.cell_id FROM "
+            f"{json_from.format(table='instance_mappings m')}"
+            f" WHERE {json_match.format(column='m.instance_uuid')}"
+        )
+        self.hosts_json = (
+            f"SELECT DISTINCT i.host FROM {json_from.format(table='instances i')}"
+            f" WHERE {json_match.format(column='i.uuid')} AND {_LIVE} AND i.host IS NOT NULL"
+        )
+
+    @staticmethod
+    def _sqlite(url: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            sa.make_url(url).database or "", isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA mmap_size={SQLITE_READ_MMAP}")
+        conn.execute(f"PRAGMA cache_size=-{SQLITE_READ_CACHE_KIB}")
+        return conn
+
+    @staticmethod
+    def _mysql(url: str) -> pymysql.Connection[Any]:
+        u = sa.make_url(url)
+        return pymysql.connect(
+            host=u.host,
+            port=u.port or 3306,
+            user=u.username,
+            password=u.password or "",
+            database=u.database,
+            charset="utf8mb4",
+            autocommit=True,
+        )
+
+    def _all(self, conn: Any, sql: str, params: tuple[Any, ...] | list[Any]) -> list[Any]:
+        if self.backend == "sqlite":
+            return conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+
+    def run(self, side: str, form: str, instance: str) -> tuple[str, set[str]]:
+        """Run the scheduler path; return the group uuid and its hosts."""
+        db = self.api if side == "api" else self.cell
+        (row,) = self._all(db, self.by_member[side], (instance,))
+        members = [v for k, _, v in self._all(db, self.children[side], (row[0], row[0])) if k]
+        if form == "json":
+            arg: list[Any] = [json.dumps(members)]
+            route, hosts = self.route_json, self.hosts_json
+        else:
+            arg = members
+            marks = ", ".join([self.mark] * len(members))
+            route = (
+                "SELECT instance_uuid, cell_id FROM instance_mappings"
+                f" WHERE instance_uuid IN ({marks})"
+            )
+            hosts = (
+                f"SELECT DISTINCT i.host FROM instances i WHERE i.uuid IN ({marks})"
+                f" AND {_LIVE} AND i.host IS NOT NULL"
+            )
+        routed = [u for u, cell_id in self._all(self.api, route, arg) if cell_id == self.cell_id]
+        assert len(routed) == len(members)
+        return row[1], {h for (h,) in self._all(self.cell, hosts, arg)}
+
+
+# --------------------------------------------------------------------------- Nova-style
+
+
+def nova_style(dbs: Databases, instance: str) -> tuple[str, set[str]]:
+    """Load the group object, then full instance rows of its members (pooled engines)."""
+    g, p, m, i = models.api_groups, models.api_policies, models.api_members, models.cell_instances
+    with dbs.api.connect() as conn:
+        group_id = conn.execute(
+            sa.select(m.c.group_id).where(m.c.instance_uuid == instance).limit(1)
+        ).scalar_one()
+        rows = conn.execute(
+            sa.select(g, p.c.policy, m.c.instance_uuid)
+            .select_from(
+                g.outerjoin(p, p.c.group_id == g.c.id).outerjoin(m, m.c.group_id == g.c.id)
+            )
+            .where(g.c.id == group_id)
+        ).all()
+    members = list(dict.fromkeys(r.instance_uuid for r in rows))
+    with dbs.cell("cell1").engine.connect() as conn:
+        instances = [
+            dict(r._mapping)
+            for r in conn.execute(
+                sa.select(i)
+                .where(
+                    i.c.uuid.in_(members),
+                    i.c.deleted == 0,
+                    sa.or_(i.c.vm_state != "soft-delete", i.c.vm_state.is_(None)),
+                )
+                .order_by(i.c.created_at.desc(), i.c.id.desc())
+            )
+        ]
+    return rows[0].uuid, {o["host"] for o in instances if o["host"]}
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+_floors: dict[str, RawFloor] = {}
+
+
+@pytest.mark.parametrize("size", dataset.SIZES)
+@pytest.mark.parametrize("path", PATHS)
+def test_scheduler_path(
+    benchmark: Any, backend: str, data: dataset.DataSet, dbs: Databases, path: str, size: int
+) -> None:
+    group = data.groups[size]
+    run: Callable[[], tuple[str, set[str]]]
+    if path in PHASES:
+        set_phase(dbs, Phase(path))
+        ctx = RequestContext(dbs, None, None, is_admin=True)
+
+        def run() -> tuple[str, set[str]]:
+            details = get_group_details(ctx, group.instance)
+            assert details is not None
+            return details.uuid, set(details.hosts)
+
+    elif path in FLOORS:
+        floor = _floors.setdefault(backend, RawFloor(data, dbs))
+        _, side, form = path.split("-")
+
+        def run() -> tuple[str, set[str]]:
+            return floor.run(side, form, group.instance)
+
+    else:
+
+        def run() -> tuple[str, set[str]]:
+            return nova_style(dbs, group.instance)
+
+    benchmark.extra_info.update(
+        backend=backend, path=path, size=size, settings=server_settings(backend, dbs)
+    )
+    uuid, hosts = benchmark(run)
+    assert uuid == group.uuid
+    assert hosts == group.expected_hosts
+
+
+#: Rounds of the interleaved comparison, per group size.
+ROUNDS = {10: 40, 100: 40, 1000: 20, 5000: 8}
+
+
+def _phase_pinned(data: dataset.DataSet, phase: Phase) -> Databases:
+    """Connect a deployment whose phase cache holds ``phase`` for the whole run.
+
+    Each phase then has its own process-like view and the phases can be measured in
+    turns, without writing the phase row between calls.
+    """
+    pinned = connect(data.api_url, settings=Settings(actor="bench"))
+    store = pinned.phases
+    store._cached = PhaseState(phase, 0, utcnow(), None)
+    store._read_at = time.monotonic()
+    store._ttl = 1e9
+    return pinned
+
+
+@pytest.mark.parametrize("size", dataset.SIZES)
+def test_interleaved(
+    benchmark: Any, backend: str, data: dataset.DataSet, dbs: Databases, size: int
+) -> None:
+    """Measure every path in shuffled turns, so machine noise hits them all alike.
+
+    The contiguous benchmarks above run each path for a second or so in a row; on a
+    shared machine, load from elsewhere then lands on some paths and not others. Here
+    each round runs every path once, in a fresh random order, and the medians over the
+    rounds are the figures ``BENCHMARKS.md`` compares.
+    """
+    group = data.groups[size]
+    pinned = {phase: _phase_pinned(data, Phase(phase)) for phase in PHASES}
+    floor = _floors.setdefault(backend, RawFloor(data, dbs))
+    runs: dict[str, Callable[[], tuple[str, set[str]]]] = {}
+    for phase, pdbs in pinned.items():
+        ctx = RequestContext(pdbs, None, None, is_admin=True)
+
+        def run(ctx: RequestContext = ctx) -> tuple[str, set[str]]:
+            details = get_group_details(ctx, group.instance)
+            assert details is not None
+            return details.uuid, set(details.hosts)
+
+        runs[phase] = run
+    for name in FLOORS:
+        _, side, form = name.split("-")
+        runs[name] = functools.partial(floor.run, side, form, group.instance)
+    runs["nova-style"] = functools.partial(nova_style, dbs, group.instance)
+    rng = random.Random(size)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    try:
+        for n in range(ROUNDS[size]):
+            order = list(runs)
+            rng.shuffle(order)
+            for name in order:
+                if name == "nova-style" and backend == "sqlite" and n % 4:
+                    continue  # seconds per call on SQLite (BENCHMARKS.md): a quarter of turns
+                started = time.perf_counter()
+                uuid, hosts = runs[name]()
+                times[name].append(time.perf_counter() - started)
+                assert uuid == group.uuid
+                assert hosts == group.expected_hosts
+    finally:
+        for pdbs in pinned.values():
+            pdbs.dispose()
+    benchmark.extra_info.update(
+        backend=backend,
+        path="interleaved",
+        size=size,
+        medians={name: statistics.median(t) for name, t in times.items()},
+        rounds={name: len(t) for name, t in times.items()},
+        settings=server_settings(backend, dbs),
+    )
+    uuid, _ = benchmark.pedantic(runs["api-only"], rounds=1, iterations=1)
+    assert uuid == group.uuid
+
+
+def test_instance_in_no_group(
+    benchmark: Any, backend: str, data: dataset.DataSet, dbs: Databases
+) -> None:
+    """The common case on every boot: one indexed lookup, then None (api-only)."""
+    set_phase(dbs, Phase.API_ONLY)
+    ctx = RequestContext(dbs, None, None, is_admin=True)
+    benchmark.extra_info.update(backend=backend, path="no-group api-only", size=0)
+    assert benchmark(get_group_details, ctx, data.no_group_instance) is None
+
+
+# --------------------------------------------------------------------------- checkout cost
+
+_SERVERS = {
+    "mysql": "mysql+pymysql://root@127.0.0.1:3306/mysql",
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+}
+
+
+@pytest.mark.parametrize("engine_kind", ["write-engine", "read-engine"])
+@pytest.mark.parametrize("server", sorted(_SERVERS))
+def test_checkout_then_select_1(benchmark: Any, server: str, engine_kind: str) -> None:
+    """Price a pooled checkout plus ``SELECT 1``: the write engine vs the hot-path engine."""
+    from shadowdb.databases import create_engine, create_read_engine, reader
+
+    url = sa.make_url(_SERVERS[server])
+    settings = Settings(actor="bench")
+    make = create_engine if engine_kind == "write-engine" else create_read_engine
+    engine = make(url, settings)
+    one = sa.select(sa.literal(1))
+    try:
+        with reader(engine) as conn:
+            conn.execute(one)
+    except Exception as err:  # any failure to reach the server
+        engine.dispose()
+        pytest.skip(f"{server} unreachable: {err}")
+
+    def run() -> int:
+        with reader(engine) as conn:
+            return int(conn.execute(one).scalar_one())
+
+    benchmark.extra_info.update(backend=server, path=f"checkout {engine_kind}", size=0)
+    try:
+        assert benchmark(run) == 1
+    finally:
+        engine.dispose()
