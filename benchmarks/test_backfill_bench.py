@@ -379,7 +379,6 @@ def _settings(dep: Deployment) -> dict[str, str]:
         "innodb_doublewrite",
         "sync_binlog",
         "log_bin",
-        "transaction_isolation",
     )
     with dep.dbs.api.connect() as conn:
         return {n: str(conn.exec_driver_sql(f"SELECT @@{n}").scalar_one()) for n in names}
