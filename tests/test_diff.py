@@ -387,14 +387,13 @@ def test_a_stuck_journal_is_reported_as_pending(topology: Topology) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)
 @pytest.mark.parametrize(
     "phase", [Phase.DUAL_WRITE_CELL_READS, Phase.DUAL_WRITE_API_READS], ids=lambda p: p.value
 )
 def test_writers_during_the_diff_leave_a_clean_system_clean(
     topology: Topology, monkeypatch: pytest.MonkeyPatch, phase: Phase
 ) -> None:
-    if topology.backend != "mysql":
-        pytest.skip("live writers run against MariaDB")
     put_in_phase(topology.dbs, phase)
     seed_clean(topology, 200)
     ctx = RequestContext(topology.dbs, "p1", "u1")
