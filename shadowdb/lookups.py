@@ -21,9 +21,19 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from shadowdb import models
+from shadowdb.errors import SchemaError
+from shadowdb.phase import Phase, PhaseState
 from shadowdb.queries import GroupRecord, Scope
 
-__all__ = ["find"]
+__all__ = ["find", "find_with_phase"]
+
+
+_STATE = (
+    models.api_state.c.phase,
+    models.api_state.c.epoch,
+    models.api_state.c.changed_at,
+    models.api_state.c.default_cell_uuid,
+)
 
 
 class _Side:
@@ -60,6 +70,26 @@ class _Side:
             .limit(1)
         )
         self.by_uuid = sa.select(*columns).where(g.c.uuid == sa.bindparam("key"), *live(g))
+        # The same lookups with the phase row alongside, in one statement: the row is
+        # there whether the group is or not (API database only).
+        state = models.api_state
+        self.by_member_with_state = (
+            sa.select(*_STATE, *columns)
+            .select_from(
+                state.outerjoin(
+                    m.join(g, m.c.group_id == g.c.id),
+                    sa.and_(member == sa.bindparam("key"), *live(m), *live(g)),
+                )
+            )
+            .where(state.c.id == 1)
+            .order_by(m.c.id)
+            .limit(1)
+        )
+        self.by_uuid_with_state = (
+            sa.select(*_STATE, *columns)
+            .select_from(state.outerjoin(g, sa.and_(g.c.uuid == sa.bindparam("key"), *live(g))))
+            .where(state.c.id == 1)
+        )
         kind: sa.Label[int] = sa.literal_column("0").label("kind")
         self.children = sa.union_all(
             sa.select(kind, p.c.id.label("row_id"), p.c.policy.label("value")).where(
@@ -83,6 +113,29 @@ _SIDES = {
 }
 
 
+def find_with_phase(
+    conn: Connection, kind: Literal["uuid", "instance"] | str, key: str, scope: Scope
+) -> tuple[GroupRecord | None, PhaseState]:
+    """Look a group up in the API database and read the phase row in the same statement.
+
+    ``dual-write-api-reads`` must know, on a miss, whether the phase has moved on to
+    ``api-only`` before it falls back to the cells; reading both at once keeps an
+    instance in no group at one statement on the API database.
+
+    Raises:
+        SchemaError: the API database has no phase row (never synced by shadowdb).
+    """
+    statements = _SIDES["api"]
+    stmt = statements.by_member_with_state if kind == "instance" else statements.by_uuid_with_state
+    row = conn.execute(stmt, {"key": key}).first()
+    if row is None:
+        raise SchemaError("API database", "not synced (run `shadowdb db sync`)")
+    state = PhaseState(Phase(row.phase), row.epoch, row.changed_at, row.default_cell_uuid)
+    if row.id is None:
+        return None, state
+    return _record(conn, statements, row, scope), state
+
+
 def find(
     conn: Connection,
     side: Literal["api", "cell"] | str,
@@ -96,6 +149,13 @@ def find(
     row = conn.execute(stmt, {"key": key}).first()
     if row is None:
         return None
+    return _record(conn, statements, row, scope)
+
+
+def _record(
+    conn: Connection, statements: _Side, row: Any, scope: Scope
+) -> GroupRecord | None:
+    """Hide the group from another project's caller, else read its children."""
     if scope.project_id is not None and row.project_id != scope.project_id:
         return None
     policies: list[str] = []

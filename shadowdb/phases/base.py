@@ -71,6 +71,7 @@ __all__ = [
     "cell_write",
     "dual_write",
     "find_in_api",
+    "find_in_api_with_phase",
     "find_in_cells",
     "list_api",
     "list_cells",
@@ -162,6 +163,20 @@ def find_in_api(dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord | N
     """Look the group up in the API database (through its hot-path read engine)."""
     with reader(dbs.api_fast, dbs.api_label) as conn:
         return _find_on(conn, API, lookup, scope)
+
+
+def find_in_api_with_phase(
+    dbs: Databases, lookup: Lookup, scope: Scope
+) -> tuple[GroupRecord | None, PhaseState | None]:
+    """Look the group up in the API database with the phase row read alongside.
+
+    uuid and member lookups read the phase in the same statement; a name lookup does
+    not (None): the caller reads it itself if it needs it.
+    """
+    with reader(dbs.api_fast, dbs.api_label) as conn:
+        if lookup.kind == "name":
+            return _find_on(conn, API, lookup, scope), None
+        return lookups.find_with_phase(conn, lookup.kind, lookup.key, scope)
 
 
 def find_in_cells(dbs: Databases, lookup: Lookup, scope: Scope) -> tuple[GroupRecord, Cell] | None:

@@ -24,6 +24,7 @@ from shadowdb.phases.base import (
     Written,
     dual_write,
     find_in_api,
+    find_in_api_with_phase,
     find_in_cells,
     list_api,
     list_cells,
@@ -41,12 +42,13 @@ class DualWriteApiReads:
 
     def find(self, dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord:
         """Look the group up in the API database, then (announced) in the cells."""
-        record = find_in_api(dbs, lookup, scope)
+        record, current = find_in_api_with_phase(dbs, lookup, scope)
         if record is not None:
             return record
         # Once the phase has moved on to api-only, the cell copies are stale: a reader
-        # still holding the old phase in its cache must not serve them.
-        if dbs.phases.fresh().phase is Phase.API_ONLY:
+        # still holding the old phase in its cache must not serve them. (The phase row
+        # came with the lookup, in the same statement, for uuid and member lookups.)
+        if (current or dbs.phases.fresh()).phase is Phase.API_ONLY:
             raise lookup.not_found()
         found = find_in_cells(dbs, lookup, scope)
         if found is not None:
