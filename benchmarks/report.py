@@ -1,7 +1,8 @@
 """Turn a pytest-benchmark JSON file into the BENCHMARKS.md table and the latency plot.
 
-Usage: ``python -m benchmarks.report RESULTS.json OUT.png`` prints the Markdown table
-(medians, and each phase's ratio to the raw floor and to api-only) and writes the plot.
+Usage: ``python -m benchmarks.report [--compact] RESULTS.json OUT.png`` prints the
+Markdown tables (medians, each phase's ratio to the raw floor and to api-only) and writes
+the plot.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 PHASES = ("cell-only", "dual-write-cell-reads", "dual-write-api-reads", "api-only")
+LABELS = {"sqlite": "SQLite", "mysql": "MariaDB"}
 #: The floor each phase is held to: the raw statements reading the same side.
 FLOOR_OF = {
     "cell-only": "cell",
@@ -25,22 +27,25 @@ FLOOR_OF = {
 Medians = dict[tuple[str, str, int], float]
 
 
-def load(path: Path) -> tuple[Medians, Medians, dict[str, Any]]:
-    """Return the contiguous and the interleaved medians {(backend, path, size): s}."""
+def load(path: Path) -> tuple[Medians, Medians, Medians]:
+    """Return contiguous medians, interleaved medians and interleaved lower quartiles."""
     raw = json.loads(path.read_text())
     medians: Medians = {}
     interleaved: Medians = {}
+    quartile: Medians = {}
     settings: dict[str, Any] = {}
     for bench in raw["benchmarks"]:
         info = bench["extra_info"]
         if info["path"] == "interleaved":
             for path, value in info["medians"].items():
                 interleaved[(info["backend"], path, int(info["size"]))] = value
+            for path, value in info.get("p25", {}).items():
+                quartile[(info["backend"], path, int(info["size"]))] = value
             continue
         medians[(info["backend"], info["path"], int(info["size"]))] = bench["stats"]["median"]
         if "settings" in info:
             settings[info["backend"]] = info["settings"]
-    return medians, interleaved, {"machine": raw.get("machine_info", {}), "settings": settings}
+    return medians, interleaved, quartile
 
 
 def floors(medians: dict[tuple[str, str, int], float]) -> dict[tuple[str, str, int], float]:
@@ -137,19 +142,36 @@ def plot(medians: dict[tuple[str, str, int], float], out: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("group members")
         ax.set_ylabel("median latency (ms)")
-        ax.set_title(f"group of an instance, then its hosts: {backend}")
+        ax.set_title(f"group of an instance, then its hosts: {LABELS[backend]}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
 
+def compact(path: Path) -> None:
+    """Drop pytest-benchmark's per-round timings from ``path`` (megabytes; stats stay)."""
+    raw = json.loads(path.read_text())
+    for bench in raw["benchmarks"]:
+        bench["stats"].pop("data", None)
+    path.write_text(json.dumps(raw, indent=1) + "\n")
+
+
 def main(argv: list[str]) -> None:
-    """Print the table for ``argv[0]`` and write the plot to ``argv[1]``."""
-    medians, interleaved, _ = load(Path(argv[0]))
+    """Print the table for ``argv[0]`` and write the plot to ``argv[1]``.
+
+    ``--compact`` first strips the per-round timings from the JSON file, so that it can
+    be kept beside ``BENCHMARKS.md``.
+    """
+    if "--compact" in argv:
+        argv = [a for a in argv if a != "--compact"]
+        compact(Path(argv[0]))
+    medians, interleaved, quartile = load(Path(argv[0]))
     if interleaved:
-        print("Interleaved turns (the figures compared):\n")
+        print("Interleaved turns, medians (the figures compared):\n")
         print(table(interleaved))
+        print("\nInterleaved turns, lower quartiles:\n")
+        print(table(quartile))
         print("\nContiguous pytest-benchmark runs (same run, for reference):\n")
     print(table(medians))
     for extra in (checkout_table(medians), no_group_line(medians)):
