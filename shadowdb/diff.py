@@ -22,8 +22,13 @@ Two levels
    additive, so the cell side of a chunk is the sum over every cell, and it must equal
    the API side.
 2. **Rows, only where a chunk differs.** Each differing chunk is read from every
-   database (an index range on ``uuid``; memory bounded by the chunk) and compared group
-   by group: fields, the policy multiset, the member multiset.
+   database and compared group by group: fields, the policy multiset, the member
+   multiset. A database is read either chunk by chunk through an index range on
+   ``uuid`` (MariaDB, whose InnoDB indexes the children's ``group_id``, while at most a
+   quarter of the chunks differ) or in one pass ordered by ``uuid`` that keeps only the
+   differing chunks, one at a time (PostgreSQL and SQLite, where Nova's schema has no
+   index to find a group's children by, so a per-chunk read would scan them all each
+   time; or when many chunks differ). Memory holds one chunk either way.
 
 Why this checksum
     Each row contributes the 128 bits of its MD5 digest, and the sums are compared
@@ -32,8 +37,8 @@ Why this checksum
     collision. (MD5's known weakness is crafted collisions of binary blocks, which no
     length-prefixed line of short text fields can carry; it is the hash both servers
     compute fastest, and an additive sum would be the weaker link against an adversary
-    whatever the hash.) Unlike a ``BIT_XOR`` of row hashes (pt-table-checksum), a sum does not
-    cancel out a duplicated row, and the length-prefixed encoding makes field boundaries
+    whatever the hash.) Unlike a ``BIT_XOR`` of row hashes (pt-table-checksum), a sum
+    does not cancel out a duplicated row, and the length-prefixed encoding makes field boundaries
     unambiguous (``"ab" + "c"`` never hashes like ``"a" + "bc"``; NULL is not ``""``).
     The Python implementation is the reference: tests check that each backend's SQL
     yields the same sums on the same rows, odd values included.
@@ -45,8 +50,9 @@ Each database's checksums are computed in one snapshot (``REPEATABLE READ`` on t
 servers, one read transaction on SQLite), together with plain ``count(*)`` of its three
 tables and the list of orphan rows. The rows hashed, chunk by chunk, plus the orphans
 must equal the plain counts exactly: otherwise :class:`~shadowdb.errors.ScanIncomplete`
-is raised and the run ends in error (exit 2), never "clean". Each chunk read row by row
-is checked the same way against a count of the same range in the same snapshot.
+is raised and the run ends in error (exit 2), never "clean". Rows read row by row are
+checked the same way: a chunk read by range against a count of that range in its
+snapshot, a pass against counts taken in the pass's snapshot, once it has read to the end.
 
 Live traffic
 ============
@@ -106,7 +112,7 @@ from sqlalchemy.engine import Connection
 
 from shadowdb import signals
 from shadowdb.databases import Cell, Databases, database_errors, reader, writer
-from shadowdb.errors import InvalidInput, ScanIncomplete, ShadowDBError
+from shadowdb.errors import InvalidInput, OperationalError, ScanIncomplete, ShadowDBError
 from shadowdb.models import api_diff_results
 from shadowdb.phase import Phase, PhaseState, utcnow
 from shadowdb.queries import API, CELL, GroupTables
@@ -542,9 +548,17 @@ def _count(conn: Connection, table: sa.FromClause, *where: sa.ColumnElement[bool
     return int(conn.execute(stmt).scalar_one())
 
 
+def _delivered(rows: Iterable[Any]) -> Iterable[Any]:
+    """Pass on the rows of a row-by-row read as the driver delivers them.
+
+    Every row that comes through here is counted against the database's own count.
+    """
+    return rows
+
+
 def _fetch(conn: Connection, stmt: sa.Select[Any]) -> list[sa.Row[Any]]:
-    """Run a row-by-row read; every row it returns is counted against the database."""
-    return list(conn.execute(stmt))
+    """Run a row-by-row read and return its rows, as delivered."""
+    return list(_delivered(conn.execute(stmt)))
 
 
 def _chunked(values: Sequence[Any], size: int = _IN) -> Iterator[Sequence[Any]]:
@@ -610,6 +624,180 @@ def read_copies(
         ):
             members.setdefault(gid, []).append(member)
     return _build(rows, policies, members)
+
+
+class _Ranges:
+    """Read a database's chunks one at a time, each by an index range on ``uuid``.
+
+    For MariaDB/MySQL, where InnoDB indexes every foreign key: a chunk's policies and
+    members are found through ``group_id``, so a chunk costs its own rows. Each chunk is
+    read in its own snapshot and checked against plain counts of the same range in it.
+    """
+
+    def __init__(self, differ: Differ, engine: sa.Engine, label: str, side: GroupTables) -> None:
+        self.differ, self.engine, self.label, self.side = differ, engine, label, side
+
+    def take(self, chunk: int) -> tuple[dict[str, Copy], int]:
+        """Read ``chunk``; return its copies and the rows they hold."""
+        side, label = self.side, self.label
+        g, p, m = side.groups, side.policies, side.members
+        with _snapshot(self.engine, label) as conn:
+            inside = self.differ._superset(side, conn, chunk)
+            rows = _fetch(conn, sa.select(*_group_columns(side)).where(inside, *_live(side, g)))
+            policies: dict[int, list[str]] = {}
+            members: dict[int, list[str]] = {}
+            counts = [len(rows), 0, 0]
+            for slot, table, column, into in (
+                (1, p, p.c.policy, policies),
+                (2, m, side.member_col, members),
+            ):
+                joined = table.join(g, table.c.group_id == g.c.id)
+                where = [inside, *_live(side, g), *_live(side, table)]
+                stmt = sa.select(table.c.group_id, column).select_from(joined).where(*where)
+                pairs: list[Any] = _fetch(conn, stmt)
+                for gid, value in pairs:
+                    into.setdefault(gid, []).append(value)
+                    counts[slot] += 1
+                expected = _count(conn, joined, *where)
+                if counts[slot] != expected:
+                    raise ScanIncomplete(label, table.name, expected, counts[slot])
+            expected = _count(conn, g, inside, *_live(side, g))
+            if counts[0] != expected:
+                raise ScanIncomplete(label, g.name, expected, counts[0])
+        mine = [r for r in rows if bucket_of(r.uuid, self.differ.n) == chunk]
+        kept = {r.id for r in mine}
+        read = len(mine)
+        read += sum(len(v) for k, v in policies.items() if k in kept)
+        read += sum(len(v) for k, v in members.items() if k in kept)
+        return _build(mine, policies, members), read
+
+    def close(self) -> None:
+        """Nothing to release: each chunk had its own snapshot."""
+
+
+class _Stream:
+    """Serve a database's chunks from one pass over it in ``uuid`` order.
+
+    For PostgreSQL and SQLite, where Nova's schema indexes policies and members by nothing
+    but their own id: reading a chunk's children would scan the whole table, chunk after
+    chunk. Instead one statement (groups, policies and members, as one ``UNION ALL``
+    ordered by uuid) streams the whole database once, in one snapshot; rows of chunks not
+    asked for are counted and dropped, so memory holds one chunk. For eight lowercase hex
+    digits every collation agrees with the numeric order, so chunks arrive in order (the
+    extra chunk of odd uuids is collected on the way and served last). When the stream is
+    closed, every row it delivered is checked against plain counts taken in its snapshot.
+    """
+
+    def __init__(
+        self, differ: Differ, engine: sa.Engine, label: str, side: GroupTables, wanted: set[int]
+    ) -> None:
+        self.n, self.label, self.side, self.wanted = differ.n, label, side, wanted
+        self._stack = contextlib.ExitStack()
+        try:
+            conn = self._stack.enter_context(_snapshot(engine, label))
+            g, p, m = side.groups, side.policies, side.members
+            live = _live(side, g)
+            text, stamp = sa.cast(sa.null(), sa.String()), sa.cast(sa.null(), sa.DateTime())
+            selects = [
+                sa.select(
+                    g.c.uuid.label("uuid"),
+                    g.c.id.label("gid"),
+                    sa.literal(0).label("kind"),
+                    g.c.name.label("a"),
+                    g.c.user_id.label("b"),
+                    g.c.project_id.label("c"),
+                    g.c.created_at.label("d"),
+                ).where(*live)
+            ]
+            self.expected = [_count(conn, g, *live)]
+            for kind, table, column in ((1, p, p.c.policy), (2, m, side.member_col)):
+                joined = table.join(g, table.c.group_id == g.c.id)
+                where = [*live, *_live(side, table)]
+                selects.append(
+                    sa.select(g.c.uuid, g.c.id, sa.literal(kind), column, text, text, stamp)
+                    .select_from(joined)
+                    .where(*where)
+                )
+                self.expected.append(_count(conn, joined, *where))
+            ordered = sa.union_all(*selects).order_by("uuid", "gid", "kind")
+            result = conn.execute(
+                ordered, execution_options={"stream_results": True, "max_row_buffer": 1000}
+            )
+        except BaseException:
+            self._stack.close()
+            raise
+        self.seen = [0, 0, 0]
+        self._items = self._groups(_delivered(result))
+        self._pending: tuple[int, Copy] | None = None
+        self._odd: dict[str, Copy] = {}
+
+    def _groups(self, rows: Iterable[Any]) -> Iterator[tuple[int, Copy]]:
+        """Yield (chunk, copy) for each live group of a wanted chunk, in chunk order."""
+        n, wanted, seen = self.n, self.wanted, self.seen
+        current: list[Any] | None = None
+        chunk = last = -1
+        for uuid, _gid, kind, a, b, c, d in rows:
+            seen[kind] += 1
+            if kind == 0:
+                if current is not None:
+                    yield chunk, _copy(current)
+                chunk = bucket_of(uuid, n)
+                if chunk < n:
+                    if chunk < last:
+                        raise OperationalError(
+                            f"{self.label}: rows came back out of uuid order; cannot compare"
+                        )
+                    last = chunk
+                current = [uuid, a, b, c, d, [], []] if chunk in wanted else None
+            elif current is not None:
+                current[4 + kind].append(a)
+        if current is not None:
+            yield chunk, _copy(current)
+
+    def take(self, chunk: int) -> tuple[dict[str, Copy], int]:
+        """Return the copies of ``chunk`` (asked for in ascending order) and their rows."""
+        out: dict[str, Copy] = {}
+        while True:
+            item = self._pending or next(self._items, None)
+            self._pending = None
+            if item is None:
+                break
+            found, copy = item
+            if found == self.n:
+                self._odd[copy.uuid] = copy  # odd uuids come anywhere: served last
+            elif found > chunk:
+                self._pending = item
+                break
+            elif found == chunk:
+                out[copy.uuid] = copy
+        if chunk == self.n:
+            out = self._odd
+        return out, sum(1 + len(c.policies) + len(c.members) for c in out.values())
+
+    def close(self) -> None:
+        """Read to the end, check every row was delivered, release the snapshot."""
+        try:
+            for _ in self._items:
+                pass
+            tables = (self.side.groups, self.side.policies, self.side.members)
+            for table, expected, seen in zip(tables, self.expected, self.seen, strict=True):
+                if seen != expected:
+                    raise ScanIncomplete(self.label, table.name, expected, seen)
+        finally:
+            self._stack.close()
+
+
+def _copy(parts: list[Any]) -> Copy:
+    uuid, name, user, project, created, policies, members = parts
+    return Copy(
+        uuid=uuid,
+        name=name,
+        user_id=user,
+        project_id=project,
+        created_at=created.replace(microsecond=0) if created else None,
+        policies=tuple(sorted(policies)),
+        members=tuple(sorted(members)),
+    )
 
 
 class Differ:
@@ -707,14 +895,8 @@ class Differ:
         ]
         self._rows["chunks_differing"] = len(differing)
         log.debug("diff_checksums", chunks=self.n + 1, differing=len(differing))
-        suspects: dict[str, tuple[str, ...]] = {}
-        for done, chunk in enumerate(differing, start=1):
-            suspects.update(self._compare_chunk(chunk))
-            if len(suspects) >= self.chunk_size:
-                self._recheck(suspects)
-                suspects = {}
-            self._report("compare", done, len(differing))
-        self._recheck(suspects)
+        if differing:
+            self._compare(differing)
 
     # ------------------------------------------------------------------ level one
 
@@ -884,121 +1066,102 @@ class Differ:
             where.append(uuid < f"{high:08x}")
         return sa.and_(sa.true(), *where)
 
-    def _read_chunk(
-        self, engine: sa.Engine, label: str, side: GroupTables, chunk: int
-    ) -> tuple[dict[str, Copy], int]:
-        """Read one chunk of one database row by row, counted; return its copies and rows."""
-        g, p, m = side.groups, side.policies, side.members
-        with _snapshot(engine, label) as conn:
-            inside = self._superset(side, conn, chunk)
-            rows = _fetch(conn, sa.select(*_group_columns(side)).where(inside, *_live(side, g)))
-            policies: dict[int, list[str]] = {}
-            members: dict[int, list[str]] = {}
-            counts = [len(rows), 0, 0]
-            for slot, table, column, into in (
-                (1, p, p.c.policy, policies),
-                (2, m, side.member_col, members),
-            ):
-                joined = table.join(g, table.c.group_id == g.c.id)
-                where = [inside, *_live(side, g), *_live(side, table)]
-                stmt = sa.select(table.c.group_id, column).select_from(joined).where(*where)
-                pairs: list[Any] = _fetch(conn, stmt)
-                for gid, value in pairs:
-                    into.setdefault(gid, []).append(value)
-                    counts[slot] += 1
-                expected = _count(conn, joined, *where)
-                if counts[slot] != expected:
-                    raise ScanIncomplete(label, table.name, expected, counts[slot])
-            expected = _count(conn, g, inside, *_live(side, g))
-            if counts[0] != expected:
-                raise ScanIncomplete(label, g.name, expected, counts[0])
-        mine = [r for r in rows if bucket_of(r.uuid, self.n) == chunk]
-        kept = {r.id for r in mine}
-        read = len(mine)
-        read += sum(len(v) for k, v in policies.items() if k in kept)
-        read += sum(len(v) for k, v in members.items() if k in kept)
-        return _build(mine, policies, members), read
+    def _source(
+        self, engine: sa.Engine, label: str, side: GroupTables, wanted: set[int], *, ranges: bool
+    ) -> _Ranges | _Stream:
+        """Choose how one database's chunks are read row by row (see the two classes)."""
+        if ranges and engine.dialect.name in ("mysql", "mariadb"):
+            return _Ranges(self, engine, label, side)
+        return _Stream(self, engine, label, side, wanted)
 
-    def _compare_chunk(self, chunk: int) -> dict[str, tuple[str, ...]]:
+    def _compare(self, chunks: list[int]) -> None:
+        """Compare the given chunks row by row, re-checking suspects as they gather."""
+        wanted = set(chunks)
+        # Index ranges pay per chunk, one pass pays for the whole database: ranges while at
+        # most a quarter of the chunks differ.
+        ranges = len(chunks) * 4 <= self.n + 1
+        with contextlib.ExitStack() as stack:
+            api = self._source(self.dbs.api, self.dbs.api_label, API, wanted, ranges=ranges)
+            stack.callback(api.close)
+            cells = []
+            for cell in self.cells:
+                source = self._source(cell.engine, cell.label, CELL, wanted, ranges=ranges)
+                stack.callback(source.close)
+                cells.append((cell, source))
+            suspects: dict[str, tuple[str, ...]] = {}
+            for done, chunk in enumerate(chunks, start=1):
+                suspects.update(self._compare_chunk(chunk, api, cells))
+                if len(suspects) >= self.chunk_size:
+                    self._recheck(suspects)
+                    suspects = {}
+                self._report("compare", done, len(chunks))
+            # Every source proves its reads complete as it closes (ScanIncomplete if not).
+            stack.close()
+        self._recheck(suspects)
+
+    def _compare_chunk(
+        self, chunk: int, api_source: _Ranges | _Stream, cells: list[tuple[Cell, _Ranges | _Stream]]
+    ) -> dict[str, tuple[str, ...]]:
         """Compare one differing chunk row by row; return suspects and where they live."""
-        api, read = self._read_chunk(self.dbs.api, self.dbs.api_label, API, chunk)
+        api, read = api_source.take(chunk)
         self._rows["api_compared"] += read
-        cells: dict[str, list[tuple[str, Copy]]] = {}
-        for cell in self.cells:
-            copies, read = self._read_chunk(cell.engine, cell.label, CELL, chunk)
+        held: dict[str, list[tuple[str, Copy]]] = {}
+        for cell, source in cells:
+            copies, read = source.take(chunk)
             self._rows["cells_compared"] += read
             for uuid, copy in copies.items():
-                cells.setdefault(uuid, []).append((cell.name, copy))
+                held.setdefault(uuid, []).append((cell.name, copy))
         suspects: dict[str, tuple[str, ...]] = {}
-        for uuid in sorted(set(api) | set(cells)):
-            held = tuple(cells.get(uuid, ()))
-            if self._classify(api.get(uuid), held):
-                suspects[uuid] = tuple(name for name, _ in held)
+        for uuid in sorted(set(api) | set(held)):
+            here = tuple(held.get(uuid, ()))
+            if self._classify(api.get(uuid), here):
+                suspects[uuid] = tuple(name for name, _ in here)
         return suspects
 
     def _run_one_cell(self, only: Cell) -> None:
-        """Compare one cell's groups with their API copies, row by row, in one snapshot."""
+        """Compare one cell's groups with their API copies, row by row, in one pass each.
+
+        No checksum can stand for one cell's share of the API database, so every chunk is
+        read; both databases are streamed in uuid order and counted in full.
+        """
         with reader(only.engine, only.label) as conn:
             self._size(_count(conn, CELL.groups, CELL.groups.c.deleted == 0))
-        with _snapshot(only.engine, only.label) as conn:
-            totals = [0, 0, 0]
+        chunks = list(range(self.n + 1))
+        wanted = set(chunks)
+        with contextlib.ExitStack() as stack:
+            mine = self._source(only.engine, only.label, CELL, wanted, ranges=False)
+            stack.callback(mine.close)
+            api = self._source(self.dbs.api, self.dbs.api_label, API, wanted, ranges=False)
+            stack.callback(api.close)
+            others = [c for c in self.cells if c.uuid != only.uuid]
             suspects: dict[str, tuple[str, ...]] = {}
-            for chunk in range(self.n + 1):
-                copies = self._one_cell_chunk(conn, chunk, totals)
-                with reader(self.dbs.api, self.dbs.api_label) as aconn:
-                    api = read_copies(aconn, API, list(copies))
-                self._rows["api_compared"] += sum(
-                    1 + len(c.policies) + len(c.members) for c in api.values()
-                )
-                others: dict[str, list[tuple[str, Copy]]] = {}
-                for cell in self.cells:
-                    if cell.uuid == only.uuid:
-                        continue
-                    with reader(cell.engine, cell.label) as cconn:
-                        for uuid, copy in read_copies(cconn, CELL, list(copies)).items():
-                            others.setdefault(uuid, []).append((cell.name, copy))
+            for chunk in chunks:
+                copies, read = mine.take(chunk)
+                self._rows["cells_compared"] += read
+                api_copies, _ = api.take(chunk)
+                twins: dict[str, list[str]] = {}
+                for other in others:
+                    with reader(other.engine, other.label) as conn:
+                        for uuid in CELL.present(conn, list(copies)):
+                            twins.setdefault(uuid, []).append(other.name)
                 for uuid, copy in copies.items():
-                    held = tuple(
-                        sorted([(only.name, copy), *others.get(uuid, [])], key=self._cell_order)
-                    )
-                    if self._classify(api.get(uuid), held):
+                    theirs = api_copies.get(uuid)
+                    if theirs is not None:
+                        self._rows["api_compared"] += 1 + len(theirs.policies) + len(theirs.members)
+                    # A twin's data does not matter here: being live twice is the finding,
+                    # and the re-check reads every copy in full.
+                    held = [(only.name, copy)] + [(name, copy) for name in twins.get(uuid, ())]
+                    held.sort(key=self._cell_order)
+                    if self._classify(theirs, held):
                         suspects[uuid] = tuple(name for name, _ in held)
                 if len(suspects) >= self.chunk_size:
                     self._recheck(suspects)
                     suspects = {}
-                self._report("compare", chunk + 1, self.n + 1)
+                self._report("compare", chunk + 1, len(chunks))
+            stack.close()
+        with _snapshot(only.engine, only.label) as conn:
             self._orphans.extend(self._read_orphans(conn, CELL, only.name))
-            scan = _Scan(only.label, {0: [*totals, 0]}, list(self._orphans))
-            self._verify(conn, CELL, only.label, scan)
-            self._rows["cells_compared"] = sum(totals)
         self._recheck(suspects)
-
-    def _one_cell_chunk(self, conn: Connection, chunk: int, totals: list[int]) -> dict[str, Copy]:
-        g, p, m = CELL.groups, CELL.policies, CELL.members
-        inside = self._superset(CELL, conn, chunk)
-        rows = [
-            r
-            for r in conn.execute(sa.select(*_group_columns(CELL)).where(inside, g.c.deleted == 0))
-            if bucket_of(r.uuid, self.n) == chunk
-        ]
-        kept = {r.id for r in rows}
-        policies: dict[int, list[str]] = {}
-        members: dict[int, list[str]] = {}
-        for slot, table, column, into in (
-            (1, p, p.c.policy, policies),
-            (2, m, CELL.member_col, members),
-        ):
-            joined = table.join(g, table.c.group_id == g.c.id)
-            for gid, value in conn.execute(
-                sa.select(table.c.group_id, column)
-                .select_from(joined)
-                .where(inside, g.c.deleted == 0, table.c.deleted == 0)
-            ):
-                if gid in kept:
-                    into.setdefault(gid, []).append(value)
-                    totals[slot] += 1
-        totals[0] += len(rows)
-        return _build(rows, policies, members)
 
     def _cell_order(self, held: tuple[str, Copy]) -> int:
         names = [c.name for c in self.cells]
