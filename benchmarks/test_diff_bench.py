@@ -56,7 +56,7 @@ MEMBERS = 2
 ROWS_PER_SIDE = GROUPS * (2 + MEMBERS)
 ROWS = 2 * ROWS_PER_SIDE
 BATCH = 5_000
-ROUNDS = 3
+ROUNDS = 5
 #: diff-report must check at least this fraction of the plain scan's rows per second.
 TARGET = 0.5
 #: Python allocations a clean 50k-group diff may peak at (it holds chunk sums, not rows).
