@@ -15,6 +15,7 @@ from shadowdb.errors import (
     InvalidInput,
     NotFound,
     ShadowDBError,
+    UnsupportedPolicy,
 )
 from shadowdb.phase import Phase
 from shadowdb.settings import Settings
@@ -32,6 +33,7 @@ __all__ = [
     "Phase",
     "Settings",
     "ShadowDBError",
+    "UnsupportedPolicy",
     "connect",
 ]
 
