@@ -12,12 +12,14 @@ backend plans best (``BENCHMARKS.md``, "get_hosts hot path", has the measurement
 
 * SQLite: a JSON array read by ``json_each``, joined to ``instances`` with the array as
   the outer loop (``CROSS JOIN`` fixes that order in SQLite), so every member is one
-  probe of the ``uuid`` index, whatever the statistics say; a long ``IN`` list lets
-  the planner prefer a host-first index and scan.
+  probe of the ``uuid`` index, whatever the statistics say. (A plain ``IN`` list lets
+  the planner pick another index: without Nova's ``(uuid, deleted)`` index it walked
+  ``instances_deleted_created_at_idx`` over nearly every row, a thousand times slower.)
 * MariaDB/MySQL: a JSON array read by ``JSON_TABLE``, joined first
   (``STRAIGHT_JOIN``): one probe of ``uniq_instances0uuid`` per member, and a single
   parameter to escape instead of thousands.
-* PostgreSQL: ``uuid = ANY(:array)``, an index scan on ``uniq_instances0uuid``.
+* PostgreSQL: ``uuid = ANY(:array)``, a (bitmap) index scan on ``uniq_instances0uuid``
+  unless the list is a large share of the table.
 
 No statement ever carries more than one bound value per member list, so there is no
 999-variable limit to chunk around and one statement per database touched.
