@@ -138,7 +138,8 @@ class RawFloor:
         """Run the scheduler path; return the group uuid and its hosts."""
         db = self.api if side == "api" else self.cell
         (row,) = self._all(db, self.by_member[side], (instance,))
-        members = [v for k, _, v in self._all(db, self.children[side], (row[0], row[0])) if k]
+        # Sorted, as shadowdb sends them (the faster order when the pool is small).
+        members = sorted(v for k, _, v in self._all(db, self.children[side], (row[0], row[0])) if k)
         if form == "json":
             arg: list[Any] = [json.dumps(members)]
             route, hosts = self.route_json, self.hosts_json

@@ -223,7 +223,10 @@ def hosts_of(
         CellUnavailable: a cell failed and ``allow_partial`` is false.
     """
     skip = set(exclude) if exclude else ()
-    wanted = [u for u in dict.fromkeys(members) if u not in skip]
+    # Sorted, the probes walk each uuid index in order: when the buffer pool cannot hold
+    # the working set, that reads each index page once (BENCHMARKS.md: 12-35% faster at
+    # 5,000 members with a 128 MiB pool; neutral when everything is cached).
+    wanted = sorted({u for u in members if u not in skip})
     if not wanted:
         return Hosts()
     name = "hosts" if project_id is None else "hosts_scoped"
@@ -267,7 +270,7 @@ def count_members_by_user(
         CellUnavailable: a cell that may hold members could not be asked (a count
             cannot be partial: it feeds a quota check).
     """
-    wanted = list(dict.fromkeys(members))
+    wanted = sorted(set(members))
     if not wanted:
         return 0
     name = "count" if project_id is None else "count_scoped"
