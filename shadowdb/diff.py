@@ -595,23 +595,32 @@ def _live(side: GroupTables, table: sa.Table) -> list[sa.ColumnElement[bool]]:
 def read_copies(
     conn: Connection, side: GroupTables, uuids: Sequence[str], *, lock: bool = False
 ) -> dict[str, Copy]:
-    """Load the live copies of ``uuids`` on one side; with ``lock``, lock their rows (id order).
+    """Load the live copies of ``uuids`` on one side; with ``lock``, lock their rows.
 
-    Matching is exact: a backend whose collation folds case does not pair ``ABC`` with
-    ``abc``.
+    Rows are locked through the primary key in ascending id order, the order in which
+    the backfill locks its batches: two lockers of many rows never wait on each other in
+    a cycle (writers lock a single group row). Matching is exact: a backend whose
+    collation folds case does not pair ``ABC`` with ``abc``.
     """
     g, p, m = side.groups, side.policies, side.members
     wanted = set(uuids)
     rows: list[sa.Row[Any]] = []
     for chunk in _chunked(sorted(wanted)):
-        stmt = (
-            sa.select(*_group_columns(side))
-            .where(g.c.uuid.in_(chunk), *_live(side, g))
-            .order_by(g.c.id)
-        )
-        if lock:
-            stmt = stmt.with_for_update()
+        stmt = sa.select(*_group_columns(side)).where(g.c.uuid.in_(chunk), *_live(side, g))
         rows.extend(r for r in conn.execute(stmt) if r.uuid in wanted)
+    if lock:
+        ids = sorted(r.id for r in rows)
+        rows = []
+        for chunk in _chunked(ids):
+            # Read again under the lock: a row deleted meanwhile is no longer live (a group
+            # created meanwhile is a write in flight, seen by the next re-check).
+            stmt = (
+                sa.select(*_group_columns(side))
+                .where(g.c.id.in_(chunk), *_live(side, g))
+                .order_by(g.c.id)
+                .with_for_update()
+            )
+            rows.extend(r for r in conn.execute(stmt) if r.uuid in wanted)
     policies: dict[int, list[str]] = {}
     members: dict[int, list[str]] = {}
     for chunk in _chunked([r.id for r in rows]):
