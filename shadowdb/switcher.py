@@ -58,9 +58,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 import structlog
@@ -165,6 +166,21 @@ def _entries(count: int) -> str:
     return "1 entry" if count == 1 else f"{count} entries"
 
 
+def _settled(dbs: Databases, read: Callable[[], set[Any]]) -> set[Any]:
+    """Return what ``read`` finds now and still finds ``write_grace`` seconds later.
+
+    A guard scans while writers go on: a dual-write writer's journal entry (the outbox of
+    ``dual-write-api-reads``) or a group whose second copy is about to commit can show for
+    a few milliseconds. Whatever is still there once the longest write has had time to
+    finish is real; what came and went was a write in flight.
+    """
+    first = read()
+    if not first:
+        return first
+    time.sleep(dbs.settings.write_grace)
+    return first & read()
+
+
 class UnmigratedCellGroups:
     """Require every live cell group (``deleted = 0``) to have an API copy (same uuid)."""
 
@@ -193,7 +209,33 @@ class UnmigratedCellGroups:
 
     @staticmethod
     def _count_missing(dbs: Databases, cell: Cell) -> int:
-        missing = 0
+        missing = UnmigratedCellGroups._missing(dbs, cell, None)
+        if missing:
+            # Writes in flight (a destroy whose cell half has not committed yet) settle.
+            time.sleep(dbs.settings.write_grace)
+            missing &= UnmigratedCellGroups._missing(dbs, cell, missing)
+        return len(missing)
+
+    @staticmethod
+    def _missing(dbs: Databases, cell: Cell, among: set[str] | None) -> set[str]:
+        """Return the live cell groups' uuids (of ``among``, if given) the API lacks."""
+        missing: set[str] = set()
+        if among is not None:
+            with reader(cell.engine, cell.label) as conn:
+                live = set(
+                    conn.scalars(
+                        sa.select(cell_groups.c.uuid).where(
+                            cell_groups.c.deleted == 0, cell_groups.c.uuid.in_(sorted(among))
+                        )
+                    )
+                )
+            with reader(dbs.api, dbs.api_label) as conn:
+                found = set(
+                    conn.scalars(
+                        sa.select(api_groups.c.uuid).where(api_groups.c.uuid.in_(sorted(live)))
+                    )
+                )
+            return live - found
         after = 0
         while True:
             # Keyset pages over the cell's primary key: no OFFSET, no long-held snapshot.
@@ -214,7 +256,7 @@ class UnmigratedCellGroups:
                         sa.select(api_groups.c.uuid).where(api_groups.c.uuid.in_(sorted(uuids)))
                     )
                 )
-            missing += len(uuids - found)
+            missing |= uuids - found
 
 
 class CellJournalsEmpty:
@@ -227,8 +269,8 @@ class CellJournalsEmpty:
         reasons = []
         for cell in dbs.refresh_cells():
             try:
-                with reader(cell.engine, cell.label) as conn:
-                    count = _count(conn, cell_journal)
+                read = functools.partial(_journal_ids, cell.engine, cell.label, cell_journal)
+                count = len(_settled(dbs, read))
             except OperationalError as err:
                 reasons.append(_unreachable(cell, err))
                 continue
@@ -247,8 +289,9 @@ class ApiJournalEmpty:
 
     def check(self, dbs: Databases, state: PhaseState, target: Phase) -> list[str]:
         """Count journal rows in the API database."""
-        with reader(dbs.api, dbs.api_label) as conn:
-            count = _count(conn, api_journal)
+        # The outbox entry of a dual-write-api-reads write lives until its cell half
+        # commits: only entries that outlast the longest write count.
+        count = len(_settled(dbs, lambda: _journal_ids(dbs.api, dbs.api_label, api_journal)))
         if not count:
             return []
         return [f"API journal holds {_entries(count)} (cell copies lag); run backfill"]
@@ -380,6 +423,11 @@ def _duration(seconds: float) -> str:
     if whole < 7200:
         return f"{whole // 60}m {whole % 60:02d}s"
     return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+def _journal_ids(engine: sa.Engine, label: str, table: sa.Table) -> set[int]:
+    with reader(engine, label) as conn:
+        return set(conn.scalars(sa.select(table.c.id)))
 
 
 def _count(conn: Connection, table: sa.Table) -> int:
