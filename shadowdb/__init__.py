@@ -5,20 +5,48 @@ The public API is what ``__all__`` lists; everything else is internal.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from shadowdb.databases import Cell, Databases, connect
 from shadowdb.errors import (
     CellUnavailable,
     DatabaseUnreachable,
     GroupExists,
     GroupNotFound,
+    GroupSaveError,
     GuardRefused,
     InvalidInput,
     NotFound,
+    ObjectActionError,
+    OperationalError,
     ShadowDBError,
     UnsupportedPolicy,
 )
 from shadowdb.phase import Phase
 from shadowdb.settings import Settings
+
+if TYPE_CHECKING:
+    from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
+    from shadowdb.sync import drain_journals
+
+#: Loaded on first use, so that importing a light module (``shadowdb.scheduler``, which the
+#: scheduler imports on every worker start) does not pull in the whole object layer.
+_LAZY = {
+    "InstanceGroup": "shadowdb.objects",
+    "InstanceGroupList": "shadowdb.objects",
+    "RequestContext": "shadowdb.objects",
+    "drain_journals": "shadowdb.sync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shadowdb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "Cell",
@@ -27,14 +55,21 @@ __all__ = [
     "Databases",
     "GroupExists",
     "GroupNotFound",
+    "GroupSaveError",
     "GuardRefused",
+    "InstanceGroup",
+    "InstanceGroupList",
     "InvalidInput",
     "NotFound",
+    "ObjectActionError",
+    "OperationalError",
     "Phase",
+    "RequestContext",
     "Settings",
     "ShadowDBError",
     "UnsupportedPolicy",
     "connect",
+    "drain_journals",
 ]
 
 __version__ = "0.1.0"
