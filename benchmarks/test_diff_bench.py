@@ -45,6 +45,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from benchmarks.deployments import fresh_urls
 from shadowdb import commands, models
 from shadowdb.databases import Databases, connect
 from shadowdb.diff import DEFAULT_CHUNK
@@ -84,33 +85,8 @@ class Deployment:
 # --------------------------------------------------------------------------- set-up
 
 
-def _mysql_url(name: str) -> str:
-    base = os.environ.get("SHADOWDB_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/")
-    return (
-        sa.make_url(base)
-        .set(drivername="mysql+pymysql", database=name)
-        .render_as_string(hide_password=False)
-    )
-
-
 def _urls(backend: str) -> list[str]:
-    if backend == "sqlite":
-        folder = Path(os.environ.get("SHADOWDB_BENCH_DIR", ".bench-data")).resolve() / "diff"
-        folder.mkdir(parents=True, exist_ok=True)
-        for path in folder.glob("*.sqlite*"):
-            path.unlink()
-        return [f"sqlite:///{folder / n}.sqlite" for n in ("api", "cell1", "cell2")]
-    admin = sa.create_engine(_mysql_url(""), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            for name in _DB_NAMES:
-                conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-                conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-    except sa.exc.OperationalError as err:
-        pytest.skip(f"mysql unreachable: {err}")
-    finally:
-        admin.dispose()
-    return [_mysql_url(n) for n in _DB_NAMES]
+    return fresh_urls(backend, "diff", _DB_NAMES)
 
 
 def _groups() -> list[dict[str, Any]]:

@@ -1,0 +1,45 @@
+"""Make the empty databases a benchmark deploys shadowdb on (SQLite files or MariaDB)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+
+def mysql_url(name: str) -> str:
+    """Return the URL of MariaDB database ``name`` (``SHADOWDB_BENCH_MYSQL_URL``'s server)."""
+    base = os.environ.get("SHADOWDB_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/")
+    return (
+        sa.make_url(base)
+        .set(drivername="mysql+pymysql", database=name)
+        .render_as_string(hide_password=False)
+    )
+
+
+def fresh_urls(backend: str, topic: str, db_names: Sequence[str]) -> list[str]:
+    """Return the URLs of an API and cell databases, emptied: SQLite files or MariaDB.
+
+    SQLite files live in ``$SHADOWDB_BENCH_DIR/<topic>`` (default ``.bench-data``), named
+    api, cell1, cell2; MariaDB databases are ``db_names``, dropped and created anew.
+    """
+    if backend == "sqlite":
+        folder = Path(os.environ.get("SHADOWDB_BENCH_DIR", ".bench-data")).resolve() / topic
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in folder.glob("*.sqlite*"):
+            path.unlink()
+        return [f"sqlite:///{folder / n}.sqlite" for n in ("api", "cell1", "cell2")]
+    admin = sa.create_engine(mysql_url(""), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for name in db_names:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+                conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    except sa.exc.OperationalError as err:
+        pytest.skip(f"mysql unreachable: {err}")
+    finally:
+        admin.dispose()
+    return [mysql_url(n) for n in db_names]
