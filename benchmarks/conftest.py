@@ -45,7 +45,9 @@ def data_set(backend: str) -> dataset.DataSet:
     """Build (or reuse) the data set on ``backend``; skip if the backend is unreachable."""
     if backend not in _built:
         try:
-            _built[backend] = dataset.build(backend, bench_dir() / backend)
+            built = dataset.build(backend, bench_dir() / backend)
+            dataset.add_newton_tables(built)
+            _built[backend] = built
         except sa.exc.OperationalError as err:
             _built[backend] = f"{backend} unreachable: {err}"
     built = _built[backend]

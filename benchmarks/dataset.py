@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 from shadowdb import commands, models
 from shadowdb.databases import Databases, connect
@@ -373,3 +374,274 @@ def _insert_groups(
         ]
         for start in range(0, len(members), BATCH):
             _insert(conn, m, members[start : start + BATCH])
+
+
+# --------------------------------------------------------------------------- Newton tables
+#
+# The cell tables Nova's instance-list query joined or read before Train (Newton/Ocata
+# ``InstanceGroup.get_hosts``): transcribed from Nova's main-database initial migration
+# (same columns, types, indexes and foreign keys). They belong to the benchmark's data set
+# only, for the Newton-style baseline; shadowdb's schema does not have them.
+
+#: Bump when the shape of the Newton tables' data changes: they are refilled.
+NEWTON_VERSION = 1
+#: Fill the Newton tables for every group member and for instances with ``id % N == 0``.
+NEWTON_SAMPLE_MOD = 1
+
+_NEWTON_META = "shadowdb_bench_newton_meta"
+
+newton_metadata = sa.MetaData()
+_MediumText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+_mysql = {"mysql_engine": "InnoDB", "mysql_charset": "utf8"}
+# Stand-in for Nova's ``instances`` (already in the cell), so the foreign keys resolve.
+sa.Table("instances", newton_metadata, sa.Column("uuid", sa.String(36), unique=True))
+
+
+def _soft_delete_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("created_at", sa.DateTime),
+        sa.Column("updated_at", sa.DateTime),
+        sa.Column("deleted_at", sa.DateTime),
+    ]
+
+
+instance_info_caches = sa.Table(
+    "instance_info_caches",
+    newton_metadata,
+    *_soft_delete_columns(),
+    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
+    sa.Column("network_info", _MediumText),
+    sa.Column(
+        "instance_uuid",
+        sa.String(length=36),
+        sa.ForeignKey("instances.uuid", name="instance_info_caches_instance_uuid_fkey"),
+        nullable=False,
+    ),
+    sa.Column("deleted", sa.Integer),
+    sa.UniqueConstraint("instance_uuid", name="uniq_instance_info_caches0instance_uuid"),
+    **_mysql,
+)
+instance_metadata = sa.Table(
+    "instance_metadata",
+    newton_metadata,
+    *_soft_delete_columns(),
+    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
+    sa.Column("key", sa.String(length=255)),
+    sa.Column("value", sa.String(length=255)),
+    sa.Column(
+        "instance_uuid",
+        sa.String(length=36),
+        sa.ForeignKey("instances.uuid", name="instance_metadata_instance_uuid_fkey"),
+        nullable=True,
+    ),
+    sa.Column("deleted", sa.Integer),
+    sa.Index("instance_metadata_instance_uuid_idx", "instance_uuid"),
+    **_mysql,
+)
+instance_system_metadata = sa.Table(
+    "instance_system_metadata",
+    newton_metadata,
+    *_soft_delete_columns(),
+    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
+    sa.Column(
+        "instance_uuid",
+        sa.String(length=36),
+        sa.ForeignKey("instances.uuid", name="instance_system_metadata_ibfk_1"),
+        nullable=False,
+    ),
+    sa.Column("key", sa.String(length=255), nullable=False),
+    sa.Column("value", sa.String(length=255)),
+    sa.Column("deleted", sa.Integer),
+    sa.Index("instance_uuid", "instance_uuid"),
+    **_mysql,
+)
+security_groups = sa.Table(
+    "security_groups",
+    newton_metadata,
+    *_soft_delete_columns(),
+    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
+    sa.Column("name", sa.String(length=255)),
+    sa.Column("description", sa.String(length=255)),
+    sa.Column("user_id", sa.String(length=255)),
+    sa.Column("project_id", sa.String(length=255)),
+    sa.Column("deleted", sa.Integer),
+    sa.UniqueConstraint(
+        "project_id", "name", "deleted", name="uniq_security_groups0project_id0name0deleted"
+    ),
+    **_mysql,
+)
+security_group_instance_association = sa.Table(
+    "security_group_instance_association",
+    newton_metadata,
+    *_soft_delete_columns(),
+    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
+    sa.Column(
+        "security_group_id",
+        sa.Integer,
+        sa.ForeignKey("security_groups.id", name="security_group_instance_association_ibfk_1"),
+    ),
+    sa.Column(
+        "instance_uuid",
+        sa.String(length=36),
+        sa.ForeignKey(
+            "instances.uuid", name="security_group_instance_association_instance_uuid_fkey"
+        ),
+    ),
+    sa.Column("deleted", sa.Integer),
+    sa.Index("security_group_instance_association_instance_uuid_idx", "instance_uuid"),
+    sa.Index("security_group_id", "security_group_id"),
+    **_mysql,
+)
+NEWTON_TABLES = (
+    instance_info_caches,
+    security_groups,
+    security_group_instance_association,
+    instance_metadata,
+    instance_system_metadata,
+)
+
+
+def _newton_sql(dialect: str) -> list[str]:
+    """Return the INSERT ... SELECT statements filling the Newton tables from ``instances``.
+
+    Server-side, from each instance's own columns: one info cache (a one-port
+    ``network_info`` of about 330 bytes), one association with its project's ``default``
+    security group, two metadata and three system-metadata rows. Rows of deleted
+    instances are deleted too (``deleted`` set to the instance's id).
+    """
+    if dialect == "sqlite":
+
+        def cat(*parts: str) -> str:
+            return " || ".join(parts)
+
+        def hex_(expr: str, width: int) -> str:
+            return f"printf('%0{width}x', {expr})"
+
+    else:
+
+        def cat(*parts: str) -> str:
+            return f"CONCAT({', '.join(parts)})"
+
+        def hex_(expr: str, width: int) -> str:
+            return f"LOWER(LPAD(HEX({expr}), {width}, '0'))"
+
+    port = cat(hex_("i.id", 8), "SUBSTR(i.uuid, 9)")
+    octets = ["((i.id >> 16) & 255)", "((i.id >> 8) & 255)", "(i.id & 255)"]
+    mac = cat(
+        "'fa:16:3e:'", hex_(octets[0], 2), "':'", hex_(octets[1], 2), "':'", hex_(octets[2], 2)
+    )
+    ip = cat(
+        "'10.'",
+        f"CAST({octets[0]} AS CHAR)",
+        "'.'",
+        f"CAST({octets[1]} AS CHAR)",
+        "'.'",
+        f"CAST({octets[2]} AS CHAR)",
+    )
+    if dialect == "sqlite":
+        ip = ip.replace("AS CHAR", "AS TEXT")
+    network_info = cat(
+        '\'[{"id": "\'',
+        port,
+        '\'", "address": "\'',
+        mac,
+        '\'", "network": {"id": "9d4e5b1f-3c2a-4f7e-8a6b-2e1d0c9b8a71", "bridge":'
+        ' "br-int", "label": "private", "subnets": [{"cidr": "10.0.0.0/8",'
+        ' "ips": [{"address": "\'',
+        ip,
+        '\'", "type": "fixed"}], "gateway": {"address": "10.0.0.1"}}]}, "type":'
+        ' "ovs", "devname": "tap\'',
+        "SUBSTR(" + port + ", 1, 11)",
+        '\'", "active": true, "vnic_type": "normal"}]\'',
+    )
+    deleted = "CASE WHEN i.deleted = 0 THEN 0 ELSE i.id END"
+    common = f"i.created_at, i.updated_at, i.deleted_at, {deleted}"
+    where = (
+        ""
+        if NEWTON_SAMPLE_MOD == 1
+        else f" WHERE (i.id % {NEWTON_SAMPLE_MOD} = 0"
+        " OR i.uuid IN (SELECT instance_id FROM instance_group_member))"
+    )
+    stmts = [
+        "INSERT INTO instance_info_caches (created_at, updated_at, deleted_at, deleted,"
+        f" network_info, instance_uuid) SELECT {common}, {network_info}, i.uuid"
+        f" FROM instances i{where}",
+        "INSERT INTO security_group_instance_association (created_at, updated_at, deleted_at,"
+        f" deleted, security_group_id, instance_uuid) SELECT {common}, sg.id, i.uuid"
+        " FROM instances i JOIN security_groups sg ON sg.project_id = i.project_id"
+        f" AND sg.name = 'default' AND sg.deleted = 0{where.replace('WHERE', 'AND', 1)}",
+    ]
+    meta_rows = [
+        ("instance_metadata", "'role'", "CASE WHEN i.id % 3 = 0 THEN 'db' ELSE 'web' END"),
+        ("instance_metadata", "'owner'", "i.user_id"),
+        ("instance_system_metadata", "'image_base_image_ref'", "i.image_ref"),
+        ("instance_system_metadata", "'image_disk_format'", "'qcow2'"),
+        ("instance_system_metadata", "'image_min_disk'", "CAST(i.root_gb AS CHAR)"),
+    ]
+    for table, key, value in meta_rows:
+        if dialect == "sqlite":
+            value = value.replace("AS CHAR", "AS TEXT")
+        stmts.append(
+            f"INSERT INTO {table} (created_at, updated_at, deleted_at, deleted, instance_uuid,"
+            f" {'`key`' if dialect != 'sqlite' else 'key'}, value)"
+            f" SELECT {common}, i.uuid, {key}, {value} FROM instances i{where}"
+        )
+    return stmts
+
+
+def add_newton_tables(data: DataSet) -> None:
+    """Add Nova's pre-Train instance tables to the data set's cells, once (idempotent)."""
+    for url in data.cell_urls.values():
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                if _newton_done(conn):
+                    continue
+            with engine.begin() as conn:
+                _tuned(conn, data.backend)
+                _fill_newton(conn, data.backend)
+        finally:
+            engine.dispose()
+
+
+def _newton_done(conn: sa.Connection) -> bool:
+    if not sa.inspect(conn).has_table(_NEWTON_META):
+        return False
+    version = conn.execute(sa.text(f"SELECT version FROM {_NEWTON_META}")).scalar()
+    return version == NEWTON_VERSION
+
+
+def _fill_newton(conn: sa.Connection, backend: str) -> None:
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_NEWTON_META}")
+    for table in reversed(NEWTON_TABLES):
+        table.drop(conn, checkfirst=True)
+    for table in NEWTON_TABLES:
+        table.create(conn)
+    projects = conn.execute(sa.text("SELECT DISTINCT project_id FROM instances")).scalars()
+    _insert(
+        conn,
+        security_groups,
+        [
+            {
+                "created_at": NOW,
+                "updated_at": NOW,
+                "name": "default",
+                "description": "default",
+                "user_id": "user-00001",
+                "project_id": project,
+                "deleted": 0,
+            }
+            for project in sorted(projects)
+        ],
+    )
+    for stmt in _newton_sql(backend):
+        # PyMySQL formats every statement: a literal % is written %%.
+        conn.exec_driver_sql(stmt if backend == "sqlite" else stmt.replace("%", "%%"))
+    names = ", ".join(t.name for t in NEWTON_TABLES)
+    if backend == "sqlite":
+        for table in NEWTON_TABLES:
+            conn.exec_driver_sql(f"ANALYZE {table.name}")
+    else:
+        conn.exec_driver_sql(f"ANALYZE TABLE {names}")
+    conn.exec_driver_sql(f"CREATE TABLE {_NEWTON_META} (version INTEGER)")
+    conn.exec_driver_sql(f"INSERT INTO {_NEWTON_META} VALUES ({NEWTON_VERSION})")

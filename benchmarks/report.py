@@ -15,6 +15,8 @@ from typing import Any
 
 PHASES = ("cell-only", "dual-write-cell-reads", "dual-write-api-reads", "api-only")
 LABELS = {"sqlite": "SQLite", "mysql": "MariaDB"}
+#: The Nova-style baselines: since Train, and Newton/Ocata (with the joins and metadata).
+NOVA = ("nova-style", "nova-newton")
 #: The floor each phase is held to: the raw statements reading the same side.
 FLOOR_OF = {
     "cell-only": "cell",
@@ -65,9 +67,10 @@ def table(medians: dict[tuple[str, str, int], float]) -> str:
     lines = [
         "| backend | members | "
         + " | ".join(PHASES)
-        + " | floor (API reads) | floor (cell reads) | Nova-style | DWAR / api-only"
-        " | worst phase / floor | Nova-style / api-only |",
-        "|---" * (len(PHASES) + 8) + "|",
+        + " | floor (API reads) | floor (cell reads) | Nova-style (Train)"
+        " | Nova-style (Newton/Ocata) | DWAR / api-only | worst phase / floor"
+        " | Nova-style (Train) / api-only | Nova-style (Newton/Ocata) / api-only |",
+        "|---" * (len(PHASES) + 10) + "|",
     ]
     sizes = sorted({s for (_, p, s) in medians if p in PHASES})
     for backend in ("sqlite", "mysql"):
@@ -79,6 +82,8 @@ def table(medians: dict[tuple[str, str, int], float]) -> str:
                 medians[(backend, p, size)] / floor[(backend, FLOOR_OF[p], size)] for p in PHASES
             ]
             nova = medians[(backend, "nova-style", size)]
+            newton = medians.get((backend, "nova-newton", size))
+            api_only = medians[(backend, "api-only", size)]
             cells = [f"{ms[p]:.3f}" for p in PHASES]
             lines.append(
                 f"| {backend} | {size} | "
@@ -86,9 +91,11 @@ def table(medians: dict[tuple[str, str, int], float]) -> str:
                 + f" | {floor[(backend, 'api', size)] * 1e3:.3f}"
                 f" | {floor[(backend, 'cell', size)] * 1e3:.3f}"
                 f" | {nova * 1e3:.3f}"
+                f" | {'-' if newton is None else f'{newton * 1e3:.3f}'}"
                 f" | {ms['dual-write-api-reads'] / ms['api-only']:.2f}x"
                 f" | {max(ratios):.2f}x"
-                f" | {nova / medians[(backend, 'api-only', size)]:.1f}x |"
+                f" | {nova / api_only:.1f}x"
+                f" | {'-' if newton is None else f'{newton / api_only:.1f}x'} |"
             )
     return "\n".join(lines)
 
@@ -129,14 +136,14 @@ def plot(medians: dict[tuple[str, str, int], float], out: Path) -> None:
     for ax, backend in zip(axes[0], backends, strict=True):
         series: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for (b, path, size), value in sorted(medians.items(), key=lambda kv: kv[0][2]):
-            if b == backend and (path in PHASES or path == "nova-style"):
+            if b == backend and (path in PHASES or path in NOVA):
                 series[path].append((size, value * 1e3))
         for side in ("api", "cell"):
             series[f"raw floor ({side} reads)"] = sorted(
                 (s, v * 1e3) for (b, sd, s), v in floor.items() if b == backend and sd == side
             )
         for name, points in series.items():
-            style = "--" if name.startswith("raw") else ":" if name == "nova-style" else "-"
+            style = "--" if name.startswith("raw") else ":" if name in NOVA else "-"
             ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")

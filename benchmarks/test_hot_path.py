@@ -8,9 +8,15 @@ For every group size and backend, in the same run:
   value, as shadowdb sends it; a plain ``IN (?, ?, ...)`` list): the faster of the two,
   size by size, is the floor. Group lookups read the API database (``floor-api-*``) or
   the cell (``floor-cell-*``), as the phases do;
-* a **Nova-style** path: the member lookup, the group with its policies and members
-  joined (policies x members rows), then full instance rows for every member, as Nova's
-  ``InstanceGroup.get_hosts`` loads ``Instance`` objects to keep their ``host``.
+* a **Nova-style** path (Train and later): the member lookup, the group with its
+  policies and members joined (policies x members rows), then full instance rows for
+  every member, as Nova's ``InstanceGroup.get_hosts`` loads ``Instance`` objects to keep
+  their ``host``;
+* a **Nova-style (Newton/Ocata)** path, ``nova-newton``: the same group load, then the
+  instance-list query Nova ran until Train: instances left-outer-joined to their info
+  cache and security groups, then two queries for their metadata and system metadata,
+  one dict per instance with all of it, only to keep ``host``. Its tables are Nova's, added
+  to the benchmark's data set only (``dataset.add_newton_tables``).
 
 Every benchmark checks its answer against the data set's expected hosts.
 """
@@ -41,7 +47,8 @@ from shadowdb.settings import Settings
 
 PHASES = [p.value for p in Phase]
 FLOORS = ["floor-api-json", "floor-api-in", "floor-cell-json", "floor-cell-in"]
-PATHS = [*PHASES, *FLOORS, "nova-style"]
+NOVA = ["nova-style", "nova-newton"]
+PATHS = [*PHASES, *FLOORS, *NOVA]
 
 _LIVE = "i.deleted = 0 AND (i.vm_state <> 'soft-delete' OR i.vm_state IS NULL)"
 
@@ -162,9 +169,9 @@ class RawFloor:
 # --------------------------------------------------------------------------- Nova-style
 
 
-def nova_style(dbs: Databases, instance: str) -> tuple[str, set[str]]:
-    """Load the group object, then full instance rows of its members (pooled engines)."""
-    g, p, m, i = models.api_groups, models.api_policies, models.api_members, models.cell_instances
+def _nova_group(dbs: Databases, instance: str) -> tuple[str, list[str]]:
+    """Load the group of ``instance`` as Nova does: its uuid and member uuids."""
+    g, p, m = models.api_groups, models.api_policies, models.api_members
     with dbs.api.connect() as conn:
         group_id = conn.execute(
             sa.select(m.c.group_id).where(m.c.instance_uuid == instance).limit(1)
@@ -176,7 +183,13 @@ def nova_style(dbs: Databases, instance: str) -> tuple[str, set[str]]:
             )
             .where(g.c.id == group_id)
         ).all()
-    members = list(dict.fromkeys(r.instance_uuid for r in rows))
+    return rows[0].uuid, list(dict.fromkeys(r.instance_uuid for r in rows))
+
+
+def nova_style(dbs: Databases, instance: str) -> tuple[str, set[str]]:
+    """Load the group object, then full instance rows of its members (pooled engines)."""
+    i = models.cell_instances
+    group_uuid, members = _nova_group(dbs, instance)
     with dbs.cell("cell1").engine.connect() as conn:
         instances = [
             dict(r._mapping)
@@ -190,7 +203,77 @@ def nova_style(dbs: Databases, instance: str) -> tuple[str, set[str]]:
                 .order_by(i.c.created_at.desc(), i.c.id.desc())
             )
         ]
-    return rows[0].uuid, {o["host"] for o in instances if o["host"]}
+    return group_uuid, {o["host"] for o in instances if o["host"]}
+
+
+def _newton_query() -> tuple[sa.Select[Any], list[list[tuple[str, str]]]]:
+    """Nova's pre-Train instance-list query, with its column keys per joined table."""
+    i, ic = models.cell_instances, dataset.instance_info_caches
+    sgia, sg = dataset.security_group_instance_association, dataset.security_groups
+    groups = sgia.join(
+        sg, sa.and_(sg.c.id == sgia.c.security_group_id, sgia.c.deleted == 0, sg.c.deleted == 0)
+    )
+    query = (
+        sa.select(i, ic, sg)
+        .select_from(
+            i.outerjoin(ic, ic.c.instance_uuid == i.c.uuid).outerjoin(
+                groups, sa.and_(sgia.c.instance_uuid == i.c.uuid, sgia.c.deleted == 0)
+            )
+        )
+        .where(
+            i.c.uuid.in_(sa.bindparam("uuids", expanding=True)),
+            i.c.deleted == 0,
+            sa.or_(i.c.vm_state != "soft-delete", i.c.vm_state.is_(None)),
+        )
+        .order_by(i.c.created_at.desc(), i.c.id.desc())
+        .set_label_style(sa.LABEL_STYLE_TABLENAME_PLUS_COL)
+    )
+
+    def keys(table: sa.Table) -> list[tuple[str, str]]:
+        return [(f"{table.name}_{c.name}", c.name) for c in table.c]
+
+    return query, [keys(i), keys(ic), keys(sg)]
+
+
+_NEWTON_QUERY, (_INSTANCE_KEYS, _CACHE_KEYS, _GROUP_KEYS) = _newton_query()
+_NEWTON_METADATA = {
+    "metadata": sa.select(dataset.instance_metadata).where(
+        dataset.instance_metadata.c.instance_uuid.in_(sa.bindparam("uuids", expanding=True)),
+        dataset.instance_metadata.c.deleted == 0,
+    ),
+    "system_metadata": sa.select(dataset.instance_system_metadata).where(
+        dataset.instance_system_metadata.c.instance_uuid.in_(sa.bindparam("uuids", expanding=True)),
+        dataset.instance_system_metadata.c.deleted == 0,
+    ),
+}
+
+
+def nova_newton(dbs: Databases, instance: str) -> tuple[str, set[str]]:
+    """Nova's ``get_hosts`` until Train: full instances with their joins, then ``host``."""
+    group_uuid, members = _nova_group(dbs, instance)
+    instances: dict[str, dict[str, Any]] = {}
+    with dbs.cell("cell1").engine.connect() as conn:
+        for row in conn.execute(_NEWTON_QUERY, {"uuids": members}).mappings():
+            uuid = row["instances_uuid"]
+            obj = instances.get(uuid)
+            if obj is None:
+                obj = {name: row[key] for key, name in _INSTANCE_KEYS}
+                cache = {name: row[key] for key, name in _CACHE_KEYS}
+                obj["info_cache"] = cache if cache["id"] is not None else None
+                obj["security_groups"] = []
+                obj["metadata"] = {}
+                obj["system_metadata"] = {}
+                instances[uuid] = obj
+            group = {name: row[key] for key, name in _GROUP_KEYS}
+            if group["id"] is not None:
+                obj["security_groups"].append(group)
+        returned = list(instances)
+        for attr, query in _NEWTON_METADATA.items():
+            if not returned:
+                break
+            for meta in conn.execute(query, {"uuids": returned}):
+                instances[meta.instance_uuid][attr][meta.key] = meta.value
+    return group_uuid, {o["host"] for o in instances.values() if o["host"]}
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -222,9 +305,10 @@ def test_scheduler_path(
             return floor.run(side, form, group.instance)
 
     else:
+        nova = nova_style if path == "nova-style" else nova_newton
 
         def run() -> tuple[str, set[str]]:
-            return nova_style(dbs, group.instance)
+            return nova(dbs, group.instance)
 
     benchmark.extra_info.update(
         backend=backend, path=path, size=size, settings=server_settings(backend, dbs)
@@ -280,6 +364,7 @@ def test_interleaved(
         _, side, form = name.split("-")
         runs[name] = functools.partial(floor.run, side, form, group.instance)
     runs["nova-style"] = functools.partial(nova_style, dbs, group.instance)
+    runs["nova-newton"] = functools.partial(nova_newton, dbs, group.instance)
     rng = random.Random(size)
     times: dict[str, list[float]] = {name: [] for name in runs}
     try:
@@ -287,7 +372,7 @@ def test_interleaved(
             order = list(runs)
             rng.shuffle(order)
             for name in order:
-                if name == "nova-style" and backend == "sqlite" and n % 8:
+                if name in NOVA and backend == "sqlite" and n % 8:
                     continue  # seconds per call on SQLite (BENCHMARKS.md): one turn in eight
                 started = time.perf_counter()
                 uuid, hosts = runs[name]()
