@@ -2,8 +2,9 @@
 
 Eight threads run random creates, saves, add_members, remove_members and destroys on a
 shared pool of groups while a ninth flips the phase between ``dual-write-cell-reads`` and
-``dual-write-api-reads`` (the switcher's record step: the phase row updated under its
-exclusive lock). Afterwards, and after draining the journals:
+``dual-write-api-reads`` (through :class:`~shadowdb.switcher.Switcher`, guards forced: the
+phase row updated under its exclusive lock, then the drain wait). Afterwards, and after
+draining the journals:
 
 * every acknowledged write is present, in both databases: a group whose destroy was
   acknowledged is gone; every other acknowledged group holds exactly the members whose
@@ -28,12 +29,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from shadowdb import models
-from shadowdb.databases import writer
 from shadowdb.errors import GroupNotFound
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase, read_state, utcnow
+from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
+from shadowdb.switcher import Switcher
 from shadowdb.sync import drain_journals
 from tests.conftest import Topology
 from tests.helpers import group_state, new_uuid, put_in_phase
@@ -58,20 +58,17 @@ class Ledger:
 
 
 def _flip(topology: Topology, stop: threading.Event, flips: list[Phase]) -> None:
-    """Alternate the two dual-write phases, as the switcher's record step does."""
+    """Alternate the two dual-write phases through the real switcher, as an operator would.
+
+    Guards are forced (the writers keep journals and copies moving); the record step, the
+    announcement and the drain wait run as in ``shadowdb phase set``.
+    """
+    switcher = Switcher(topology.dbs)
     phases = [Phase.DUAL_WRITE_API_READS, Phase.DUAL_WRITE_CELL_READS]
     i = 0
     while not stop.is_set():
-        # As often as the switcher allows: it returns only after the drain wait.
-        time.sleep(topology.settings.drain_wait)
         target = phases[i % 2]
-        with writer(topology.dbs.api) as conn:
-            state = read_state(conn, for_update=True)
-            conn.execute(
-                models.api_state.update().values(
-                    phase=target.value, epoch=state.epoch + 1, changed_at=utcnow()
-                )
-            )
+        switcher.run(target, force=True, reason="concurrency test")
         flips.append(target)
         i += 1
 
