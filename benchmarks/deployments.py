@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,3 +45,25 @@ def fresh_urls(backend: str, topic: str, db_names: Sequence[str]) -> list[str]:
     finally:
         admin.dispose()
     return [mysql_url(n) for n in db_names]
+
+
+#: MariaDB settings recorded beside every MariaDB figure.
+_MARIADB_SETTINGS = (
+    "version",
+    "innodb_buffer_pool_size",
+    "innodb_flush_log_at_trx_commit",
+    "innodb_doublewrite",
+    "sync_binlog",
+    "log_bin",
+    "tx_isolation",
+)
+
+
+def server_settings(backend: str, engine: sa.Engine) -> dict[str, str]:
+    """Return the server settings a figure depends on, to record beside it."""
+    if backend == "sqlite":
+        return {"sqlite": sqlite3.sqlite_version, "python": platform.python_version()}
+    with engine.connect() as conn:
+        return {
+            n: str(conn.exec_driver_sql(f"SELECT @@{n}").scalar_one()) for n in _MARIADB_SETTINGS
+        }

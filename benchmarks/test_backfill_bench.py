@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import platform
 import sqlite3
 import time
 import uuid as uuidlib
@@ -36,7 +35,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from benchmarks.deployments import fresh_urls
+from benchmarks.deployments import fresh_urls, server_settings
 from shadowdb import commands, models
 from shadowdb.backfill import DEFAULT_BATCH, backfill
 from shadowdb.databases import Databases, connect
@@ -344,18 +343,7 @@ def _measure(benchmark: Any, dep: Deployment, what: str, fn: Callable[[], int]) 
 
 
 def _settings(dep: Deployment) -> dict[str, str]:
-    if dep.backend == "sqlite":
-        return {"sqlite": sqlite3.sqlite_version, "python": platform.python_version()}
-    names = (
-        "version",
-        "innodb_buffer_pool_size",
-        "innodb_flush_log_at_trx_commit",
-        "innodb_doublewrite",
-        "sync_binlog",
-        "log_bin",
-    )
-    with dep.dbs.api.connect() as conn:
-        return {n: str(conn.exec_driver_sql(f"SELECT @@{n}").scalar_one()) for n in names}
+    return server_settings(dep.backend, dep.dbs.api)
 
 
 def _floor(dep: Deployment) -> float:

@@ -30,7 +30,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import random
 import sqlite3
 import subprocess
@@ -45,7 +44,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from benchmarks.deployments import fresh_urls
+from benchmarks.deployments import fresh_urls, server_settings
 from shadowdb import commands, models
 from shadowdb.databases import Databases, connect
 from shadowdb.diff import DEFAULT_CHUNK
@@ -300,11 +299,7 @@ def _measure(benchmark: Any, dep: Deployment, what: str, fn: Callable[[], int]) 
 
 
 def _settings(dep: Deployment) -> dict[str, str]:
-    if dep.backend == "sqlite":
-        return {"sqlite": sqlite3.sqlite_version, "python": platform.python_version()}
-    names = ("version", "innodb_buffer_pool_size", "tx_isolation")
-    with dep.dbs.api.connect() as conn:
-        return {n: str(conn.exec_driver_sql(f"SELECT @@{n}").scalar_one()) for n in names}
+    return server_settings(dep.backend, dep.dbs.api)
 
 
 def _floor(dep: Deployment) -> float:
