@@ -92,6 +92,7 @@ def server_settings(backend: str, dbs: Databases) -> dict[str, str]:
         "innodb_buffer_pool_size",
         "innodb_flush_log_at_trx_commit",
         "in_predicate_conversion_threshold",
+        "innodb_adaptive_hash_index",
     )
     with dbs.api.connect() as conn:
         return {n: str(conn.exec_driver_sql(f"SELECT @@{n}").scalar_one()) for n in names}

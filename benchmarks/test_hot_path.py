@@ -46,7 +46,7 @@ from shadowdb.scheduler import get_group_details
 from shadowdb.settings import Settings
 
 PHASES = [p.value for p in Phase]
-FLOORS = ["floor-api-json", "floor-api-in", "floor-cell-json", "floor-cell-in"]
+FLOORS = [f"floor-{side}-{form}" for side in ("api", "cell") for form in ("json", "in", "packed")]
 NOVA = ["nova-style", "nova-newton"]
 PATHS = [*PHASES, *FLOORS, *NOVA]
 
@@ -111,6 +111,63 @@ class RawFloor:
             f"SELECT DISTINCT i.host FROM {json_from.format(table='instances i')}"
             f" WHERE {json_match.format(column='i.uuid')} AND {_LIVE} AND i.host IS NOT NULL"
         )
+        # The "packed" form: the JSON member list in, and every list back as one value
+        # with its count, one row per statement (per cell for the routing): on MariaDB
+        # shadowdb's GROUP_CONCAT form (shadowdb.packed), on SQLite json_group_array.
+        if self.backend == "sqlite":
+
+            def pack(expr: str, order_by: str = "", distinct: bool = False) -> str:
+                unique = "DISTINCT " if distinct else ""
+                # SQLite keeps the input order of an aggregate's rows (it takes no
+                # ORDER BY inside one before 3.44): the subqueries below sort them.
+                return f"json_group_array({unique}{expr}) AS v, count({unique}{expr}) AS n"
+
+        else:
+            from shadowdb.packed import concat_sql as pack  # type: ignore[assignment]
+        self.children_packed = {
+            side: (
+                f"SELECT p.v, p.n, m.v, m.n FROM"
+                f" (SELECT {pack('policy', order_by='id')} FROM (SELECT policy, id FROM"
+                f" instance_group_policy WHERE group_id = {q}{live} ORDER BY id)) AS p CROSS JOIN"
+                f" (SELECT {pack(col, order_by='id')} FROM (SELECT {col}, id FROM"
+                f" instance_group_member WHERE group_id = {q}{live} ORDER BY id)) AS m"
+            )
+            if self.backend == "sqlite"
+            else (
+                f"SELECT p.v, p.n, m.v, m.n FROM"
+                f" (SELECT {pack('policy', order_by='id')} FROM instance_group_policy"
+                f" WHERE group_id = {q}{live}) AS p CROSS JOIN"
+                f" (SELECT {pack(col, order_by='id')} FROM instance_group_member"
+                f" WHERE group_id = {q}{live}) AS m"
+            )
+            for side, col, live in (
+                ("api", "instance_uuid", ""),
+                ("cell", "instance_id", " AND deleted = 0"),
+            )
+        }
+        # On MariaDB the member list is written into the statement as a hex literal
+        # (as shadowdb does, shadowdb.packed.Hex): PyMySQL would escape a bound string
+        # character by character in Python.
+        packed_from = json_from
+        if self.backend != "sqlite":
+            packed_from = json_from.replace(
+                "JSON_TABLE(%s,", "JSON_TABLE(CONVERT({hex} USING utf8mb4),"
+            )
+        pair = (
+            "m.cell_id || char(31) || m.instance_uuid"
+            if self.backend == "sqlite"
+            else "CONCAT(m.cell_id, 0x1f, m.instance_uuid)"
+        )
+        self.route_packed = (
+            f"SELECT {pack(pair)}"
+            f" FROM {packed_from.format(table='instance_mappings m', hex='{hex}')}"
+            f" WHERE {json_match.format(column='m.instance_uuid')}"
+        )
+        self.hosts_packed = (
+            f"SELECT {pack('i.host', distinct=True)}"
+            f" FROM {packed_from.format(table='instances i', hex='{hex}')}"
+            f" WHERE {json_match.format(column='i.uuid')} AND {_LIVE} AND i.host IS NOT NULL"
+        )
 
     @staticmethod
     def _sqlite(url: str) -> sqlite3.Connection:
@@ -134,7 +191,7 @@ class RawFloor:
             autocommit=True,
         )
 
-    def _all(self, conn: Any, sql: str, params: tuple[Any, ...] | list[Any]) -> list[Any]:
+    def _all(self, conn: Any, sql: str, params: tuple[Any, ...] | list[Any] | None) -> list[Any]:
         if self.backend == "sqlite":
             return conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
         with conn.cursor() as cur:
@@ -145,6 +202,8 @@ class RawFloor:
         """Run the scheduler path; return the group uuid and its hosts."""
         db = self.api if side == "api" else self.cell
         (row,) = self._all(db, self.by_member[side], (instance,))
+        if form == "packed":
+            return row[1], self._run_packed(db, side, row[0])
         # Sorted, as shadowdb sends them (the faster order when the pool is small).
         members = sorted(v for k, _, v in self._all(db, self.children[side], (row[0], row[0])) if k)
         if form == "json":
@@ -164,6 +223,39 @@ class RawFloor:
         routed = [u for u, cell_id in self._all(self.api, route, arg) if cell_id == self.cell_id]
         assert len(routed) == len(members)
         return row[1], {h for (h,) in self._all(self.cell, hosts, arg)}
+
+    def _unpack(self, value: str, count: int) -> list[str]:
+        if self.backend == "sqlite":
+            values: list[str] = json.loads(value)
+            assert len(values) == count
+            return values
+        from shadowdb.packed import unpack
+
+        return unpack(value, count, "values", "floor")
+
+    def _run_packed(self, db: Any, side: str, group_id: int) -> set[str]:
+        ((_, _, packed, count),) = self._all(db, self.children_packed[side], (group_id, group_id))
+        members = sorted(self._unpack(packed, count))
+        if self.backend == "sqlite":
+            route: str = self.route_packed
+            args: list[str] | None = [json.dumps(members)]
+        else:
+            route, args = self._hexed(self.route_packed, members), None
+        ((pairs, count),) = self._all(self.api, route, args)
+        routed = []
+        for pair in self._unpack(pairs, count):
+            cell_id, _, uuid = pair.partition("\x1f")
+            assert int(cell_id) == self.cell_id
+            routed.append(uuid)
+        if self.backend == "sqlite":
+            ((hosts, count),) = self._all(self.cell, self.hosts_packed, [json.dumps(routed)])
+        else:
+            ((hosts, count),) = self._all(self.cell, self._hexed(self.hosts_packed, routed), None)
+        return set(self._unpack(hosts, count))
+
+    @staticmethod
+    def _hexed(sql: str, uuids: list[str]) -> str:
+        return sql.replace("{hex}", f"X'{json.dumps(uuids).encode().hex()}'")
 
 
 # --------------------------------------------------------------------------- Nova-style

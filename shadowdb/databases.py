@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from shadowdb import urls
 from shadowdb.errors import DatabaseUnreachable, OperationalError, UnknownCell
 from shadowdb.models import api_cell_mappings
+from shadowdb.packed import GROUP_CONCAT_MAX_LEN
 from shadowdb.settings import Settings
 
 __all__ = [
@@ -67,6 +68,14 @@ class Cell:
         return f"cell {self.name}"
 
 
+#: Every MariaDB/MySQL connection: utf8mb4, and room for the lists the hot path's
+#: statements pack into one value (:mod:`shadowdb.packed`).
+_MYSQL_CONNECT_ARGS: dict[str, Any] = {
+    "charset": "utf8mb4",
+    "init_command": f"SET SESSION group_concat_max_len = {GROUP_CONCAT_MAX_LEN}",
+}
+
+
 def create_engine(url: URL, settings: Settings, *, create_dirs: bool = False) -> Engine:
     """Create the engine for ``url`` with shadowdb's per-backend settings.
 
@@ -90,7 +99,7 @@ def create_engine(url: URL, settings: Settings, *, create_dirs: bool = False) ->
     connect_args: dict[str, Any] = {"connect_timeout": int(max(1, settings.connect_timeout))}
     kwargs: dict[str, Any] = {"pool_recycle": 3600, "pool_size": 10, "max_overflow": 20}
     if backend == "mysql":
-        connect_args["charset"] = "utf8mb4"
+        connect_args.update(_MYSQL_CONNECT_ARGS)
         kwargs["isolation_level"] = "READ COMMITTED"
     return sa.create_engine(url, connect_args=connect_args, **kwargs)
 
@@ -141,7 +150,7 @@ def create_read_engine(url: URL, settings: Settings) -> Engine:
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": int(max(1, settings.connect_timeout))}
     if backend == "mysql":
-        connect_args["charset"] = "utf8mb4"
+        connect_args.update(_MYSQL_CONNECT_ARGS)
     engine = sa.create_engine(
         url,
         connect_args=connect_args,

@@ -4,7 +4,8 @@ The scheduler asks for the group of the instance it places on every boot and mov
 most instances are in no group: that answer must cost one indexed lookup per database.
 So the first statement finds the group row (through the member index for a member
 lookup, the uuid key for a uuid lookup) and the second, only if there is a group, reads
-its live policies and members together (``UNION ALL``). Statements are built once, here,
+its live policies and members together (``UNION ALL``; on MariaDB/MySQL, two lists
+packed in one row, :mod:`shadowdb.packed`). Statements are built once, here,
 per side; they run on whatever connection the caller gives (the hot-path read engine).
 
 Semantics are those of :meth:`shadowdb.queries.GroupTables.uuid_by_member` followed by
@@ -22,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from shadowdb import models
 from shadowdb.errors import SchemaError
+from shadowdb.packed import PACKING_BACKENDS, concat_sql, unpack
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.queries import GroupRecord, Scope
 
@@ -101,6 +103,15 @@ class _Side:
                 member.label("value"),
             ).where(m.c.group_id == sa.bindparam("group_id"), *live(m)),
         ).order_by(sa.literal_column("kind"), sa.literal_column("row_id"))
+        # MariaDB/MySQL: the same two lists packed, one row (shadowdb.packed).
+        alive = " AND deleted = 0" if soft_delete else ""
+        self.children_packed = sa.text(
+            f"SELECT p.v, p.n, m.v, m.n FROM"
+            f" (SELECT {concat_sql('policy', order_by='id')} FROM {p.name}"
+            f" WHERE group_id = :group_id{alive}) AS p CROSS JOIN"
+            f" (SELECT {concat_sql(member_column, order_by='id')} FROM {m.name}"
+            f" WHERE group_id = :group_id{alive}) AS m"
+        )
 
 
 _SIDES = {
@@ -152,17 +163,20 @@ def find(
     return _record(conn, statements, row, scope)
 
 
-def _record(
-    conn: Connection, statements: _Side, row: Any, scope: Scope
-) -> GroupRecord | None:
+def _record(conn: Connection, statements: _Side, row: Any, scope: Scope) -> GroupRecord | None:
     """Hide the group from another project's caller, else read its children."""
     if scope.project_id is not None and row.project_id != scope.project_id:
         return None
     policies: list[str] = []
     members: list[str] = []
-    lists: tuple[list[Any], list[Any]] = (policies, members)
-    for child_kind, _, value in conn.execute(statements.children, {"group_id": row.id}).all():
-        lists[int(child_kind)].append(value)
+    if conn.dialect.name in PACKING_BACKENDS:
+        packed = conn.execute(statements.children_packed, {"group_id": row.id}).one()
+        policies = unpack(packed[0], packed[1], "policies", "group")
+        members = unpack(packed[2], packed[3], "members", "group")
+    else:
+        lists: tuple[list[Any], list[Any]] = (policies, members)
+        for child_kind, _, value in conn.execute(statements.children, {"group_id": row.id}):
+            lists[int(child_kind)].append(value)
     return GroupRecord(
         id=row.id,
         uuid=row.uuid,

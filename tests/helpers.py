@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid as uuidlib
 from collections.abc import Sequence
 from typing import Any
@@ -248,6 +249,22 @@ class StatementLog:
     def texts(self, name: str, containing: str = "") -> list[str]:
         """Return the statements engine ``name`` ran whose text contains ``containing``."""
         return [s for s, _ in self.seen[name] if containing in s]
+
+    def sent(self) -> str:
+        """Return everything sent to any database: statements and parameters, as text.
+
+        Hex literals written into a statement (MariaDB's member lists,
+        :class:`shadowdb.packed.Hex`) are decoded, so a value is found whichever way it
+        travelled.
+        """
+
+        def decoded(statement: str) -> str:
+            return _HEX_LITERAL.sub(lambda m: bytes.fromhex(m[1]).decode(), statement)
+
+        return repr([(decoded(s), params) for stmts in self.seen.values() for s, params in stmts])
+
+
+_HEX_LITERAL = re.compile(r"X'([0-9a-f]*)'")
 
 
 def _side_tables(side: str) -> tuple[sa.Table, sa.Table, sa.Table, str]:

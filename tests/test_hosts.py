@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +13,7 @@ from structlog.testing import capture_logs
 from shadowdb import hosts as hosts_mod
 from shadowdb import models
 from shadowdb.databases import create_engine
-from shadowdb.errors import CellUnavailable, GroupNotFound
+from shadowdb.errors import CellUnavailable, GroupNotFound, OperationalError
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.testing import StatementCounter
@@ -143,6 +144,28 @@ def test_unmapped_members_are_asked_of_every_cell(topology: Topology) -> None:
     assert counter.counts == {"api": 1, "cell1": 1, "cell2": 1}, counter.statements
 
 
+def test_members_mapped_to_no_cell_yet_are_asked_of_every_cell(topology: Topology) -> None:
+    # Nova writes an instance mapping with a NULL cell_id before the instance is
+    # scheduled; such members may be anywhere, like unmapped ones.
+    dbs = topology.dbs
+    a, b, c = new_uuid(), new_uuid(), _seed(topology, "cell1", "h3")
+    seed_instance(topology.cell_engine("cell1"), a, host="h1")
+    seed_instance(topology.cell_engine("cell2"), b, host="h2")
+    with dbs.api.begin() as conn:
+        conn.execute(
+            models.api_instance_mappings.insert(),
+            [{"instance_uuid": u, "cell_id": None, "project_id": "p1"} for u in (a, b)],
+        )
+    with StatementCounter(engines_of(dbs)) as counter:
+        assert hosts_mod.hosts_of(dbs, [a, b, c]) == ["h1", "h2", "h3"]
+    assert counter.counts == {"api": 1, "cell1": 1, "cell2": 1}, counter.statements
+    routed = hosts_mod.route(dbs, sorted([a, b, c]))
+    assert {cell.name: sorted(uuids) for cell, uuids in routed.items()} == {
+        "cell1": sorted([a, b, c]),
+        "cell2": sorted([a, b]),
+    }
+
+
 def test_thousands_of_members_take_one_statement_per_database(topology: Topology) -> None:
     rows1 = [(new_uuid(), f"c1-{n % 37}") for n in range(2200)]
     rows2 = [(new_uuid(), None if n % 2 else f"c2-{n % 5}") for n in range(1300)]
@@ -158,6 +181,78 @@ def test_thousands_of_members_take_one_statement_per_database(topology: Topology
         assert group.get_hosts(exclude=excluded) == [h for h in expected if h != "c1-0"]
     assert counter.counts == {"api": 2, "cell1": 2, "cell2": 2}, counter.statements
     assert group.count_members_by_user("u1") == 3500
+
+
+def test_lists_beyond_the_servers_default_concat_limit(topology: Topology) -> None:
+    # 40,000 members: MariaDB returns member lists and routings packed in one value
+    # (shadowdb.packed), here 1.5 MiB, beyond its default group_concat_max_len (1 MiB).
+    dbs = topology.dbs
+    rows = [(new_uuid(), f"h-{n % 3}") for n in range(40_000)]
+    _bulk(topology, "cell1", rows)
+    members = [u for u, _ in rows]
+    put_in_phase(dbs, Phase.API_ONLY)
+    uuid = seed_api_group(dbs.api, policies=("affinity", "soft-affinity"))
+    with dbs.api.begin() as conn:
+        groups = models.api_groups
+        gid = conn.execute(sa.select(groups.c.id).where(groups.c.uuid == uuid)).scalar_one()
+        conn.execute(
+            models.api_members.insert(), [{"group_id": gid, "instance_uuid": m} for m in members]
+        )
+    ctx = RequestContext(dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, uuid)
+    assert list(group.members) == members  # in stored order
+    assert list(group.policies) == ["affinity", "soft-affinity"]
+    with StatementCounter(engines_of(dbs)) as counter:
+        assert group.get_hosts() == ["h-0", "h-1", "h-2"]
+    assert counter.counts == {"api": 1, "cell1": 1, "cell2": 0}, counter.statements
+
+
+def test_member_uuids_holding_quotes_and_backslashes_are_matched_exactly(
+    topology: Topology,
+) -> None:
+    # Nova's uuids are plain, but a member list is data: whatever it holds must reach
+    # the database intact (on MariaDB it travels as a hex literal, shadowdb.packed.Hex).
+    odd = ["it's", 'say "hi"', "back\\slash", "%s%%", "naïve-é", "x'; DROP TABLE instances; --"]
+    _bulk(topology, "cell1", [(u, f"host-{n}") for n, u in enumerate(odd)])
+    plain = _seed(topology, "cell1", "host-plain")
+    assert hosts_mod.hosts_of(topology.dbs, [*odd, plain]) == sorted(
+        [*(f"host-{n}" for n in range(len(odd))), "host-plain"]
+    )
+    assert hosts_mod.hosts_of(topology.dbs, [odd[0], "it''s", "it\\'s"]) == ["host-0"]
+
+
+def _limit_group_concat(engine: sa.Engine, limit: int) -> None:
+    """Make every new connection of ``engine`` pack lists of at most ``limit`` bytes."""
+    engine.dispose()
+
+    def lower(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET SESSION group_concat_max_len = {limit}")
+
+    sa.event.listen(engine, "connect", lower)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)
+def test_a_packed_list_cut_short_is_an_error_never_a_shorter_answer(topology: Topology) -> None:
+    dbs = topology.dbs
+    rows = [(new_uuid(), f"host-{n:03d}") for n in range(40)]
+    _bulk(topology, "cell1", rows)
+    members = [u for u, _ in rows]
+    put_in_phase(dbs, Phase.API_ONLY)
+    uuid = seed_api_group(dbs.api, members=members)
+    for engine in (dbs.api_fast, dbs.read_engine(dbs.cell("cell1").engine)):
+        _limit_group_concat(engine, 256)  # 40 quoted uuids take 1,560 bytes
+    ctx = RequestContext(dbs, "p1", "u1")
+    with pytest.raises(OperationalError, match="list of 40 members came back cut short"):
+        InstanceGroup.get_by_uuid(ctx, uuid)
+    with capture_logs() as logs, pytest.raises(CellUnavailable) as raised:
+        hosts_mod.hosts_of(dbs, members)
+    # The routing was cut short too: every member went to every cell, and cell1's
+    # answer, cut short, failed the call instead of dropping hosts.
+    assert any(e["event"] == "routing_unavailable" for e in logs)
+    assert raised.value.cells == ("cell1",)
+    assert "group_concat_max_len" in str(raised.value)
+    assert len(hosts_mod.hosts_of(dbs, members, allow_partial=True).failed_cells) == 1
 
 
 @pytest.mark.parametrize("phase", list(Phase))
