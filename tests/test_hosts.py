@@ -241,7 +241,7 @@ def test_a_packed_list_cut_short_is_an_error_never_a_shorter_answer(topology: To
     put_in_phase(dbs, Phase.API_ONLY)
     uuid = seed_api_group(dbs.api, members=members)
     for engine in (dbs.api_fast, dbs.read_engine(dbs.cell("cell1").engine)):
-        _limit_group_concat(engine, 256)  # 40 quoted uuids take 1,560 bytes
+        _limit_group_concat(engine, 256)  # 40 terminated uuids take 1,480 bytes
     ctx = RequestContext(dbs, "p1", "u1")
     with pytest.raises(OperationalError, match="list of 40 members came back cut short"):
         InstanceGroup.get_by_uuid(ctx, uuid)
