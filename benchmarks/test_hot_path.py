@@ -134,11 +134,9 @@ class RawFloor:
             )
             if self.backend == "sqlite"
             else (
-                f"SELECT p.v, p.n, m.v, m.n FROM"
-                f" (SELECT {pack('policy', order_by='id')} FROM instance_group_policy"
-                f" WHERE group_id = {q}{live}) AS p CROSS JOIN"
-                f" (SELECT {pack(col, order_by='id')} FROM instance_group_member"
-                f" WHERE group_id = {q}{live}) AS m"
+                f"SELECT 0 AS kind, {pack('policy', order_by='id')} FROM instance_group_policy"
+                f" WHERE group_id = {q}{live} UNION ALL SELECT 1, {pack(col, order_by='id')}"
+                f" FROM instance_group_member WHERE group_id = {q}{live}"
             )
             for side, col, live in (
                 ("api", "instance_uuid", ""),
@@ -234,7 +232,11 @@ class RawFloor:
         return unpack(value, count, "values", "floor")
 
     def _run_packed(self, db: Any, side: str, group_id: int) -> set[str]:
-        ((_, _, packed, count),) = self._all(db, self.children_packed[side], (group_id, group_id))
+        rows = self._all(db, self.children_packed[side], (group_id, group_id))
+        if self.backend == "sqlite":
+            ((_, _, packed, count),) = rows
+        else:
+            ((packed, count),) = [(v, n) for kind, v, n in rows if kind]
         members = sorted(self._unpack(packed, count))
         if self.backend == "sqlite":
             route: str = self.route_packed

