@@ -41,6 +41,7 @@ from benchmarks.conftest import server_settings, set_phase
 from shadowdb import models
 from shadowdb.databases import SQLITE_READ_CACHE_KIB, SQLITE_READ_MMAP, Databases, connect
 from shadowdb.objects import RequestContext
+from shadowdb.packed import PAIR_SEPARATOR, concat_sql, pair_sql, unpack
 from shadowdb.phase import Phase, PhaseState, utcnow
 from shadowdb.scheduler import get_group_details
 from shadowdb.settings import Settings
@@ -123,7 +124,7 @@ class RawFloor:
                 return f"json_group_array({unique}{expr}) AS v, count({unique}{expr}) AS n"
 
         else:
-            from shadowdb.packed import concat_sql as pack  # type: ignore[assignment]
+            pack = concat_sql  # type: ignore[assignment]
         self.children_packed = {
             side: (
                 f"SELECT p.v, p.n, m.v, m.n FROM"
@@ -154,7 +155,7 @@ class RawFloor:
         pair = (
             "m.cell_id || char(31) || m.instance_uuid"
             if self.backend == "sqlite"
-            else "CONCAT(m.cell_id, 0x1f, m.instance_uuid)"
+            else pair_sql("m.cell_id", "m.instance_uuid")
         )
         self.route_packed = (
             f"SELECT {pack(pair)}"
@@ -227,8 +228,6 @@ class RawFloor:
             values: list[str] = json.loads(value)
             assert len(values) == count
             return values
-        from shadowdb.packed import unpack
-
         return unpack(value, count, "values", "floor")
 
     def _run_packed(self, db: Any, side: str, group_id: int) -> set[str]:
@@ -246,7 +245,7 @@ class RawFloor:
         ((pairs, count),) = self._all(self.api, route, args)
         routed = []
         for pair in self._unpack(pairs, count):
-            cell_id, _, uuid = pair.partition("\x1f")
+            cell_id, _, uuid = pair.partition(PAIR_SEPARATOR)
             assert int(cell_id) == self.cell_id
             routed.append(uuid)
         if self.backend == "sqlite":

@@ -44,7 +44,15 @@ from sqlalchemy.engine import Connection
 
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import CellUnavailable, ShadowDBError
-from shadowdb.packed import PACKING_BACKENDS, Hex, bind, concat_sql, unpack
+from shadowdb.packed import (
+    PACKING_BACKENDS,
+    PAIR_SEPARATOR,
+    Hex,
+    bind,
+    concat_sql,
+    pair_sql,
+    unpack,
+)
 
 __all__ = ["Hosts", "count_members_by_user", "hosts_of", "route"]
 
@@ -89,7 +97,7 @@ def _statements(source: str, match: str, *, packed: bool = False) -> dict[str, s
     mappings = source.format(table="instance_mappings m")
     on_member = match.format(column="m.instance_uuid")
     if packed:
-        pair = "CONCAT(IFNULL(m.cell_id, ''), 0x1f, m.instance_uuid)"
+        pair = pair_sql("m.cell_id", "m.instance_uuid")
         route = f"SELECT {concat_sql(pair)} FROM {mappings} WHERE {on_member}"
     else:
         route = f"SELECT m.instance_uuid, m.cell_id FROM {mappings} WHERE {on_member}"
@@ -155,7 +163,7 @@ def route(dbs: Databases, members: Sequence[str]) -> dict[Cell, list[str]]:
             if backend in PACKING_BACKENDS:
                 ((packed, count),) = rows
                 for pair in unpack(packed, count, "routed members", dbs.api_label):
-                    cell_id, _, uuid = pair.partition("\x1f")
+                    cell_id, _, uuid = pair.partition(PAIR_SEPARATOR)
                     by_id.setdefault(int(cell_id) if cell_id else None, []).append(uuid)
             else:
                 for uuid, cell_id in rows:

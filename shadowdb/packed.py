@@ -32,10 +32,12 @@ from shadowdb.errors import OperationalError
 __all__ = [
     "GROUP_CONCAT_MAX_LEN",
     "PACKING_BACKENDS",
+    "PAIR_SEPARATOR",
     "TERMINATOR",
     "Hex",
     "bind",
     "concat_sql",
+    "pair_sql",
     "unpack",
 ]
 
@@ -44,6 +46,9 @@ PACKING_BACKENDS = frozenset({"mysql", "mariadb"})
 
 #: What follows every value in a :func:`concat_sql` list: the ASCII record separator.
 TERMINATOR = "\x1e"
+
+#: What joins the two halves of a :func:`pair_sql` value: the ASCII unit separator.
+PAIR_SEPARATOR = "\x1f"
 
 #: ``group_concat_max_len`` set on every MariaDB/MySQL connection (4 GiB, the 32-bit
 #: maximum): the server default (1 MiB on MariaDB, 1 KiB on MySQL) holds 28,000
@@ -94,6 +99,15 @@ def concat_sql(expr: str, *, order_by: str = "", distinct: bool = False) -> str:
         f"GROUP_CONCAT({unique}CONCAT({expr}, 0x1e){order} SEPARATOR '') AS v,"
         f" COUNT({unique}{expr}) AS n"
     )
+
+
+def pair_sql(first: str, second: str) -> str:
+    """Return MariaDB/MySQL SQL joining two values by :data:`PAIR_SEPARATOR`.
+
+    A NULL ``first`` becomes the empty string, so the pair is never NULL (and never
+    dropped from a :func:`concat_sql` list while its count keeps it).
+    """
+    return f"CONCAT(IFNULL({first}, ''), 0x1f, {second})"
 
 
 def unpack(value: str | None, count: int, what: str, database: str) -> list[str]:

@@ -183,21 +183,33 @@ def test_thousands_of_members_take_one_statement_per_database(topology: Topology
     assert group.count_members_by_user("u1") == 3500
 
 
-def test_lists_beyond_the_servers_default_concat_limit(topology: Topology) -> None:
-    # 40,000 members: MariaDB returns member lists and routings packed in one value
-    # (shadowdb.packed), here 1.5 MiB, beyond its default group_concat_max_len (1 MiB).
+def _api_group_over(
+    topology: Topology, rows: Sequence[tuple[str, str | None]], policies: Sequence[str] = ()
+) -> tuple[str, list[str]]:
+    """Seed (uuid, host) instances in cell1 and an api-only group of them, in bulk.
+
+    Returns the group's uuid and its members in stored order.
+    """
     dbs = topology.dbs
-    rows = [(new_uuid(), f"h-{n % 3}") for n in range(40_000)]
     _bulk(topology, "cell1", rows)
     members = [u for u, _ in rows]
     put_in_phase(dbs, Phase.API_ONLY)
-    uuid = seed_api_group(dbs.api, policies=("affinity", "soft-affinity"))
+    uuid = seed_api_group(dbs.api, policies=policies or ("affinity",))
     with dbs.api.begin() as conn:
         groups = models.api_groups
         gid = conn.execute(sa.select(groups.c.id).where(groups.c.uuid == uuid)).scalar_one()
         conn.execute(
             models.api_members.insert(), [{"group_id": gid, "instance_uuid": m} for m in members]
         )
+    return uuid, members
+
+
+def test_lists_beyond_the_servers_default_concat_limit(topology: Topology) -> None:
+    # 40,000 members: MariaDB returns member lists and routings packed in one value
+    # (shadowdb.packed), here 1.5 MiB, beyond its default group_concat_max_len (1 MiB).
+    dbs = topology.dbs
+    rows = [(new_uuid(), f"h-{n % 3}") for n in range(40_000)]
+    uuid, members = _api_group_over(topology, rows, policies=("affinity", "soft-affinity"))
     ctx = RequestContext(dbs, "p1", "u1")
     group = InstanceGroup.get_by_uuid(ctx, uuid)
     assert list(group.members) == members  # in stored order
@@ -235,11 +247,7 @@ def _limit_group_concat(engine: sa.Engine, limit: int) -> None:
 @pytest.mark.parametrize("backend", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)
 def test_a_packed_list_cut_short_is_an_error_never_a_shorter_answer(topology: Topology) -> None:
     dbs = topology.dbs
-    rows = [(new_uuid(), f"host-{n:03d}") for n in range(40)]
-    _bulk(topology, "cell1", rows)
-    members = [u for u, _ in rows]
-    put_in_phase(dbs, Phase.API_ONLY)
-    uuid = seed_api_group(dbs.api, members=members)
+    uuid, members = _api_group_over(topology, [(new_uuid(), f"host-{n:03d}") for n in range(40)])
     for engine in (dbs.api_fast, dbs.read_engine(dbs.cell("cell1").engine)):
         _limit_group_concat(engine, 256)  # 40 terminated uuids take 1,480 bytes
     ctx = RequestContext(dbs, "p1", "u1")
