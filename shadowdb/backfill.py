@@ -52,8 +52,9 @@ from sqlalchemy.engine import Connection
 from shadowdb import signals, urls
 from shadowdb.databases import Cell, Databases, reader, writer
 from shadowdb.errors import DatabaseUnreachable, GuardRefused, InvalidInput, ShadowDBError
-from shadowdb.models import api_backfill_chunks, api_backfill_conflicts
-from shadowdb.phase import Phase, PhaseState, read_state, utcnow
+from shadowdb.fence import CellBehind, EpochChanged, pin_api, pin_cell, settle
+from shadowdb.models import api_backfill_chunks, api_backfill_conflicts, api_state
+from shadowdb.phase import Phase, PhaseState, read_cell_state, read_state, utcnow
 from shadowdb.queries import API, CELL, GroupRecord
 from shadowdb.sync import (
     commit,
@@ -234,12 +235,19 @@ class Backfiller:
                     f"not {state.phase.value}"
                 ],
             )
-        # Writers of the previous phase may still be running until the drain wait has
-        # passed (cell-only writers never touch the API database): wait it out.
-        ready_at = state.changed_at.timestamp() + 1 + self.dbs.settings.drain_wait
-        now = utcnow().timestamp()
-        if now < ready_at:
-            self._sleep(ready_at - now)
+        # Finish a half-done phase change where it can be; a cell that still lags (or is
+        # out of reach) refuses its own batches: each copy is fenced by the cell's row.
+        state, _problems = settle(self.dbs, self.cells)
+        if self.reverse and state.phase is Phase.API_ONLY and state.cells_retired:
+            # Rebuilding retired cells: api-only writers journal again from this commit
+            # on, and this run's full pass copies whatever they wrote before it.
+            with writer(self.dbs.api, self.dbs.api_label) as conn:
+                read_state(conn, for_update=True)
+                conn.execute(
+                    api_state.update().where(api_state.c.id == 1).values(cells_retired=False)
+                )
+            state = dataclasses.replace(state, cells_retired=False)
+            log.info("cells_unretired")
         return state
 
     # ------------------------------------------------------------------ chunks
@@ -325,7 +333,8 @@ class Backfiller:
                 if progressed is None:
                     break
                 found, done = found + progressed[0], done + progressed[1]
-                signals.backfill_progress.send(
+                signals.send(
+                    signals.backfill_progress,
                     self.dbs,
                     migration="migrate_instance_groups",
                     found=found,
@@ -364,13 +373,15 @@ class Backfiller:
                 ).all()
             found = done = 0
             if rows:
-                signals.backfill_step.send(
-                    self.dbs, step="scanned", cell=cell.name, count=len(rows)
+                signals.send(
+                    signals.backfill_step, self.dbs, step="scanned", cell=cell.name, count=len(rows)
                 )
                 scanned_to = rows[-1].id
                 found, done = self._copy(cell, [r.id for r in rows])
                 if done:
-                    signals.backfill_step.send(self.dbs, step="copied", cell=cell.name, count=done)
+                    signals.send(
+                        signals.backfill_step, self.dbs, step="copied", cell=cell.name, count=done
+                    )
             else:
                 scanned_to = chunk.end_id
             finished = scanned_to >= chunk.end_id
@@ -380,7 +391,9 @@ class Backfiller:
             else:
                 with writer(api, self.dbs.api_label) as conn:
                     self._checkpoint(conn, chunk.id, scanned_to + 1, done=finished)
-        signals.backfill_step.send(self.dbs, step="checkpointed", cell=cell.name, count=done)
+        signals.send(
+            signals.backfill_step, self.dbs, step="checkpointed", cell=cell.name, count=done
+        )
         self._pace(found)
         return found, done
 
@@ -427,21 +440,29 @@ class Backfiller:
         """
         api = self.dbs.api
         with transaction(cell.engine, cell.label) as cconn:
+            fenced = read_cell_state(cconn, share=True)
+            if fenced is None or fenced.phase not in _FORWARD_PHASES:
+                at = "no phase" if fenced is None else fenced.phase.value
+                raise GuardRefused(at, [f"{cell.label} is in {at}: the phase moved"])
             records = CELL.lock_many(cconn, ids)
             if not records:
                 return 0, 0
-            signals.backfill_step.send(self.dbs, step="locked", cell=cell.name, count=len(records))
+            signals.send(
+                signals.backfill_step, self.dbs, step="locked", cell=cell.name, count=len(records)
+            )
             uuids = [r.uuid for r in records]
             twins = self._live_elsewhere(cell, uuids)
             cell_journaled = CELL.journaled(cconn, uuids)
             with transaction(api, self.dbs.api_label) as aconn:
                 state = read_state(aconn, share=True)
-                if state.phase not in _FORWARD_PHASES:
+                if state.phase not in _FORWARD_PHASES or state.epoch != fenced.epoch:
                     raise GuardRefused(
-                        state.phase.value, [f"the phase moved to {state.phase.value}"]
+                        state.phase.value,
+                        [f"the phase moved to {state.phase.value} (epoch {state.epoch})"],
                     )
                 there = {r.uuid: r for r in API.get_many(aconn, uuids)}
                 journaled = cell_journaled | API.journaled(aconn, uuids)
+                buried = API.tombstoned(aconn, [u for u in uuids if u not in there])
                 todo: list[GroupRecord] = []
                 found = 0
                 for record in records:
@@ -459,6 +480,16 @@ class Backfiller:
                             "api-copy-differs",
                             "the API copy differs from the cell copy outside any journal",
                         )
+                    elif record.uuid in buried:
+                        # Deleted in the API database: never brought back by a copy.
+                        self._conflict(
+                            aconn,
+                            record.uuid,
+                            cell,
+                            "deleted-in-api",
+                            "the API database deleted this group (tombstone); the cell copy "
+                            "is a leftover: retire it with diff-report --repair",
+                        )
                     elif record.uuid in twins:
                         self._conflict(
                             aconn,
@@ -473,8 +504,12 @@ class Backfiller:
                 if todo:
                     # Both transactions open, the copies not yet committed: a crash here
                     # must leave neither the copies nor a moved checkpoint behind.
-                    signals.backfill_step.send(
-                        self.dbs, step="copying", cell=cell.name, count=len(todo)
+                    signals.send(
+                        signals.backfill_step,
+                        self.dbs,
+                        step="copying",
+                        cell=cell.name,
+                        count=len(todo),
                     )
                 commit(aconn, self.dbs.api_label)
             commit(cconn, cell.label)
@@ -499,7 +534,7 @@ class Backfiller:
                 )
             )
         self._conflicts[(group_uuid, cell.name)] = Conflict(group_uuid, cell.name, kind, detail)
-        signals.divergence.send(self.dbs, group_uuid=group_uuid, kind=kind, detail=detail)
+        signals.send(signals.divergence, self.dbs, group_uuid=group_uuid, kind=kind, detail=detail)
         log.warning("backfill_conflict", group_uuid=group_uuid, cell=cell.name, kind=kind)
 
     def _retry_conflicts(self, count: int) -> tuple[int, int]:
@@ -551,12 +586,16 @@ class Backfiller:
         """
         found = done = 0
         try:
-            state = self.dbs.phases.get()
+            # Fenced per batch, and per group under the locks: a phase moved back to
+            # where the cells are authoritative stops the copy at once.
+            state = self.dbs.phases.fresh()
+            if state.phase not in _REVERSE_PHASES:
+                raise GuardRefused(state.phase.value, [f"the phase moved to {state.phase.value}"])
             for uuid in self._reverse_candidates(count):
                 found += 1
                 if self._level_cell(uuid, state):
                     done += 1
-        except (ShadowDBError, sa.exc.DBAPIError) as err:
+        except (ShadowDBError, sa.exc.DBAPIError, EpochChanged, CellBehind) as err:
             return Step(found, done, one_line(err))
         return Step(found, done)
 
@@ -618,14 +657,41 @@ class Backfiller:
         return orphans
 
     def _level_cell(self, group_uuid: str, state: PhaseState) -> bool:
-        """Copy the API copy of one group onto its cell copy, under the group's lock."""
+        """Copy the API copy of one group onto its cell copy, fenced and locked as a writer.
+
+        A cell copy whose group the API database lacks is retired only if the API
+        database tombstoned it (deleted there); otherwise it is a group the API database
+        never had, reported as a conflict and left alone.
+        """
+        for attempt in (1, 2):
+            try:
+                return self._level_cell_once(group_uuid, state)
+            except sa.exc.IntegrityError:
+                # A writer inserted the same cell row first: look again under the lock.
+                if attempt == 2:
+                    raise
+        return False
+
+    def _level_cell_once(self, group_uuid: str, state: PhaseState) -> bool:
         where = locate(self.dbs, group_uuid)
         cell = where.cell or default_cell(self.dbs, state)
         with transaction(cell.engine, cell.label) as cconn:
+            pin_cell(cconn, cell, state)
+            CELL.lock_identity(cconn, group_uuid)
             crec = CELL.get(cconn, group_uuid, lock=True)
             with transaction(self.dbs.api, self.dbs.api_label) as aconn:
-                read_state(aconn, share=True)
+                pin_api(aconn, state)
                 arec = API.get(aconn, group_uuid, lock=True)
+                if arec is None and crec is not None and not API.tombstoned(aconn, [group_uuid]):
+                    self._conflict(
+                        aconn,
+                        group_uuid,
+                        cell,
+                        "missing-in-api",
+                        "live in the cell, neither held nor deleted by the API database",
+                    )
+                    commit(aconn, self.dbs.api_label)
+                    return False
                 changed = copy_group(cconn, CELL, arec, crec)
                 commit(cconn, cell.label)
         return changed

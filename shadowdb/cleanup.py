@@ -1,23 +1,26 @@
 """Retire the legacy cell copies once the API database alone serves every group.
 
 ``shadowdb cleanup --yes`` soft-deletes, Nova-style (``deleted`` = the row's id,
-``deleted_at`` = now), every live row of the three cell group tables. It is the last,
-deliberate step of a cutover, and the only one that gives up the easy way back: until
-then the cell copies are what makes rolling back cheap (after it, leaving ``api-only``
-recreates them with ``backfill --reverse``). So it is refused unless:
+``deleted_at`` = now), the cell copies of every group. It is the last, deliberate step
+of a cutover, and the only one that gives up the easy way back: until then the cell
+copies, kept level through the API journal, are what makes rolling back cheap (after
+it, leaving ``api-only`` needs a full ``backfill --reverse``). So it is refused unless:
 
-* the phase is ``api-only`` (nothing reads or writes the cell copies any more); and
-* a diff-report of every cell came out clean in ``dual-write-api-reads`` right before
-  the move into ``api-only`` (the run that gated it), or in ``api-only`` itself, and the
-  API journal is empty: the API copies are known to hold everything the cell copies hold.
-  Why a run from before the move counts: from the moment the API database is the
-  authority, every write reaches it first (a cell write that fails is journaled on the
-  API side), and in ``api-only`` nothing writes the cells at all. The cells can only fall
-  behind the API database after that clean run, never get ahead of it; and a diff-report
-  run in ``api-only`` under traffic is never clean, precisely because the cells lag.
+* the phase is ``api-only`` (nothing reads the cell copies any more);
+* no cell journal holds an entry (a cell-side write the API database lacks); and
+* the *newest* diff-report compared every cell registered now, in
+  ``dual-write-api-reads`` at the move into ``api-only`` or in ``api-only`` itself, and
+  every difference it found was explained by a pending API journal entry (the cells
+  lagging behind an ``api-only`` write, never the API database lacking a group).
 
-Rows are retired in batches (one transaction each), groups last, so that an interrupted
-run leaves no live group without its children and a re-run finishes the job.
+And whatever a report said, each batch retires only cell groups whose uuid the API
+database holds or has tombstoned: a group the API database never had is left live and
+reported, never deleted from every database at once.
+
+The run first sets ``cells_retired`` on the API phase row, so ``api-only`` writers stop
+journaling for a rollback, then retires the cells in batches (a group with its children
+in one transaction, fenced by the cell's phase row), then purges the API journal and the
+tombstones, which mean nothing once no cell copy is left to compare.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ import dataclasses
 import sqlalchemy as sa
 import structlog
 
+from shadowdb import diff
 from shadowdb.databases import Cell, Databases, reader, writer
-from shadowdb.errors import GuardRefused
-from shadowdb.models import api_diff_results
-from shadowdb.phase import Phase, utcnow
-from shadowdb.queries import CELL
+from shadowdb.errors import DatabaseUnreachable, GuardRefused
+from shadowdb.fence import pin_cell
+from shadowdb.models import api_journal, api_state, api_tombstones
+from shadowdb.phase import Phase, PhaseState, read_state, utcnow
+from shadowdb.queries import API, CELL
+from shadowdb.sync import commit, transaction
 
 __all__ = ["CleanupResult", "cleanup"]
 
@@ -55,6 +61,8 @@ class CleanupResult:
     """What ``cleanup`` retired, cell by cell."""
 
     cells: tuple[CellCleanup, ...]
+    #: Live cell groups left alone: the API database neither holds nor tombstoned them.
+    kept: int = 0
 
     @property
     def total(self) -> int:
@@ -63,47 +71,118 @@ class CleanupResult:
 
 
 def _refusals(dbs: Databases) -> list[str]:
-    from shadowdb.switcher import ApiJournalEmpty
-
     state = dbs.phases.fresh()
     if state.phase is not Phase.API_ONLY:
         return [f"cleanup runs in api-only only; the phase is {state.phase.value}"]
-    reasons = ApiJournalEmpty().check(dbs, state, Phase.API_ONLY)
-    t = api_diff_results
-    with reader(dbs.api, dbs.api_label) as conn:
-        clean = conn.execute(
-            sa.select(t.c.id)
-            .where(
-                t.c.outcome == "clean",
-                t.c.scope == "all",
-                t.c.epoch >= state.epoch - 1,
-                t.c.phase.in_([Phase.DUAL_WRITE_API_READS.value, Phase.API_ONLY.value]),
+    reasons: list[str] = []
+    cells = dbs.refresh_cells()
+    for cell in cells:
+        try:
+            with reader(cell.engine, cell.label) as conn:
+                pending = CELL.journal_count(conn)
+        except DatabaseUnreachable as err:
+            reasons.append(f"{cell.label} unreachable: {err.detail}")
+            continue
+        if pending:
+            reasons.append(
+                f"journal of {cell.label} holds {pending} entries (writes the API database "
+                "lacks); replay them first"
             )
-            .limit(1)
-        ).first()
-    if clean is None:
+    with reader(dbs.api, dbs.api_label) as conn:
+        last = diff.last_result(conn)
+    run = "run `shadowdb diff-report`"
+    if last is None:
+        return [*reasons, f"no diff-report on record; {run}"]
+    when = f"the newest diff-report (started {last.started_at:%Y-%m-%d %H:%M:%S}Z)"
+    if last.outcome == "incomplete":
+        reasons.append(f"{when} did not complete; {run}")
+    elif last.outcome != "clean" and last.unexplained != 0:
         reasons.append(
-            "no clean diff-report of every cell from the move into api-only (epoch "
-            f"{state.epoch - 1}, dual-write-api-reads) or since; "
+            f"{when} found differences that no pending API journal entry explains; "
             "the API copies are not known to hold everything"
+        )
+    if last.scope != "all" or not {c.uuid for c in cells} <= set(last.cells):
+        reasons.append(f"{when} did not compare every registered cell; {run}")
+    if last.phase not in (Phase.DUAL_WRITE_API_READS.value, Phase.API_ONLY.value) or (
+        last.epoch < state.epoch - 1
+    ):
+        reasons.append(
+            f"{when} ran in {last.phase} at epoch {last.epoch}, before the move into "
+            f"api-only (epoch {state.epoch}); {run}"
         )
     return reasons
 
 
-def _retire(cell: Cell, table: sa.Table) -> int:
-    """Soft-delete every live row of ``table`` in batches; return how many."""
+def _retire_groups(dbs: Databases, cell: Cell, state: PhaseState) -> tuple[CellCleanup, int]:
+    """Retire the cell's groups the API database holds or has tombstoned, in batches.
+
+    Returns what was retired and how many live groups were left (unknown to the API).
+    """
+    g, p, m = CELL.groups, CELL.policies, CELL.members
+    after = 0
+    groups = policies = members = kept = 0
+    while True:
+        with transaction(cell.engine, cell.label) as conn:
+            pin_cell(conn, cell, state)
+            rows = conn.execute(
+                sa.select(g.c.id, g.c.uuid)
+                .where(g.c.deleted == 0, g.c.id > after)
+                .order_by(g.c.id)
+                .limit(_BATCH)
+                .with_for_update()
+            ).all()
+            if not rows:
+                return CellCleanup(cell.name, groups, policies, members), kept
+            after = rows[-1].id
+            uuids = [r.uuid for r in rows]
+            with reader(dbs.api, dbs.api_label) as aconn:
+                known = API.present(aconn, uuids) | API.tombstoned(aconn, uuids)
+            ids = [r.id for r in rows if r.uuid in known]
+            for row in rows:
+                if row.uuid not in known:
+                    kept += 1
+                    log.error("cleanup_kept_unknown_group", cell=cell.name, group_uuid=row.uuid)
+            now = utcnow()
+            for table, column, counter in ((p, p.c.group_id, "p"), (m, m.c.group_id, "m")):
+                if not ids:
+                    break
+                done = conn.execute(
+                    table.update()
+                    .where(column.in_(ids), table.c.deleted == 0)
+                    .values(deleted=table.c.id, deleted_at=now)
+                ).rowcount
+                if counter == "p":
+                    policies += done or 0
+                else:
+                    members += done or 0
+            if ids:
+                groups += (
+                    conn.execute(
+                        g.update()
+                        .where(g.c.id.in_(ids), g.c.deleted == 0)
+                        .values(deleted=g.c.id, deleted_at=now)
+                    ).rowcount
+                    or 0
+                )
+            commit(conn, cell.label)
+
+
+def _retire_orphans(cell: Cell, state: PhaseState, table: sa.Table) -> int:
+    """Retire live child rows whose group is not live (legacy rows); return how many."""
+    g = CELL.groups
     total = 0
     while True:
-        with writer(cell.engine, cell.label) as conn:
-            ids = [
-                r[0]
-                for r in conn.execute(
+        with transaction(cell.engine, cell.label) as conn:
+            pin_cell(conn, cell, state)
+            live = sa.select(g.c.id).where(g.c.deleted == 0)
+            ids = list(
+                conn.scalars(
                     sa.select(table.c.id)
-                    .where(table.c.deleted == 0)
+                    .where(table.c.deleted == 0, table.c.group_id.not_in(live))
                     .order_by(table.c.id)
                     .limit(_BATCH)
                 )
-            ]
+            )
             if not ids:
                 return total
             conn.execute(
@@ -111,6 +190,7 @@ def _retire(cell: Cell, table: sa.Table) -> int:
                 .where(table.c.id.in_(ids), table.c.deleted == 0)
                 .values(deleted=table.c.id, deleted_at=utcnow())
             )
+            commit(conn, cell.label)
         total += len(ids)
 
 
@@ -118,19 +198,39 @@ def cleanup(dbs: Databases) -> CleanupResult:
     """Soft-delete the cell copies of every group (see the module docstring).
 
     Raises:
-        GuardRefused: not in ``api-only``, or no clean, recent diff-report, or a pending
-            API journal entry; ``.reasons`` lists every one.
+        GuardRefused: not in ``api-only``, a pending cell journal entry, or no newest
+            diff-report that vouches for every cell; ``.reasons`` lists every one.
     """
     reasons = _refusals(dbs)
     if reasons:
         raise GuardRefused("cleanup", reasons)
+    with writer(dbs.api, dbs.api_label) as conn:
+        state = read_state(conn, for_update=True)
+        if state.phase is not Phase.API_ONLY:
+            raise GuardRefused("cleanup", [f"the phase moved to {state.phase.value}"])
+        conn.execute(api_state.update().where(api_state.c.id == 1).values(cells_retired=True))
+    state = dataclasses.replace(state, cells_retired=True)
     done = []
+    kept = 0
     for cell in dbs.cells:
-        # Children first: a run cut short leaves live groups with their children, never
-        # the reverse, and the next run retires the rest.
-        policies = _retire(cell, CELL.policies)
-        members = _retire(cell, CELL.members)
-        groups = _retire(cell, CELL.groups)
-        done.append(CellCleanup(cell.name, groups, policies, members))
-        log.info("cell_cleaned", cell=cell.name, groups=groups, policies=policies, members=members)
-    return CleanupResult(tuple(done))
+        retired, left = _retire_groups(dbs, cell, state)
+        kept += left
+        policies = _retire_orphans(cell, state, CELL.policies)
+        members = _retire_orphans(cell, state, CELL.members)
+        retired = dataclasses.replace(
+            retired, policies=retired.policies + policies, members=retired.members + members
+        )
+        done.append(retired)
+        log.info(
+            "cell_cleaned",
+            cell=cell.name,
+            groups=retired.groups,
+            policies=retired.policies,
+            members=retired.members,
+            kept=left,
+        )
+    if kept == 0:
+        with writer(dbs.api, dbs.api_label) as conn:
+            conn.execute(api_journal.delete())
+            conn.execute(api_tombstones.delete())
+    return CleanupResult(tuple(done), kept)

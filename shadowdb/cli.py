@@ -636,9 +636,7 @@ def _build_parser() -> _Parser:
         metavar="ROWS_PER_S",
         help="copy at most this many groups per second",
     )
-    bf.add_argument(
-        "--reverse", action="store_true", help="copy API -> cell (to leave api-only)"
-    )
+    bf.add_argument("--reverse", action="store_true", help="copy API -> cell (to leave api-only)")
     bf.set_defaults(handler=_cmd_backfill)
 
     cl = sub.add_parser(

@@ -7,6 +7,7 @@ their results and maps their errors to exit codes. Tests call these directly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import time
@@ -19,7 +20,14 @@ import structlog
 
 from shadowdb import diff, schema, urls
 from shadowdb.databases import Cell, Databases, database_errors, reader, writer
-from shadowdb.errors import CellExists, DatabaseUnreachable, InvalidInput, SchemaError
+from shadowdb.errors import (
+    CellExists,
+    DatabaseUnreachable,
+    InvalidInput,
+    SchemaError,
+    ShadowDBError,
+)
+from shadowdb.fence import settle
 from shadowdb.models import api_cell_mappings, api_phase_history, api_state
 from shadowdb.phase import Phase, PhaseState, initialise_state, read_state
 from shadowdb.switcher import Switcher, allowed_next
@@ -113,8 +121,11 @@ def sync_schema(dbs: Databases) -> SyncResult:
     results = [_sync_one(dbs.api, "api", dbs.api_label)]
     with writer(dbs.api, dbs.api_label) as conn:
         created = initialise_state(conn, dbs.settings.actor)
-    for cell in dbs.refresh_cells():
+    cells = dbs.refresh_cells()
+    for cell in cells:
         results.append(_sync_one(cell.engine, "cell", cell.label))
+    # Every cell takes the API database's phase row (the fence) before anything writes it.
+    settle(dbs, cells)
     return SyncResult(tuple(results), created)
 
 
@@ -193,7 +204,11 @@ def add_cell(dbs: Databases, name: str, url: str, *, default: bool = False) -> C
             conn.execute(
                 api_state.update().where(api_state.c.id == 1).values(default_cell_uuid=cell_uuid)
             )
-    dbs.refresh_cells()
+    for cell in dbs.refresh_cells():
+        if cell.uuid == cell_uuid:
+            # A synced cell takes the phase row now; an unsynced one at `db sync`.
+            with contextlib.suppress(ShadowDBError, sa.exc.DBAPIError):
+                settle(dbs, [cell])
     log.info("cell_added", cell=name, url=urls.mask(parsed), default=default)
     infos = list_cells(dbs)
     return next(info for info in infos if info.uuid == cell_uuid)
@@ -209,9 +224,10 @@ def list_cells(dbs: Databases) -> list[CellInfo]:
 
 
 def status(dbs: Databases) -> Status:
-    """Report the phase, its epoch and the cells."""
+    """Report the phase, its epoch and the cells; finish a half-done phase change."""
     with reader(dbs.api, dbs.api_label) as conn:
-        state = read_state(conn)
+        read_state(conn)  # refuses an unsynced API database before anything else
+    state, _problems = settle(dbs, dbs.refresh_cells())
     return Status(state.phase.value, state.epoch, state.changed_at, tuple(list_cells(dbs)))
 
 
@@ -249,6 +265,7 @@ class PhaseChange:
         reason: the operator's reason.
         steps: the switcher's steps, one line each, in execution order.
         dry_run: nothing was changed.
+        left: what the catch-up could not replay (run ``backfill``), one line each.
     """
 
     from_phase: str
@@ -260,6 +277,7 @@ class PhaseChange:
     reason: str | None
     steps: tuple[str, ...]
     dry_run: bool
+    left: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,12 +309,11 @@ def set_phase(
     reason: str | None = None,
     force: bool = False,
     dry_run: bool = False,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> PhaseChange:
     """Move the deployment to phase ``target`` through the guarded switcher.
 
-    Returns once the change is recorded, announced and drained (``settings.drain_wait``
-    seconds after the record), so no process still writes as the old phase. With
+    Returns once the change is recorded in every database and announced: from then on
+    no write of the old phase can commit anywhere (:mod:`shadowdb.fence`). With
     ``dry_run`` the preconditions are evaluated and the steps returned, nothing else.
 
     Args:
@@ -304,7 +321,6 @@ def set_phase(
         reason: why, recorded in the history.
         force: override failed guards (recorded); never a move the table forbids.
         dry_run: change nothing, return the steps.
-        sleep: what the drain wait calls.
 
     Raises:
         UnknownPhase: ``target`` names no phase (nothing is read or written).
@@ -312,20 +328,21 @@ def set_phase(
             another change won the race; ``.reasons`` lists every reason.
     """
     phase = Phase.parse(target)
-    switcher = Switcher(dbs, sleep=sleep)
+    switcher = Switcher(dbs)
     steps = switcher.plan(phase, force=force, reason=reason)
     t = steps[0].transition
-    changed_at = None if dry_run else switcher.execute(steps).changed_at
+    switched = None if dry_run else switcher.execute(steps)
     return PhaseChange(
         from_phase=t.from_phase.value,
         to_phase=t.to_phase.value,
         epoch=t.new_epoch,
-        changed_at=changed_at,
         forced=t.forced,
         overridden=t.overridden,
         reason=t.reason,
         steps=tuple(str(step) for step in steps),
         dry_run=dry_run,
+        changed_at=None if switched is None else switched.changed_at,
+        left=() if switched is None else switched.catch_up,
     )
 
 

@@ -113,6 +113,7 @@ from sqlalchemy.engine import Connection
 from shadowdb import signals
 from shadowdb.databases import Cell, Databases, database_errors, reader, writer
 from shadowdb.errors import InvalidInput, OperationalError, ScanIncomplete, ShadowDBError
+from shadowdb.fence import lagging, settle
 from shadowdb.models import api_diff_results
 from shadowdb.phase import Phase, PhaseState, utcnow
 from shadowdb.queries import API, CELL, GroupTables
@@ -473,6 +474,11 @@ class StoredResult:
     repaired: int
     actor: str
     detail: str | None
+    #: The uuids of the cells the run compared (empty for runs recorded before shadowdb
+    #: kept them: such a run gates nothing).
+    cells: tuple[str, ...] = ()
+    #: Differences no pending journal entry explained (None: not recorded).
+    unexplained: int | None = None
 
 
 def last_result(conn: Connection) -> StoredResult | None:
@@ -496,6 +502,8 @@ def last_result(conn: Connection) -> StoredResult | None:
         repaired=row.repaired,
         actor=row.actor,
         detail=row.detail,
+        cells=tuple(c for c in (row.cells or "").split(",") if c),
+        unexplained=row.unexplained,
     )
 
 
@@ -1441,6 +1449,30 @@ def _repair(
     return out, enqueued, len(by_key) - enqueued
 
 
+def _tombstoned_are_api(dbs: Databases, findings: list[Finding]) -> list[Finding]:
+    """Make the API side authoritative for a cell copy whose group the API deleted.
+
+    ``dual-write-api-reads`` trusts a cell copy the API database lacks (not migrated
+    yet), unless the API database holds its tombstone: then the group was deleted there,
+    and the cell copy is a leftover to retire, never a group to bring back.
+    """
+    keys = [
+        f.key for f in findings if f.kind is DiffKind.MISSING_IN_API and f.authoritative == "cell"
+    ]
+    if not keys:
+        return findings
+    with reader(dbs.api, dbs.api_label) as conn:
+        buried = API.tombstoned(conn, keys)
+    return [
+        dataclasses.replace(
+            f, authoritative="api", detail=f"{f.detail} (deleted in the API database)"
+        )
+        if f.key in buried and f.kind is DiffKind.MISSING_IN_API
+        else f
+        for f in findings
+    ]
+
+
 def _journaled_in_cells(dbs: Databases, keys: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for cell in dbs.cells:
@@ -1464,6 +1496,8 @@ def _record(
     rows: RowCounts,
     repaired: int,
     detail: str | None,
+    cells: Sequence[str] = (),
+    unexplained: int | None = None,
 ) -> dt.datetime:
     finished = utcnow()
     with writer(dbs.api, dbs.api_label) as conn:
@@ -1482,6 +1516,8 @@ def _record(
                 repaired=repaired,
                 actor=dbs.settings.actor,
                 detail=detail,
+                cells=",".join(cells),
+                unexplained=unexplained,
             )
         )
     return finished
@@ -1511,10 +1547,24 @@ def run_diff(
         raise InvalidInput("--limit must be a whole number >= 1")
     started = utcnow()
     clock = time.monotonic()
+    # A run gates a phase change only if the whole deployment had taken the phase when it
+    # began: finish a half-done change first, and say so if a cell still lags.
+    settle(dbs)
     differ = Differ(dbs, cell=cell, chunk_size=chunk_size, progress=progress, sleep=sleep)
     scope = differ.only.name if differ.only is not None else "all"
+    compared = [c.uuid for c in (differ.cells if differ.only is None else (differ.only,))]
     try:
-        findings, rows = differ.run()
+        behind = lagging(dbs, differ.state)
+        if behind:
+            raise OperationalError(
+                "the deployment is not settled in one phase: " + "; ".join(behind)
+            )
+        try:
+            findings, rows = differ.run()
+        except sa.exc.SQLAlchemyError as err:
+            # A connection killed mid-scan, a transaction the server rolled back: the run
+            # is incomplete, and said so as one line (never an unexpected traceback).
+            raise OperationalError(f"the comparison was cut short: {one_line(err)}") from err
     except ShadowDBError as err:
         with contextlib.suppress(ShadowDBError, sa.exc.DBAPIError):
             _record(
@@ -1532,14 +1582,20 @@ def run_diff(
         # command's canonical line, quiet unless debugging.
         log.info("diff_report", outcome="incomplete", scope=scope, error=one_line(err))
         raise
+    findings = _tombstoned_are_api(dbs, findings)
     counts = dict(Counter(f.kind.value for f in findings))
+    unexplained = sum(1 for f in findings if not f.journal_pending)
     repaired = not_repaired = 0
     if repair and findings:
         findings, repaired, not_repaired = _repair(dbs, differ.state, findings, differ._seen)
     for finding in findings:
         if finding.group_uuid is not None and finding.kind is not DiffKind.ORPHAN:
-            signals.divergence.send(
-                dbs, group_uuid=finding.group_uuid, kind=finding.kind.value, detail=finding.detail
+            signals.send(
+                signals.divergence,
+                dbs,
+                group_uuid=finding.group_uuid,
+                kind=finding.kind.value,
+                detail=finding.detail,
             )
     total = len(findings)
     shown = findings[:limit] if limit is not None else findings
@@ -1556,6 +1612,8 @@ def run_diff(
         rows=rows,
         repaired=repaired,
         detail=None,
+        cells=compared,
+        unexplained=unexplained,
     )
     log.info(
         "diff_report",

@@ -126,6 +126,18 @@ class GroupExists(Conflict):
         super().__init__(f"instance group {group_uuid} already exists in the {database} database")
 
 
+class JournalConflict(Conflict):
+    """Refuse a write to a group with unreplayed writes on both sides."""
+
+    def __init__(self, group_uuid: str) -> None:
+        self.group_uuid = group_uuid
+        super().__init__(
+            f"instance group {group_uuid} has unreplayed writes in both the cell and the API "
+            "journal: each copy holds a change the other lacks; compare them with "
+            "`shadowdb diff-report` and repair by hand (nothing is overwritten silently)"
+        )
+
+
 class CellExists(Conflict):
     """Refuse to register a cell name twice."""
 

@@ -134,6 +134,9 @@ api_state = sa.Table(
     sa.Column("epoch", sa.Integer, nullable=False),
     sa.Column("changed_at", sa.DateTime, nullable=False),
     sa.Column("default_cell_uuid", sa.String(length=36), nullable=True),
+    # Set by `cleanup` before it retires the cell copies: from then on api-only writers
+    # stop journaling for a rollback, and rolling back needs a full reverse sync.
+    sa.Column("cells_retired", sa.Boolean, nullable=False, server_default="0"),
     **_MYSQL,
 )
 
@@ -222,6 +225,22 @@ api_diff_results = sa.Table(
     sa.Column("repaired", sa.Integer, nullable=False),
     sa.Column("actor", sa.String(length=255), nullable=False),
     sa.Column("detail", sa.Text, nullable=True),
+    # The uuids of the cells the run compared, comma-separated (gates need every cell).
+    sa.Column("cells", sa.Text, nullable=True),
+    # Differences with no pending journal entry to explain them (writes in flight).
+    sa.Column("unexplained", sa.Integer, nullable=True),
+    **_MYSQL,
+)
+
+api_tombstones = sa.Table(
+    "shadowdb_tombstones",
+    api_metadata,
+    # A group deleted from the API database: absence there means "deleted", never "not
+    # migrated yet". Written in the transaction of the deletion, cleared if the uuid is
+    # inserted again, purged by `cleanup` once the cells are retired.
+    sa.Column("uuid", sa.String(length=36), primary_key=True),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("deleted_at", sa.DateTime, nullable=False),
     **_MYSQL,
 )
 
@@ -347,6 +366,26 @@ cell_journal = sa.Table(
     sa.Column("epoch", sa.Integer, nullable=False),
     sa.Column("error", sa.Text, nullable=True),
     sa.Index("shadowdb_journal_group_uuid_idx", "group_uuid"),
+    **_MYSQL,
+)
+
+cell_state = sa.Table(
+    "shadowdb_state",
+    cell_metadata,
+    # The fence: the phase and epoch this cell has taken (shadowdb.fence). A single row.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("phase", sa.String(length=32), nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("changed_at", sa.DateTime, nullable=False),
+    **_MYSQL,
+)
+
+cell_group_locks = sa.Table(
+    "shadowdb_group_locks",
+    cell_metadata,
+    # One row per group uuid ever written through shadowdb in this cell: the identity
+    # lock every writer of the group takes, whether or not a group row exists anywhere.
+    sa.Column("uuid", sa.String(length=36), primary_key=True),
     **_MYSQL,
 )
 

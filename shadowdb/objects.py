@@ -38,9 +38,10 @@ from shadowdb.errors import (
     ObjectActionError,
     OperationalError,
 )
+from shadowdb.fence import CellBehind, EpochChanged, settle_cell
 from shadowdb.phase import PhaseState, utcnow
 from shadowdb.phases import strategy_for
-from shadowdb.phases.base import EpochChanged, Lookup, Mutation, Written
+from shadowdb.phases.base import Lookup, Mutation, Written
 from shadowdb.queries import GroupRecord, GroupTables, Scope
 
 __all__ = ["POLICIES", "InstanceGroup", "InstanceGroupList", "RequestContext"]
@@ -147,10 +148,19 @@ def _write(
                 group_uuid=group_uuid,
                 planned=changed.planned.phase.value,
                 found=changed.found.phase.value,
+                epoch=changed.found.epoch,
             )
-            # The phase read under the barrier's lock is the newest there is: plan on it.
+            # The phase read under the fence's lock, in the database written, is newer
+            # than the plan: plan on it (a process cut off from the API database learns
+            # the new phase from its cell this way).
             state = changed.found
-            ctx.dbs.phases.invalidate()
+            ctx.dbs.phases.observe(state)
+        except CellBehind as behind:
+            # The cell has not taken the API database's epoch yet (a phase change whose
+            # cell commit is pending or was cut short): finish it, then plan afresh.
+            state = ctx.dbs.phases.fresh()
+            settle_cell(behind.cell, state)
+            log.info("write_replanned", group_uuid=group_uuid, settled=behind.cell.name)
     raise OperationalError(f"the phase kept changing under a write to group {group_uuid}")
 
 
@@ -368,8 +378,12 @@ class InstanceGroup:
         assert written.record is not None
         self._load(written.record)
         fields = {k: v for k, v in self._values.items() if k not in ("deleted", "deleted_at")}
-        signals.group_created.send(
-            self._context.dbs, group_uuid=record.uuid, phase=state.phase.value, fields=fields
+        signals.send(
+            signals.group_created,
+            self._context.dbs,
+            group_uuid=record.uuid,
+            phase=state.phase.value,
+            fields=fields,
         )
         log.info("group_created", group_uuid=record.uuid, phase=state.phase.value)
 
@@ -404,8 +418,12 @@ class InstanceGroup:
         written, state = _write(ctx, group_uuid, save, scope=ctx.scope)
         assert written.record is not None
         self._load(written.record)
-        signals.group_updated.send(
-            ctx.dbs, group_uuid=group_uuid, phase=state.phase.value, fields=values
+        signals.send(
+            signals.group_updated,
+            ctx.dbs,
+            group_uuid=group_uuid,
+            phase=state.phase.value,
+            fields=values,
         )
         log.info(
             "group_updated", group_uuid=group_uuid, phase=state.phase.value, fields=sorted(values)
@@ -424,7 +442,7 @@ class InstanceGroup:
 
         ctx = self._context
         _, state = _write(ctx, group_uuid, destroy, scope=ctx.scope)
-        signals.group_deleted.send(ctx.dbs, group_uuid=group_uuid, phase=state.phase.value)
+        signals.send(signals.group_deleted, ctx.dbs, group_uuid=group_uuid, phase=state.phase.value)
         log.info("group_deleted", group_uuid=group_uuid, phase=state.phase.value)
 
     @classmethod
@@ -445,7 +463,8 @@ class InstanceGroup:
             return side.add_members(conn, _existing(current, group_uuid), wanted)
 
         written, state = _write(context, group_uuid, add, scope=None)
-        signals.group_members_added.send(
+        signals.send(
+            signals.group_members_added,
             context.dbs,
             group_uuid=group_uuid,
             phase=state.phase.value,
@@ -467,8 +486,12 @@ class InstanceGroup:
 
         written, state = _write(context, group_uuid, remove, scope=None)
         removed: list[str] = written.value
-        signals.group_members_removed.send(
-            context.dbs, group_uuid=group_uuid, phase=state.phase.value, instance_uuids=removed
+        signals.send(
+            signals.group_members_removed,
+            context.dbs,
+            group_uuid=group_uuid,
+            phase=state.phase.value,
+            instance_uuids=removed,
         )
         log.info("group_members_removed", group_uuid=group_uuid, removed=len(removed))
         return removed

@@ -14,6 +14,7 @@ import datetime as dt
 import enum
 import threading
 import time
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -21,11 +22,11 @@ from sqlalchemy.engine import Connection
 
 from shadowdb.databases import reader
 from shadowdb.errors import DatabaseUnreachable, SchemaError, UnknownPhase
-from shadowdb.models import api_phase_history, api_state
+from shadowdb.models import api_phase_history, api_state, cell_state
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["Phase", "PhaseState", "PhaseStore", "read_state", "utcnow"]
+__all__ = ["Phase", "PhaseState", "PhaseStore", "read_cell_state", "read_state", "utcnow"]
 
 
 class Phase(enum.Enum):
@@ -72,11 +73,46 @@ class PhaseState:
     epoch: int
     changed_at: dt.datetime
     default_cell_uuid: str | None
+    #: ``cleanup`` has begun retiring the cell copies (API database only).
+    cells_retired: bool = False
 
 
 _SELECT_STATE = sa.select(
-    api_state.c.phase, api_state.c.epoch, api_state.c.changed_at, api_state.c.default_cell_uuid
+    api_state.c.phase,
+    api_state.c.epoch,
+    api_state.c.changed_at,
+    api_state.c.default_cell_uuid,
+    api_state.c.cells_retired,
 ).where(api_state.c.id == 1)
+
+
+def _locking(stmt: sa.Select[Any], for_update: bool, share: bool) -> sa.Select[Any]:
+    if for_update:
+        return stmt.with_for_update()
+    if share:
+        return stmt.with_for_update(read=True)
+    return stmt
+
+
+def read_cell_state(
+    conn: Connection, *, for_update: bool = False, share: bool = False
+) -> PhaseState | None:
+    """Read a cell's phase row (the fence, :mod:`shadowdb.fence`); ``None`` if it has none.
+
+    Raises:
+        SchemaError: the cell database was never synced by shadowdb.
+    """
+    c = cell_state.c
+    stmt = _locking(sa.select(c.phase, c.epoch, c.changed_at).where(c.id == 1), for_update, share)
+    try:
+        row = conn.execute(stmt).one_or_none()
+    except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:
+        if "shadowdb_state" in str(err.orig):
+            raise SchemaError("cell database", "not synced (run `shadowdb db sync`)") from err
+        raise
+    if row is None:
+        return None
+    return PhaseState(Phase(row.phase), row.epoch, row.changed_at, None)
 
 
 def read_state(conn: Connection, *, for_update: bool = False, share: bool = False) -> PhaseState:
@@ -89,11 +125,7 @@ def read_state(conn: Connection, *, for_update: bool = False, share: bool = Fals
     Raises:
         SchemaError: the API database was never synced by shadowdb.
     """
-    stmt = _SELECT_STATE
-    if for_update:
-        stmt = stmt.with_for_update()
-    elif share:
-        stmt = stmt.with_for_update(read=True)
+    stmt = _locking(_SELECT_STATE, for_update, share)
     try:
         row = conn.execute(stmt).one_or_none()
     except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:
@@ -102,7 +134,13 @@ def read_state(conn: Connection, *, for_update: bool = False, share: bool = Fals
         raise
     if row is None:
         raise SchemaError("API database", "not synced (run `shadowdb db sync`)")
-    return PhaseState(Phase(row.phase), row.epoch, row.changed_at, row.default_cell_uuid)
+    return PhaseState(
+        Phase(row.phase),
+        row.epoch,
+        row.changed_at,
+        row.default_cell_uuid,
+        bool(row.cells_retired),
+    )
 
 
 def initialise_state(conn: Connection, actor: str) -> bool:
@@ -180,6 +218,13 @@ class PhaseStore:
             self._cached = state
             self._read_at = started
         return state
+
+    def observe(self, state: PhaseState) -> None:
+        """Cache ``state`` if it is newer than the cached one (a writer read it, fenced)."""
+        with self._lock:
+            if self._cached is None or state.epoch > self._cached.epoch:
+                self._cached = state
+                self._read_at = time.monotonic()
 
     def invalidate(self) -> None:
         """Forget the cached phase."""

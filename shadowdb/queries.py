@@ -168,8 +168,10 @@ class GroupTables:
         journal: sa.Table,
         member_column: str,
         soft_delete: bool,
+        tombstones: sa.Table | None = None,
     ) -> None:
         self.name = name
+        self.tombstones = tombstones
         self.groups = groups
         self.policies = policies
         self.members = members
@@ -359,6 +361,10 @@ class GroupTables:
         assert result.inserted_primary_key is not None
         group_id = int(result.inserted_primary_key[0])
         self._insert_children(conn, group_id, record.policies, record.members, now)
+        if self.tombstones is not None:
+            # The uuid is live again: its absence would no longer mean "deleted".
+            t = self.tombstones
+            conn.execute(t.delete().where(t.c.uuid == record.uuid))
         return group_id
 
     def insert_many(self, conn: Connection, records: Sequence[GroupRecord]) -> None:
@@ -546,6 +552,70 @@ class GroupTables:
         self._retire(conn, p, p.c.group_id == record.id)
         self._retire(conn, m, m.c.group_id == record.id)
         self._retire(conn, g, g.c.id == record.id)
+        if self.tombstones is not None:
+            self.tombstone(conn, record.uuid)
+
+    # ------------------------------------------------------------------ identity
+
+    def lock_identity(self, conn: Connection, group_uuid: str) -> None:
+        """Lock ``group_uuid``'s identity until commit, whether or not a row exists.
+
+        A row of ``shadowdb_group_locks`` (cell databases) is upserted so that the
+        statement locks it exclusively in both cases: MariaDB's ``ON DUPLICATE KEY
+        UPDATE`` and PostgreSQL's ``ON CONFLICT DO UPDATE`` lock the existing row. SQLite
+        needs no row lock: ``BEGIN IMMEDIATE`` already serialises writers.
+        """
+        t = models.cell_group_locks
+        dialect = conn.dialect.name
+        if dialect in ("mysql", "mariadb"):
+            from sqlalchemy.dialects import mysql
+
+            my = mysql.insert(t).values(uuid=group_uuid)
+            conn.execute(my.on_duplicate_key_update(uuid=my.inserted.uuid))
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            pg = postgresql.insert(t).values(uuid=group_uuid)
+            conn.execute(
+                pg.on_conflict_do_update(index_elements=["uuid"], set_={"uuid": group_uuid})
+            )
+        else:
+            from sqlalchemy.dialects import sqlite
+
+            conn.execute(sqlite.insert(t).values(uuid=group_uuid).on_conflict_do_nothing())
+
+    # ------------------------------------------------------------------ tombstones
+
+    def tombstone(self, conn: Connection, group_uuid: str) -> None:
+        """Record that ``group_uuid`` was deleted here, at the current epoch.
+
+        In the transaction of the deletion, so that absence from the API database means
+        "deleted" from the moment the deletion commits (never "not migrated yet").
+        """
+        t = self.tombstones
+        assert t is not None
+        epoch = sa.select(models.api_state.c.epoch).where(models.api_state.c.id == 1)
+        conn.execute(t.delete().where(t.c.uuid == group_uuid))
+        conn.execute(
+            t.insert().from_select(
+                ["uuid", "epoch", "deleted_at"],
+                sa.select(
+                    sa.literal(group_uuid, sa.String(36)),
+                    epoch.scalar_subquery(),
+                    sa.literal(utcnow(), sa.DateTime),
+                ),
+            )
+        )
+
+    def tombstoned(self, conn: Connection, group_uuids: Iterable[str]) -> set[str]:
+        """Return which of ``group_uuids`` carry a tombstone here."""
+        t = self.tombstones
+        if t is None:
+            return set()
+        found: set[str] = set()
+        for chunk in _chunks(sorted(set(group_uuids))):
+            found.update(conn.execute(sa.select(t.c.uuid).where(t.c.uuid.in_(chunk))).scalars())
+        return found
 
     def touch(self, conn: Connection, group_id: int, when: dt.datetime | None = None) -> None:
         """Set ``updated_at`` of the group row."""
@@ -587,10 +657,18 @@ class GroupTables:
             self.journal.update().where(self.journal.c.id == entry_id).values(error=error[:2000])
         )
 
-    def journal_clear(self, conn: Connection, group_uuid: str, up_to_id: int) -> int:
-        """Delete ``group_uuid``'s entries with ids up to ``up_to_id``; return how many."""
+    def journal_clear(self, conn: Connection, group_uuid: str, entry_ids: Sequence[int]) -> int:
+        """Delete exactly the entries ``entry_ids`` of ``group_uuid``; return how many.
+
+        Never a range: an entry written by another writer meanwhile is not the caller's to
+        clear, whatever its id.
+        """
+        if not entry_ids:
+            return 0
         j = self.journal
-        result = conn.execute(j.delete().where(j.c.group_uuid == group_uuid, j.c.id <= up_to_id))
+        result = conn.execute(
+            j.delete().where(j.c.group_uuid == group_uuid, j.c.id.in_(list(entry_ids)))
+        )
         return int(result.rowcount or 0)
 
     def journal_pending(self, conn: Connection, limit: int | None = None) -> list[JournalEntry]:
@@ -626,6 +704,7 @@ API = GroupTables(
     models.api_journal,
     member_column="instance_uuid",
     soft_delete=False,
+    tombstones=models.api_tombstones,
 )
 CELL = GroupTables(
     "cell",

@@ -40,7 +40,12 @@ All signals live in one :class:`blinker.Namespace`. The sender is always the
 
 from __future__ import annotations
 
-from blinker import Namespace
+from typing import Any
+
+import structlog
+from blinker import NamedSignal, Namespace
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "backfill_progress",
@@ -54,6 +59,7 @@ __all__ = [
     "group_updated",
     "journal_replayed",
     "phase_changed",
+    "send",
     "shadow_write_failed",
     "signals",
 ]
@@ -72,3 +78,16 @@ journal_replayed = signals.signal("journal-replayed")
 divergence = signals.signal("divergence")
 backfill_progress = signals.signal("backfill-progress")
 backfill_step = signals.signal("backfill-step")
+
+
+def send(signal: NamedSignal, sender: Any, **kwargs: Any) -> None:
+    """Send ``signal``; a receiver that raises is logged and ignored.
+
+    Signals observe, never control: every send site calls this, after the work it
+    announces has committed, so no receiver can roll a write back or turn an
+    acknowledged one into an error.
+    """
+    try:
+        signal.send(sender, **kwargs)
+    except Exception:
+        log.exception("signal_receiver_failed", signal=signal.name)

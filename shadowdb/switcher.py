@@ -1,93 +1,87 @@
-"""Move the deployment from one phase to the next, guarded, recorded and drained.
+"""Move the deployment from one phase to the next: guarded, fenced, recorded.
 
-A phase change is a :class:`Switcher` run of four steps, always in this order:
+A phase change is a :class:`Switcher` run of these steps, always in this order; each
+step's description and action live together in :data:`_STEPS`, so the dry run cannot
+drift from the run:
 
-1. **preconditions**: read the phase row fresh from the API database (never from a
-   cache), check that the move is in :data:`TRANSITIONS` (forward only to the next phase,
-   backward only to the previous one) and run every guard :data:`GUARDS` lists for it.
-   Every failure reason is collected, none is dropped; ``force`` overrides failed guards
-   (they are recorded as overridden) but never a move the table does not allow.
-2. **record**: in one API transaction, lock the phase row (``SELECT ... FOR UPDATE``;
-   ``BEGIN IMMEDIATE`` on SQLite), check that its epoch is still the one the
-   preconditions saw, then write the new phase with ``epoch + 1`` and append a
-   ``shadowdb_phase_history`` row (who, when, why, forced, which guard reasons were
-   overridden). A writer that pins the phase row with a shared lock for its own
-   transaction makes this step wait until that writer commits.
-3. **announce**: drop this process's cached phase, send the ``phase-changed`` signal and
-   log ``phase_changed``.
-4. **drain wait**: sleep ``Settings.drain_wait`` seconds (phase TTL plus write grace)
-   before returning.
+1. **preconditions**: finish any half-done change (:func:`shadowdb.fence.settle`),
+   read the phase row fresh from the API database (never from a cache), check that the
+   move is in :data:`TRANSITIONS` (forward only to the next phase, backward only to the
+   previous one) and run every guard :data:`GUARDS` lists for it. Every failure reason
+   is collected, none is dropped; ``force`` overrides failed guards (they are recorded
+   as overridden) but never a move the table does not allow.
+2. **record** (the fence): open a transaction on every cell, in cell order, and lock its
+   phase row exclusively; then lock the API database's. Every writer holds the row of
+   each database it writes under a shared lock for its whole transaction, so these locks
+   wait for the writers in flight and, once held, no write is in flight anywhere.
+   Under them: require the epoch the guards saw, every cell settled at it and the same
+   cells registered; run the guards whose verdict must be exact (the journals,
+   :meth:`LockedGuard.check_locked`); write the new phase and ``epoch + 1`` in every
+   row and a ``shadowdb_phase_history`` row. The API database commits first: that is
+   the commit point; the cells follow. A cell that cannot be reached refuses the change
+   before anything is written; one lost between the commits lags and is settled by the
+   next ``phase set``, ``status`` or writer (:mod:`shadowdb.fence`).
+3. **announce**: log ``phase_changed``, send the ``phase-changed`` signal (after the
+   commit; a receiver cannot change the outcome).
+4. **catch-up** (leaving ``api-only`` only): replay the API journal, which holds one
+   entry per group ``api-only`` wrote, onto the cells.
 
-:meth:`Switcher.plan` evaluates the preconditions and returns the steps;
-:meth:`Switcher.dry_run` renders the same steps as text, one line each, in that fixed
-order, and changes nothing (Vitess's ``switcher_dry_run``).
+There is no drain wait: no safety property rests on how long a process caches the phase.
+A process whose cache still names the old phase plans a write under it and is stopped
+by the first database it writes (its row holds the new epoch), then re-plans under the
+phase found there. The cache only bounds how stale a *read* may be.
 
 Why the epoch compare-and-swap
-    Guards read the cells and the API database without holding the phase row: holding a
-    lock across every cell would stall writers for the length of a scan. So two
-    ``phase set`` runs may both pass their guards against the same epoch. The record step
-    re-reads the row under its lock and refuses unless the epoch is still the one the
-    guards were evaluated against; the loser must re-run and face the guards of the phase
-    that is now current. Every recorded transition is therefore one the table allows from
-    the phase it actually left, epochs increase by exactly one per change (the history's
-    unique epoch makes that a database fact too), and a guard verdict is never applied to a
-    phase it was not computed for.
+    Guards scan without holding the fence (holding every cell's phase row across a scan
+    would stall all writers). Two ``phase set`` runs may both pass their guards against
+    the same epoch; the record step re-reads the rows under their locks and refuses
+    unless the epoch is still the one the guards saw.
 
-Why the drain wait
-    Every process reads the phase through :class:`~shadowdb.phase.PhaseStore`, whose cached
-    answer is at most ``phase_ttl`` seconds old, timed from the moment its read *began*.
-    A process whose read began before the record committed can go on starting writes of the
-    old phase until at most ``phase_ttl`` after the commit, and each such write finishes
-    within ``write_grace``. Waiting ``phase_ttl + write_grace`` after the commit therefore
-    means that when ``phase set`` returns, no writer of the old phase is running or can
-    start; whatever the operator does next (start a backfill after entering
-    ``dual-write-cell-reads``, trust that the API is complete after entering
-    ``api-only``) no longer races a ``cell-only`` or dual-write writer. This is the
-    "wait out the phase cache before backfilling" rule of the design.
-
-What guards do not promise
-    A guard verdict is a snapshot. Writers of the current phase keep running while guards
-    scan, so a journal may gain a row between the guard and the record; the journals are
-    drained by backfill in the phase that follows, and a later guard (into ``api-only``)
-    requires them empty again. :class:`CleanRecentDiff` explains why a clean diff-report
-    stays valid until the move, writes since it included.
+Why the guards outside the lock are enough
+    ``unmigrated-cell-groups`` scans outside the fence: a group created after the scan
+    is created by a dual-write writer (both copies, or a cell journal entry that the
+    exact ``cell-journals-empty`` check under the lock refuses). ``clean-recent-diff``
+    reads a recorded run that began with every database settled at the current epoch;
+    after it, every way two copies can come apart leaves a journal entry, and the journal
+    guards run under the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
-import functools
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
 from shadowdb import diff, signals
-from shadowdb.databases import Cell, Databases, reader, writer
+from shadowdb.databases import Cell, Databases, database_errors, reader
 from shadowdb.errors import DatabaseUnreachable, GuardRefused, OperationalError
+from shadowdb.fence import settle, write_cell_state
 from shadowdb.models import (
     api_groups,
-    api_journal,
     api_phase_history,
     api_state,
     cell_groups,
-    cell_journal,
 )
-from shadowdb.phase import Phase, PhaseState, read_state, utcnow
+from shadowdb.phase import Phase, PhaseState, read_cell_state, read_state, utcnow
+from shadowdb.queries import API, CELL, GroupRecord
+from shadowdb.sync import DB_FAILURES, commit, drain_journals, one_line, transaction
 
 __all__ = [
     "GUARDS",
     "TRANSITIONS",
     "ApiJournalEmpty",
     "CellJournalsEmpty",
+    "CellsNotRetired",
     "CleanRecentDiff",
     "Guard",
-    "ReverseSyncDone",
+    "LockedGuard",
     "Step",
     "StepKind",
     "Switched",
@@ -166,19 +160,64 @@ def _entries(count: int) -> str:
     return "1 entry" if count == 1 else f"{count} entries"
 
 
-def _settled(dbs: Databases, read: Callable[[], set[Any]]) -> set[Any]:
-    """Return what ``read`` finds now and still finds ``write_grace`` seconds later.
+class LockedGuard(Guard, Protocol):
+    """A guard whose verdict must hold at the instant of the change.
 
-    A guard scans while writers go on: a dual-write writer's journal entry (the outbox of
-    ``dual-write-api-reads``) or a group whose second copy is about to commit can show for
-    a few milliseconds. Whatever is still there once the longest write has had time to
-    finish is real; what came and went was a write in flight.
+    :meth:`check_locked` runs inside the record step with every phase row locked, so no
+    write is in flight anywhere; it may delete moot journal entries (copies level).
     """
-    first = read()
-    if not first:
-        return first
-    time.sleep(dbs.settings.write_grace)
-    return first & read()
+
+    def check_locked(self, api: Connection, cells: Sequence[tuple[Cell, Connection]]) -> list[str]:
+        """Return every reason the condition fails right now."""
+        ...
+
+
+def _copy_in_cells(cells: Sequence[tuple[Cell, Connection]], group_uuid: str) -> GroupRecord | None:
+    for _cell, conn in cells:
+        found = CELL.get(conn, group_uuid)
+        if found is not None:
+            return found
+    return None
+
+
+def _level(a: GroupRecord | None, b: GroupRecord | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.same_data(b)
+
+
+def _pending_api(api: Connection, cells: Sequence[tuple[Cell, Connection]], *, purge: bool) -> int:
+    """Count API journal entries whose copies differ; with ``purge``, delete the moot ones.
+
+    An entry whose cell copy is already level with the API copy is an outbox entry whose
+    writer has not deleted it yet (or a replay's leftover): it records nothing.
+    """
+    pending = 0
+    by_group: dict[str, list[int]] = {}
+    for entry in API.journal_pending(api):
+        by_group.setdefault(entry.group_uuid, []).append(entry.id)
+    for group_uuid, ids in by_group.items():
+        if _level(API.get(api, group_uuid), _copy_in_cells(cells, group_uuid)):
+            if purge:
+                API.journal_clear(api, group_uuid, ids)
+        else:
+            pending += len(ids)
+    return pending
+
+
+def _pending_cell(api: Connection, cell_conn: Connection, *, purge: bool) -> int:
+    """Count a cell's journal entries whose copies differ; delete the moot ones if asked."""
+    pending = 0
+    by_group: dict[str, list[int]] = {}
+    for entry in CELL.journal_pending(cell_conn):
+        by_group.setdefault(entry.group_uuid, []).append(entry.id)
+    for group_uuid, ids in by_group.items():
+        if _level(API.get(api, group_uuid), CELL.get(cell_conn, group_uuid)):
+            if purge:
+                CELL.journal_clear(cell_conn, group_uuid, ids)
+        else:
+            pending += len(ids)
+    return pending
 
 
 class UnmigratedCellGroups:
@@ -211,9 +250,10 @@ class UnmigratedCellGroups:
     def _count_missing(dbs: Databases, cell: Cell) -> int:
         missing = UnmigratedCellGroups._missing(dbs, cell, None)
         if missing:
-            # Writes in flight (a destroy whose cell half has not committed yet) settle.
-            time.sleep(dbs.settings.write_grace)
-            missing &= UnmigratedCellGroups._missing(dbs, cell, missing)
+            # A cell copy of a group the API database deleted is a leftover awaiting its
+            # replay (a destroy whose cell half failed), not a group left to migrate.
+            with reader(dbs.api, dbs.api_label) as conn:
+                missing -= API.tombstoned(conn, missing)
         return len(missing)
 
     @staticmethod
@@ -260,101 +300,100 @@ class UnmigratedCellGroups:
 
 
 class CellJournalsEmpty:
-    """Require every cell's ``shadowdb_journal`` to be empty (API copies are level)."""
+    """Require every cell journal to hold no entry whose copies differ (API copies level).
+
+    Exact: counted again under the fence (:meth:`check_locked`), where no write is in
+    flight, so an entry that appears while the guard scans refuses the change.
+    """
 
     name = "cell-journals-empty"
 
     def check(self, dbs: Databases, state: PhaseState, target: Phase) -> list[str]:
-        """Count journal rows in each cell."""
+        """Count each cell's entries whose copies differ (a preview of the exact check)."""
         reasons = []
         for cell in dbs.refresh_cells():
             try:
-                read = functools.partial(_journal_ids, cell.engine, cell.label, cell_journal)
-                count = len(_settled(dbs, read))
+                with (
+                    reader(cell.engine, cell.label) as cconn,
+                    reader(dbs.api, dbs.api_label) as aconn,
+                ):
+                    count = _pending_cell(aconn, cconn, purge=False)
             except OperationalError as err:
                 reasons.append(_unreachable(cell, err))
                 continue
             if count:
-                reasons.append(
-                    f"journal of {cell.label} holds {_entries(count)} (API copies lag); "
-                    "run backfill"
-                )
+                reasons.append(self._reason(cell, count))
         return reasons
+
+    def check_locked(self, api: Connection, cells: Sequence[tuple[Cell, Connection]]) -> list[str]:
+        """Count again, with every phase row locked; delete the moot entries."""
+        return [
+            self._reason(cell, count)
+            for cell, conn in cells
+            if (count := _pending_cell(api, conn, purge=True))
+        ]
+
+    @staticmethod
+    def _reason(cell: Cell, count: int) -> str:
+        return f"journal of {cell.label} holds {_entries(count)} (API copies lag); run backfill"
 
 
 class ApiJournalEmpty:
-    """Require the API database's ``shadowdb_journal`` to be empty (cell copies are level)."""
+    """Require the API journal to hold no entry whose copies differ (cell copies level).
+
+    Exact, as :class:`CellJournalsEmpty`: an outbox entry of a write that has finished
+    both halves is moot and deleted under the lock; any other entry refuses.
+    """
 
     name = "api-journal-empty"
 
     def check(self, dbs: Databases, state: PhaseState, target: Phase) -> list[str]:
-        """Count journal rows in the API database."""
-        # The outbox entry of a dual-write-api-reads write lives until its cell half
-        # commits: only entries that outlast the longest write count.
-        count = len(_settled(dbs, lambda: _journal_ids(dbs.api, dbs.api_label, api_journal)))
-        if not count:
-            return []
-        return [f"API journal holds {_entries(count)} (cell copies lag); run backfill"]
+        """Count the API entries whose copies differ (a preview of the exact check)."""
+        held: list[tuple[Cell, Connection]] = []
+        with contextlib.ExitStack() as stack:
+            for cell in dbs.refresh_cells():
+                try:
+                    held.append((cell, stack.enter_context(reader(cell.engine, cell.label))))
+                except OperationalError as err:
+                    return [_unreachable(cell, err)]
+            aconn = stack.enter_context(reader(dbs.api, dbs.api_label))
+            count = _pending_api(aconn, held, purge=False)
+        return [self._reason(count)] if count else []
+
+    def check_locked(self, api: Connection, cells: Sequence[tuple[Cell, Connection]]) -> list[str]:
+        """Count again, with every phase row locked; delete the moot entries."""
+        count = _pending_api(api, cells, purge=True)
+        return [self._reason(count)] if count else []
+
+    @staticmethod
+    def _reason(count: int) -> str:
+        return f"API journal holds {_entries(count)} (cell copies lag); run backfill"
 
 
-class ReverseSyncDone:
-    """Require every API group to have a live copy in some cell (reverse sync done)."""
+class CellsNotRetired:
+    """Require that ``cleanup`` has not begun retiring the cell copies.
 
-    name = "reverse-sync"
+    Until it does, every ``api-only`` write leaves an API journal entry, so the cells'
+    lag is fully journaled and the way back is a replay. After it, only a full
+    ``backfill --reverse`` (which clears the mark first) rebuilds them.
+    """
+
+    name = "cells-not-retired"
 
     def check(self, dbs: Databases, state: PhaseState, target: Phase) -> list[str]:
-        """Count API groups that no reachable cell holds live."""
-        reasons: list[str] = []
-        cells: list[Cell] = []
-        # Probe every cell first, so an unreachable one fails the guard even when no batch
-        # would have asked it anything (dual-write-api-reads writes to every cell again).
-        for cell in dbs.refresh_cells():
-            try:
-                with reader(cell.engine, cell.label) as conn:
-                    conn.execute(sa.select(sa.literal(1))).one()
-            except OperationalError as err:
-                reasons.append(_unreachable(cell, err))
-            else:
-                cells.append(cell)
-        missing = 0
-        after = 0
-        while True:
-            with reader(dbs.api, dbs.api_label) as conn:
-                rows = conn.execute(
-                    sa.select(api_groups.c.id, api_groups.c.uuid)
-                    .where(api_groups.c.id > after)
-                    .order_by(api_groups.c.id)
-                    .limit(_BATCH)
-                ).all()
-            if not rows:
-                break
-            after = rows[-1].id
-            left = {row.uuid for row in rows}
-            for cell in list(cells):
-                if not left:
-                    break
-                try:
-                    with reader(cell.engine, cell.label) as conn:
-                        left -= set(
-                            conn.scalars(
-                                sa.select(cell_groups.c.uuid).where(
-                                    cell_groups.c.deleted == 0, cell_groups.c.uuid.in_(sorted(left))
-                                )
-                            )
-                        )
-                except OperationalError as err:
-                    # Never count around a cell we could not read: say so and stop asking it.
-                    reasons.append(_unreachable(cell, err))
-                    cells.remove(cell)
-            missing += len(left)
-        if missing:
-            where = "any cell" if len(reasons) == 0 else "any reachable cell"
-            reasons.insert(
-                0,
-                f"{_plural(missing, 'API group')} without a live copy in {where}; "
-                "run the reverse sync",
-            )
-        return reasons
+        """Read the mark on the phase row."""
+        return [self._reason()] if state.cells_retired else []
+
+    def check_locked(self, api: Connection, cells: Sequence[tuple[Cell, Connection]]) -> list[str]:
+        """Read it again under the lock."""
+        return [self._reason()] if read_state(api).cells_retired else []
+
+    @staticmethod
+    def _reason() -> str:
+        return (
+            "cleanup retired the cell copies: rebuild them with `shadowdb backfill --reverse`, "
+            "then run diff-report"
+        )
 
 
 class CleanRecentDiff:
@@ -362,25 +401,23 @@ class CleanRecentDiff:
 
     The newest run recorded by :mod:`shadowdb.diff` admits the move when it
 
-    1. completed, compared every cell (not one ``--cell``) and found no difference;
+    1. completed, compared every cell registered now (not one ``--cell``) and found no
+       difference; with ``explained``, differences are admitted if every one had a
+       pending journal entry (the cells lagging behind ``api-only`` writes, each entry
+       replayed by the catch-up);
     2. started at most ``Settings.diff_max_age`` seconds ago;
-    3. ran at the current epoch. A phase change since the run could have let writers
-       that skip a database (``cell-only`` writers after a step back, ``api-only``
-       writers) leave copies unequal without a trace, so any change voids the run.
+    3. ran at the current epoch, with every database settled at it when it began (a run
+       that began on a lagging cell is recorded incomplete by the diff itself).
 
-    What about writes since the run, in the same phase? In a dual-write phase a write
-    leaves the two copies unequal only when its second half fails, and then it records a
-    journal entry in the transaction of its first half (:mod:`shadowdb.phases.base`).
-    Every move this guard gates also runs the journal guards of the journals its source
-    phase writes (``cell-journals-empty`` from ``dual-write-cell-reads``; both from
-    ``dual-write-api-reads``; ``api-journal-empty`` from ``api-only``), so such an entry,
-    while pending, refuses the move; once replayed, its copies are level again. Writes of
-    ``api-only`` reach no cell and leave no journal: leaving it, the switcher's catch-up
-    step levels the cells once more after the drain wait. This guard reads only the API
-    database.
+    Writes since the run, in the same phase: every way they can leave two copies unequal
+    leaves a journal entry in the transaction of the first half, and the journal guards
+    of the move run exactly, under the fence.
     """
 
     name = "clean-recent-diff"
+
+    def __init__(self, *, explained: bool = False) -> None:
+        self.explained = explained
 
     def check(self, dbs: Databases, state: PhaseState, target: Phase) -> list[str]:
         """Check the newest recorded diff-report against the rule above."""
@@ -392,7 +429,7 @@ class CleanRecentDiff:
         when = f"the last diff-report (started {last.started_at:%Y-%m-%d %H:%M:%S}Z)"
         if last.outcome == "incomplete":
             return [f"{when} did not complete; {run}"]
-        if last.outcome != "clean":
+        if last.outcome != "clean" and not (self.explained and last.unexplained == 0):
             kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(last.counts.items()))
             return [
                 f"{when} found {_plural(last.differences, 'difference')} ({kinds}); "
@@ -401,6 +438,9 @@ class CleanRecentDiff:
         if last.scope != "all":
             return [f"{when} compared cell {last.scope} only; {run} for every cell"]
         reasons = []
+        unseen = [c.name for c in dbs.refresh_cells() if c.uuid not in last.cells]
+        if unseen:
+            reasons.append(f"{when} did not compare cell {', '.join(unseen)}; {run}")
         age = (utcnow() - last.started_at).total_seconds()
         limit = dbs.settings.diff_max_age
         if age > limit:
@@ -437,7 +477,7 @@ def _count(conn: Connection, table: sa.Table) -> int:
 #: The guards each allowed move runs, in the order their reasons are reported. Every key of
 #: :data:`TRANSITIONS` is here; add a guard by adding it to the tuple of its move.
 GUARDS: dict[tuple[Phase, Phase], tuple[Guard, ...]] = {
-    # The drain wait is what makes this safe: no cell-only writer survives it.
+    # The fence is what makes this safe: no cell-only write commits after the record.
     (_C, _CR): (),
     (_CR, _AR): (UnmigratedCellGroups(), CellJournalsEmpty(), CleanRecentDiff()),
     (_AR, _A): (
@@ -450,7 +490,8 @@ GUARDS: dict[tuple[Phase, Phase], tuple[Guard, ...]] = {
     # must bring them level again before dual-write-api-reads.
     (_CR, _C): (),
     (_AR, _CR): (ApiJournalEmpty(),),
-    (_A, _AR): (ReverseSyncDone(), ApiJournalEmpty(), CleanRecentDiff()),
+    # Every api-only write is journaled until cleanup: the cells' lag is all explained.
+    (_A, _AR): (CellsNotRetired(), CellJournalsEmpty(), CleanRecentDiff(explained=True)),
 }
 
 
@@ -470,6 +511,8 @@ class Transition:
         overridden: the guard reasons ``force`` overrode (empty if none failed).
         reason: the operator's reason, recorded in the history.
         actor: who is acting (``Settings.actor``).
+        cells: uuids of the cells registered when the guards ran (the record step
+            refuses if the set changed: a new cell was never checked).
     """
 
     from_phase: Phase
@@ -480,6 +523,7 @@ class Transition:
     overridden: tuple[str, ...]
     reason: str | None
     actor: str
+    cells: tuple[str, ...] = ()
 
     @property
     def new_epoch(self) -> int:
@@ -493,7 +537,6 @@ class StepKind(enum.Enum):
     PRECONDITIONS = "preconditions"
     RECORD = "record"
     ANNOUNCE = "announce"
-    DRAIN_WAIT = "drain-wait"
     CATCH_UP = "catch-up"
 
 
@@ -511,18 +554,20 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class Switched:
-    """A phase change that was recorded, announced and drained."""
+    """A phase change that was recorded and announced."""
 
     transition: Transition
     epoch: int
     changed_at: dt.datetime
     steps: tuple[Step, ...]
+    #: What the catch-up left for ``backfill`` (one line each), if it ran.
+    catch_up: tuple[str, ...] = ()
 
 
-#: Moves after which the cell copies are levelled once more (see ``Switcher._catch_up``).
+#: Moves after which the cell copies are levelled (see ``Switcher._catch_up``).
 _CATCH_UP = {
     (Phase.API_ONLY, Phase.DUAL_WRITE_API_READS): (
-        "copy what api-only wrote since the reverse sync to the cells (backfill --reverse)"
+        "replay the API journal (one entry per group api-only wrote) onto the cells"
     ),
 }
 
@@ -532,25 +577,26 @@ def _overridden_text(overridden: Sequence[str]) -> str | None:
 
 
 class Switcher:
-    """Change the phase of one deployment through guarded, recorded, drained steps."""
+    """Change the phase of one deployment through guarded, fenced, recorded steps."""
 
     def __init__(
         self,
         dbs: Databases,
         *,
         guards: dict[tuple[Phase, Phase], tuple[Guard, ...]] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        hook: Callable[[str], None] | None = None,
     ) -> None:
         """Prepare a switcher.
 
         Args:
             dbs: the deployment.
             guards: the guards per move; :data:`GUARDS` unless given.
-            sleep: what the drain wait calls with ``settings.drain_wait``.
+            hook: called with ``"locked"`` once every phase row is locked in the record
+                step, before anything is written (tests interleave there).
         """
         self.dbs = dbs
         self.guards = GUARDS if guards is None else guards
-        self._sleep = sleep
+        self._hook = hook
 
     # ------------------------------------------------------------------ planning
 
@@ -560,14 +606,16 @@ class Switcher:
         Raises:
             GuardRefused: the table does not allow the move (whatever ``force`` says), or
                 a guard failed and ``force`` is false; ``.reasons`` lists every failure.
+            DatabaseUnreachable: a cell cannot be reached (a change needs every cell).
         """
         with reader(self.dbs.api, self.dbs.api_label) as conn:
-            state = read_state(conn)
+            read_state(conn)  # refuses an unsynced API database before anything else
+        state, problems = settle(self.dbs, self.dbs.refresh_cells())
         refusal = transition_refusal(state.phase, target)
         if refusal is not None:
             self._refused(state, target, [refusal], force)
         guards = self.guards.get((state.phase, target), ())
-        failures: list[str] = []
+        failures: list[str] = list(problems)
         for guard in guards:
             failures.extend(guard.check(self.dbs, state, target))
         if failures and not force:
@@ -581,6 +629,7 @@ class Switcher:
             overridden=tuple(failures),
             reason=reason,
             actor=self.dbs.settings.actor,
+            cells=tuple(c.uuid for c in self.dbs.cells),
         )
 
     def _refused(self, state: PhaseState, target: Phase, reasons: list[str], force: bool) -> None:
@@ -604,32 +653,8 @@ class Switcher:
             GuardRefused: as :meth:`check`.
         """
         t = self.check(target, force=force, reason=reason)
-        settings = self.dbs.settings
-        guards = ", ".join(t.guards) if t.guards else "none"
-        pre = f"{t.from_phase.value} -> {t.to_phase.value} allowed at epoch {t.epoch}; "
-        if t.overridden:
-            pre += f"guards ({guards}) failed, overridden by force: " + "; ".join(t.overridden)
-        else:
-            pre += f"guards passed: {guards}"
-        record = (
-            f"in one API transaction lock shadowdb_state, require epoch {t.epoch}, "
-            f"set phase {t.to_phase.value} at epoch {t.new_epoch}, append history "
-            f"(actor {t.actor}, reason {t.reason or '-'}, forced {'yes' if t.forced else 'no'})"
-        )
-        announce = "invalidate the cached phase, send phase-changed, log phase_changed"
-        drain = (
-            f"wait {settings.drain_wait:g}s (phase TTL {settings.phase_ttl:g}s + write grace "
-            f"{settings.write_grace:g}s) until no process writes as {t.from_phase.value}"
-        )
-        steps = [
-            Step(StepKind.PRECONDITIONS, pre, t),
-            Step(StepKind.RECORD, record, t),
-            Step(StepKind.ANNOUNCE, announce, t),
-            Step(StepKind.DRAIN_WAIT, drain, t),
-        ]
-        if (t.from_phase, t.to_phase) in _CATCH_UP:
-            steps.append(Step(StepKind.CATCH_UP, _CATCH_UP[(t.from_phase, t.to_phase)], t))
-        return steps
+        steps = [Step(kind, describe(t), t) for kind, (describe, _run) in _STEPS.items()]
+        return [step for step in steps if step.detail]
 
     def dry_run(
         self, target: Phase, *, force: bool = False, reason: str | None = None
@@ -661,90 +686,135 @@ class Switcher:
         if not steps:
             raise ValueError("empty plan")
         transition = steps[0].transition
-        changed_at: dt.datetime | None = None
+        outcome = _Outcome()
         for step in steps:
             if step.transition != transition:
                 raise ValueError("steps from different plans")
-            if step.kind is StepKind.PRECONDITIONS:
-                continue  # evaluated when the plan was made; the record step enforces its epoch
-            if step.kind is StepKind.RECORD:
-                changed_at = self._record(transition)
-            elif step.kind is StepKind.ANNOUNCE:
-                self._announce(transition)
-            elif step.kind is StepKind.DRAIN_WAIT:
-                self._sleep(self.dbs.settings.drain_wait)
-            elif step.kind is StepKind.CATCH_UP:
-                self._catch_up(transition)
-        if changed_at is None:
+            _STEPS[step.kind][1](self, transition, outcome)
+        if outcome.changed_at is None:
             raise ValueError("a plan without a record step")
-        return Switched(transition, transition.new_epoch, changed_at, tuple(steps))
+        return Switched(
+            transition, transition.new_epoch, outcome.changed_at, tuple(steps), outcome.catch_up
+        )
 
     def _record(self, t: Transition) -> dt.datetime:
         now = utcnow()
-        with writer(self.dbs.api, self.dbs.api_label) as conn:
-            state = read_state(conn, for_update=True)
-            if state.epoch != t.epoch or state.phase is not t.from_phase:
-                # Another `phase set` won the race: its change was recorded after our guards
-                # ran, so our verdict describes a phase that is no longer current.
-                self._refused(
-                    state,
-                    t.to_phase,
-                    [
-                        f"phase changed while the guards ran: expected {t.from_phase.value} at "
-                        f"epoch {t.epoch}, found {state.phase.value} at epoch {state.epoch}; "
-                        "run again to re-check"
-                    ],
-                    t.forced,
+        new = PhaseState(t.to_phase, t.new_epoch, now, None)
+        with contextlib.ExitStack() as stack:
+            held: list[tuple[Cell, Connection, PhaseState | None]] = []
+            cells = self.dbs.refresh_cells()
+            for cell in cells:
+                # Refused before anything is written: a change needs every cell's fence.
+                conn = stack.enter_context(transaction(cell.engine, cell.label))
+                with database_errors(cell.label):
+                    held.append((cell, conn, read_cell_state(conn, for_update=True)))
+            aconn = stack.enter_context(transaction(self.dbs.api, self.dbs.api_label))
+            with database_errors(self.dbs.api_label):
+                state = read_state(aconn, for_update=True)
+            if self._hook is not None:
+                self._hook("locked")
+            problems = self._locked_refusals(t, state, cells, aconn, held)
+            if problems:
+                self._refused(state, t.to_phase, problems, t.forced)
+            with database_errors(self.dbs.api_label):
+                updated = aconn.execute(
+                    api_state.update()
+                    .where(api_state.c.id == 1, api_state.c.epoch == t.epoch)
+                    .values(phase=t.to_phase.value, epoch=t.new_epoch, changed_at=now)
                 )
-            updated = conn.execute(
-                api_state.update()
-                .where(api_state.c.id == 1, api_state.c.epoch == t.epoch)
-                .values(phase=t.to_phase.value, epoch=t.new_epoch, changed_at=now)
-            )
-            # The row is locked and its epoch checked, so this is one row; a zero here means
-            # the lock did not hold, and nothing must be written.
-            if updated.rowcount != 1:
-                raise OperationalError(f"{self.dbs.api_label}: phase row changed under its lock")
-            conn.execute(
-                api_phase_history.insert().values(
-                    epoch=t.new_epoch,
-                    from_phase=t.from_phase.value,
-                    to_phase=t.to_phase.value,
-                    changed_at=now,
-                    actor=t.actor,
-                    reason=t.reason,
-                    forced=t.forced,
-                    overridden=_overridden_text(t.overridden),
+                # The row is locked and its epoch checked, so this is one row; a zero here
+                # means the lock did not hold, and nothing must be written.
+                if updated.rowcount != 1:
+                    raise OperationalError(
+                        f"{self.dbs.api_label}: phase row changed under its lock"
+                    )
+                aconn.execute(
+                    api_phase_history.insert().values(
+                        epoch=t.new_epoch,
+                        from_phase=t.from_phase.value,
+                        to_phase=t.to_phase.value,
+                        changed_at=now,
+                        actor=t.actor,
+                        reason=t.reason,
+                        forced=t.forced,
+                        overridden=_overridden_text(t.overridden),
+                    )
                 )
-            )
+            for cell, conn, found in held:
+                with database_errors(cell.label):
+                    write_cell_state(conn, new, exists=found is not None)
+            # The commit point: from here on the change is made.
+            commit(aconn, self.dbs.api_label)
+            for cell, conn, _found in held:
+                try:
+                    commit(conn, cell.label)
+                except DB_FAILURES as err:
+                    # The cell lags; it is settled by the next phase set, status or writer.
+                    log.warning("phase_cell_deferred", cell=cell.name, error=one_line(err))
         return now
 
-    def _catch_up(self, t: Transition) -> None:
-        """Level the cell copies with what ``api-only`` wrote after the reverse sync.
+    def _locked_refusals(
+        self,
+        t: Transition,
+        state: PhaseState,
+        cells: Sequence[Cell],
+        aconn: Connection,
+        held: Sequence[tuple[Cell, Connection, PhaseState | None]],
+    ) -> list[str]:
+        if state.epoch != t.epoch or state.phase is not t.from_phase:
+            # Another `phase set` won the race: its change was recorded after our guards
+            # ran, so our verdict describes a phase that is no longer current.
+            return [
+                f"phase changed while the guards ran: expected {t.from_phase.value} at "
+                f"epoch {t.epoch}, found {state.phase.value} at epoch {state.epoch}; "
+                "run again to re-check"
+            ]
+        problems: list[str] = []
+        if tuple(c.uuid for c in cells) != t.cells:
+            problems.append("the registered cells changed while the guards ran; run again")
+        for cell, _conn, found in held:
+            if found is None or found.epoch != state.epoch:
+                at = "no phase row" if found is None else f"epoch {found.epoch}"
+                problems.append(
+                    f"{cell.label} is at {at}, not {state.epoch}: a change is half done; "
+                    "run `shadowdb status` to settle it"
+                )
+        if problems:
+            return problems
+        conns = [(cell, conn) for cell, conn, _found in held]
+        failures: list[str] = []
+        with database_errors(self.dbs.api_label):
+            for guard in self.guards.get((t.from_phase, t.to_phase), ()):
+                locked = getattr(guard, "check_locked", None)
+                if locked is not None:
+                    failures.extend(locked(aconn, conns))
+        if failures and t.forced:
+            log.warning("phase_guard_overridden_locked", reasons=failures)
+            return []
+        return failures
 
-        Writers of ``api-only`` never touch the cells: whatever they wrote between the
-        operator's reverse backfill and the record step is on the API side only, with no
-        journal entry. After the drain wait every writer dual-writes again, so one more
-        reverse pass now leaves nothing behind.
+    def _catch_up(self, t: Transition) -> tuple[str, ...]:
+        """Replay the API journal onto the cells after leaving ``api-only``.
+
+        Not needed for safety (``dual-write-api-reads`` reads the API database first and
+        never serves a tombstoned group from a cell; every write levels its group), but
+        it brings the cells level at once. What it cannot replay stays journaled for
+        ``backfill``, which drains the journals first.
         """
-        from shadowdb.backfill import backfill
-
-        result = backfill(self.dbs, reverse=True, sleep=self._sleep)
+        result = drain_journals(self.dbs)
         log.info(
             "phase_catch_up",
             to_phase=t.to_phase.value,
-            outcome=result.outcome,
-            done=sum(total.done for total in result.totals),
+            found=result.found,
+            done=result.done,
+            conflicts=len(result.conflicts),
+            errors=len(result.errors),
         )
-        if result.outcome != "done":
-            raise OperationalError(
-                f"the phase is {t.to_phase.value}, but levelling the cell copies did not "
-                f"finish ({'; '.join(result.errors) or result.outcome}): "
-                "run `shadowdb backfill --reverse`"
-            )
+        left = [f"journal conflict: {uuid}" for uuid in result.conflicts]
+        left.extend(result.errors)
+        return tuple(left)
 
     def _announce(self, t: Transition) -> None:
-        # This process must not serve the old phase from its own cache for another TTL.
         self.dbs.phases.invalidate()
         log.info(
             "phase_changed",
@@ -756,17 +826,77 @@ class Switcher:
             reason=t.reason,
             actor=t.actor,
         )
-        try:
-            signals.phase_changed.send(
-                self.dbs,
-                from_phase=t.from_phase.value,
-                to_phase=t.to_phase.value,
-                epoch=t.new_epoch,
-                forced=t.forced,
-                reason=t.reason,
-                actor=t.actor,
-            )
-        except Exception:
-            # Signals observe, never control: the change is recorded and the drain wait
-            # must still happen, whatever a receiver does.
-            log.exception("phase_changed_receiver_failed", epoch=t.new_epoch)
+        signals.send(
+            signals.phase_changed,
+            self.dbs,
+            from_phase=t.from_phase.value,
+            to_phase=t.to_phase.value,
+            epoch=t.new_epoch,
+            forced=t.forced,
+            reason=t.reason,
+            actor=t.actor,
+        )
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+@dataclasses.dataclass
+class _Outcome:
+    changed_at: dt.datetime | None = None
+    catch_up: tuple[str, ...] = ()
+
+
+def _describe_preconditions(t: Transition) -> str:
+    guards = ", ".join(t.guards) if t.guards else "none"
+    pre = f"{t.from_phase.value} -> {t.to_phase.value} allowed at epoch {t.epoch}; "
+    if t.overridden:
+        return pre + f"guards ({guards}) failed, overridden by force: " + "; ".join(t.overridden)
+    return pre + f"guards passed: {guards}"
+
+
+def _describe_record(t: Transition) -> str:
+    return (
+        f"lock shadowdb_state in {len(t.cells)} cell(s), then in the API database; require "
+        f"epoch {t.epoch} everywhere and the exact journal guards; set phase "
+        f"{t.to_phase.value} at epoch {t.new_epoch} in every database, append history "
+        f"(actor {t.actor}, reason {t.reason or '-'}, forced {'yes' if t.forced else 'no'}); "
+        "commit the API database first, then the cells"
+    )
+
+
+def _describe_announce(t: Transition) -> str:
+    return "log phase_changed, send phase-changed, drop this process's cached phase"
+
+
+def _describe_catch_up(t: Transition) -> str:
+    return _CATCH_UP.get((t.from_phase, t.to_phase), "")
+
+
+def _run_preconditions(switcher: Switcher, t: Transition, outcome: _Outcome) -> None:
+    """Evaluated when the plan was made; the record step enforces its epoch."""
+
+
+def _run_record(switcher: Switcher, t: Transition, outcome: _Outcome) -> None:
+    outcome.changed_at = switcher._record(t)
+
+
+def _run_announce(switcher: Switcher, t: Transition, outcome: _Outcome) -> None:
+    switcher._announce(t)
+
+
+def _run_catch_up(switcher: Switcher, t: Transition, outcome: _Outcome) -> None:
+    outcome.catch_up = switcher._catch_up(t)
+
+
+#: Each step's description and action, side by side, in the order they run (a step
+#: whose description is empty for a move is not part of its plan).
+_STEPS: dict[
+    StepKind,
+    tuple[Callable[[Transition], str], Callable[[Switcher, Transition, _Outcome], None]],
+] = {
+    StepKind.PRECONDITIONS: (_describe_preconditions, _run_preconditions),
+    StepKind.RECORD: (_describe_record, _run_record),
+    StepKind.ANNOUNCE: (_describe_announce, _run_announce),
+    StepKind.CATCH_UP: (_describe_catch_up, _run_catch_up),
+}

@@ -26,7 +26,8 @@ from sqlalchemy.engine import Connection
 from shadowdb import signals
 from shadowdb.databases import Cell, Databases, database_errors, reader
 from shadowdb.errors import DatabaseUnreachable, OperationalError, ShadowDBError
-from shadowdb.phase import PhaseState, read_state
+from shadowdb.fence import CellBehind, EpochChanged, pin_api, pin_cell
+from shadowdb.phase import PhaseState
 from shadowdb.queries import API, CELL, GroupRecord, GroupTables
 
 __all__ = [
@@ -159,13 +160,15 @@ class DrainResult:
     errors: tuple[str, ...]
 
 
-def _replay(dbs: Databases, group_uuid: str, source: Cell | None, up_to: int) -> str:
+def _replay(dbs: Databases, group_uuid: str, source: Cell | None, entry_ids: list[int]) -> str:
     """Replay one group's journal: copy the journal side's state to the other side.
 
-    ``source`` is the cell whose journal holds the entry, or ``None`` for the API journal.
-    Returns ``"done"`` or ``"conflict"`` (both sides journaled: never resolved silently).
+    ``source`` is the cell whose journal holds the entries, or ``None`` for the API
+    journal. Fenced and locked as a writer is (:mod:`shadowdb.phases.base`), under the
+    phase the API database holds now; clears exactly ``entry_ids``. Returns ``"done"``
+    or ``"conflict"`` (both sides journaled: never resolved silently).
     """
-    state = dbs.phases.get()
+    state = dbs.phases.fresh()
     where = locate(dbs, group_uuid)
     cell = source or where.cell
     if cell is None:
@@ -173,16 +176,18 @@ def _replay(dbs: Databases, group_uuid: str, source: Cell | None, up_to: int) ->
             raise DatabaseUnreachable(where.unreachable[0].label, "cannot locate the group")
         cell = default_cell(dbs, state)
     with transaction(cell.engine, cell.label) as cconn:
+        pin_cell(cconn, cell, state)
+        CELL.lock_identity(cconn, group_uuid)
         crec = CELL.get(cconn, group_uuid, lock=True)
         with transaction(dbs.api, dbs.api_label) as aconn:
-            read_state(aconn, share=True)
+            pin_api(aconn, state)
             arec = API.get(aconn, group_uuid, lock=True)
             if source is not None:
                 if API.journal_for(aconn, group_uuid):
                     return _conflict(dbs, group_uuid)
                 copy_group(aconn, API, crec, arec)
                 commit(aconn, dbs.api_label)
-                cleared = CELL.journal_clear(cconn, group_uuid, up_to)
+                cleared = CELL.journal_clear(cconn, group_uuid, entry_ids)
                 commit(cconn, cell.label)
             else:
                 if CELL.journal_for(cconn, group_uuid):
@@ -190,18 +195,22 @@ def _replay(dbs: Databases, group_uuid: str, source: Cell | None, up_to: int) ->
                 copy_group(cconn, CELL, arec, crec)
                 # The cell copy must be durable before the API entry goes.
                 commit(cconn, cell.label)
-                cleared = API.journal_clear(aconn, group_uuid, up_to)
+                cleared = API.journal_clear(aconn, group_uuid, entry_ids)
                 commit(aconn, dbs.api_label)
     journal = "cell" if source is not None else "api"
-    signals.journal_replayed.send(dbs, group_uuid=group_uuid, journal=journal, entries=cleared)
     log.info("journal_replayed", group_uuid=group_uuid, journal=journal, entries=cleared)
+    signals.send(
+        signals.journal_replayed, dbs, group_uuid=group_uuid, journal=journal, entries=cleared
+    )
     return "done"
 
 
 def _conflict(dbs: Databases, group_uuid: str) -> str:
     detail = "journaled on both sides: each holds a write the other lacks"
-    signals.divergence.send(dbs, group_uuid=group_uuid, kind="journal-conflict", detail=detail)
     log.error("journal_conflict", group_uuid=group_uuid, detail=detail)
+    signals.send(
+        signals.divergence, dbs, group_uuid=group_uuid, kind="journal-conflict", detail=detail
+    )
     return "conflict"
 
 
@@ -218,7 +227,7 @@ def drain_journals(dbs: Databases, *, limit: int | None = None) -> DrainResult:
         ``found`` groups with pending entries, ``done`` replayed, the uuids in conflict
         (pending on both sides; left for an operator) and one line per failure.
     """
-    pending: list[tuple[Cell | None, str, int]] = []
+    pending: list[tuple[Cell | None, str, list[int]]] = []
     errors: list[str] = []
     for cell in dbs.cells:
         try:
@@ -227,23 +236,27 @@ def drain_journals(dbs: Databases, *, limit: int | None = None) -> DrainResult:
         except ShadowDBError as err:
             errors.append(f"{cell.label}: {one_line(err)}")
             continue
-        latest: dict[str, int] = {}
+        seen: dict[str, list[int]] = {}
         for entry in entries:
-            latest[entry.group_uuid] = max(entry.id, latest.get(entry.group_uuid, 0))
-        pending.extend((cell, uuid, up_to) for uuid, up_to in latest.items())
+            seen.setdefault(entry.group_uuid, []).append(entry.id)
+        pending.extend((cell, uuid, ids) for uuid, ids in seen.items())
     with reader(dbs.api, dbs.api_label) as conn:
         api_entries = API.journal_pending(conn)
-    latest_api: dict[str, int] = {}
+    seen_api: dict[str, list[int]] = {}
     for entry in api_entries:
-        latest_api[entry.group_uuid] = max(entry.id, latest_api.get(entry.group_uuid, 0))
-    pending.extend((None, uuid, up_to) for uuid, up_to in latest_api.items())
+        seen_api.setdefault(entry.group_uuid, []).append(entry.id)
+    pending.extend((None, uuid, ids) for uuid, ids in seen_api.items())
     if limit is not None:
         pending = pending[:limit]
     done = 0
     conflicts: list[str] = []
-    for source, group_uuid, up_to in pending:
+    for source, group_uuid, ids in pending:
         try:
-            outcome = _replay(dbs, group_uuid, source, up_to)
+            outcome = _replay(dbs, group_uuid, source, ids)
+        except (CellBehind, EpochChanged) as err:
+            # A phase change is in flight: the entry stays for the next run.
+            errors.append(f"{group_uuid}: {err}; run again")
+            continue
         except (ShadowDBError, sa.exc.DBAPIError) as err:
             errors.append(f"{group_uuid}: {one_line(err)}")
             continue

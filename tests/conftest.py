@@ -11,6 +11,7 @@ Server databases are created and synced once per session and emptied before each
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +164,13 @@ def empty_topology(api_url: URL, cell_urls: dict[str, URL], settings: Settings) 
         engine = create_engine(url, settings)
         try:
             _empty(engine, models.cell_metadata, keep=set())
+            with engine.begin() as conn:
+                # The fence: every cell takes the API database's cell-only, epoch 0.
+                conn.execute(
+                    models.cell_state.insert().values(
+                        id=1, phase="cell-only", epoch=0, changed_at=dt.datetime(2026, 1, 1)
+                    )
+                )
         finally:
             engine.dispose()
 

@@ -22,17 +22,22 @@ def new_uuid() -> str:
 
 
 def put_in_phase(dbs: Databases, phase: Phase) -> None:
-    """Move the deployment to ``phase`` directly (no guards, no wait): tests of the layer."""
+    """Move the deployment to ``phase`` directly (no guards): tests of the layer.
+
+    Every database's phase row moves, as ``phase set`` moves them (the fence).
+    """
+    from shadowdb.fence import settle
+
     with writer(dbs.api) as conn:
         epoch = conn.execute(sa.select(models.api_state.c.epoch)).scalar_one()
         conn.execute(
-            # Dated in the past: the backfill's drain wait is over (tests of it set their own).
             models.api_state.update().values(
                 phase=phase.value,
                 epoch=epoch + 1,
                 changed_at=utcnow() - dt.timedelta(minutes=1),
             )
         )
+    settle(dbs, dbs.refresh_cells())
     dbs.phases.invalidate()
 
 

@@ -236,22 +236,19 @@ def test_create_checks_the_uuid_where_the_phase_is_authoritative(
     taken = seed_api_group(dbs.api, name="api-group")
     before = dump_all(dbs)
     group = candidate(taken)
-    if phase in (Phase.DUAL_WRITE_API_READS, Phase.API_ONLY):
-        with pytest.raises(GroupExists) as raised:
-            group.create()
-        assert raised.value.group_uuid == taken
-        assert dump_all(dbs) == before
-    elif phase is Phase.CELL_ONLY:
+    if phase is Phase.CELL_ONLY:
         # cell-only never reads the API database: the uuid is free where it writes.
         group.create()
         assert group_state(cell1, "cell", taken) == new
         assert dump_all(dbs)["api"] == before["api"]
     else:
-        # dual-write-cell-reads: the cell is the authority and holds no live copy, so the
-        # API row is a shadow of a group the authority no longer has; the create's
-        # second write levels it to the new group.
-        group.create()
-        assert copies(topology, phase, taken) == {"api": new, "cell1": new}
+        # Every phase that writes the API database refuses to overwrite its group with a
+        # create, dual-write-cell-reads included (failure 14 of the protocol issue): the
+        # cell write is rolled back with the refusal.
+        with pytest.raises(GroupExists) as raised:
+            group.create()
+        assert raised.value.group_uuid == taken
+        assert dump_all(dbs) == before
 
 
 # --------------------------------------------------------------------------- save

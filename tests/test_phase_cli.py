@@ -120,7 +120,7 @@ def test_phase_set_refuses_the_same_phase(topology: Topology) -> None:
 
 
 def test_phase_set_lists_every_failed_guard_on_one_line(topology: Topology) -> None:
-    commands.set_phase(topology.dbs, "dual-write-cell-reads", sleep=no_sleep)
+    commands.set_phase(topology.dbs, "dual-write-cell-reads")
     add_live_cell_group(topology, "cell1")
     add_live_cell_group(topology, "cell2")
     add_live_cell_group(topology, "cell2")
@@ -140,7 +140,7 @@ def test_phase_set_lists_every_failed_guard_on_one_line(topology: Topology) -> N
 
 
 def test_phase_set_refuses_when_a_cell_is_unreachable(topology: Topology, tmp_path: Path) -> None:
-    commands.set_phase(topology.dbs, "dual-write-cell-reads", sleep=no_sleep)
+    commands.set_phase(topology.dbs, "dual-write-cell-reads")
     with topology.dbs.api.begin() as conn:
         conn.execute(
             models.api_cell_mappings.insert().values(
@@ -156,7 +156,7 @@ def test_phase_set_refuses_when_a_cell_is_unreachable(topology: Topology, tmp_pa
 
 
 def test_phase_set_force_overrides_and_is_recorded(topology: Topology) -> None:
-    commands.set_phase(topology.dbs, "dual-write-cell-reads", sleep=no_sleep)
+    commands.set_phase(topology.dbs, "dual-write-cell-reads")
     add_live_cell_group(topology, "cell1")
     add_cell_journal(topology, "cell2")
     code, out, err = run(

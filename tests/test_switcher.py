@@ -21,7 +21,7 @@ from shadowdb import commands, diff, models, signals, switcher
 from shadowdb.backfill import backfill
 from shadowdb.databases import Databases, connect, reader
 from shadowdb.errors import GuardRefused, ScanIncomplete, UnknownPhase
-from shadowdb.phase import Phase, read_state, utcnow
+from shadowdb.phase import Phase, read_cell_state, read_state, utcnow
 from shadowdb.switcher import GUARDS, TRANSITIONS, StepKind, Switcher
 from tests.conftest import Topology
 
@@ -114,7 +114,7 @@ def go(dbs: Databases, *phases: Phase) -> None:
     for phase in phases:
         if (dbs.phases.fresh().phase, phase) in DIFF_GATED:
             commands.diff_report(dbs, sleep=no_sleep)
-        Switcher(dbs, sleep=no_sleep).run(phase)
+        Switcher(dbs).run(phase)
     commands.diff_report(dbs, sleep=no_sleep)
 
 
@@ -122,7 +122,7 @@ def refusal(dbs: Databases, target: Phase, **kwargs: Any) -> tuple[str, ...]:
     """Return the reasons a switch to ``target`` is refused with; nothing may change."""
     before = snapshot(dbs)
     with pytest.raises(GuardRefused) as caught:
-        Switcher(dbs, sleep=no_sleep).run(target, **kwargs)
+        Switcher(dbs).run(target, **kwargs)
     assert caught.value.target == target.value
     assert snapshot(dbs) == before
     return caught.value.reasons
@@ -205,7 +205,7 @@ def test_every_allowed_transition_forward_and_back(topology: Topology) -> None:
     for epoch, target in enumerate(walk, start=1):
         if (previous, target) in DIFF_GATED:
             assert commands.diff_report(dbs, sleep=no_sleep).clean
-        change = commands.set_phase(dbs, target.value, reason=f"step {epoch}", sleep=no_sleep)
+        change = commands.set_phase(dbs, target.value, reason=f"step {epoch}")
         assert (change.from_phase, change.to_phase) == (previous.value, target.value)
         assert change.epoch == epoch
         assert not change.forced and change.overridden == () and not change.dry_run
@@ -244,7 +244,7 @@ def test_skipping_a_phase_is_refused_even_with_force(topology: Topology, force: 
 def test_unknown_phase_is_refused_before_anything_is_read(topology: Topology) -> None:
     before = snapshot(topology.dbs)
     with pytest.raises(UnknownPhase) as caught:
-        commands.set_phase(topology.dbs, "api-first", sleep=no_sleep)
+        commands.set_phase(topology.dbs, "api-first")
     assert caught.value.phase == "api-first"
     assert snapshot(topology.dbs) == before
 
@@ -391,7 +391,7 @@ def test_every_diff_gated_move_runs_the_journal_guards_of_its_source_phase() -> 
 
 
 def test_diff_guard_needs_a_diff_on_record(topology: Topology) -> None:
-    Switcher(topology.dbs, sleep=no_sleep).run(CR)
+    Switcher(topology.dbs).run(CR)
     assert refusal(topology.dbs, AR) == ("no diff-report on record; run `shadowdb diff-report`",)
 
 
@@ -414,7 +414,7 @@ def test_diff_guard_refuses_differences_until_repaired(topology: Topology) -> No
     assert commands.diff_report(dbs, repair=True, sleep=no_sleep).repaired == 1
     assert backfill(dbs, sleep=no_sleep).errors == ()
     assert commands.diff_report(dbs, sleep=no_sleep).clean
-    Switcher(dbs, sleep=no_sleep).run(AR)
+    Switcher(dbs).run(AR)
     assert commands.show_phase(dbs).phase == AR.value
 
 
@@ -447,7 +447,7 @@ def test_diff_guard_refuses_an_old_diff(topology: Topology) -> None:
     with topology.dbs.api.begin() as conn:
         conn.execute(t.update().values(started_at=utcnow() - dt.timedelta(minutes=5, seconds=1)))
     # The default diff_max_age (an hour) admits it; a stricter setting does not.
-    Switcher(topology.dbs, sleep=no_sleep).plan(A)
+    Switcher(topology.dbs).plan(A)
     strict = dataclasses.replace(topology.settings, diff_max_age=300)
     with connect(topology.api_url_text, settings=strict) as dbs:
         (reason,) = refusal(dbs, A)
@@ -469,8 +469,8 @@ def test_diff_guard_refuses_a_diff_from_another_epoch(topology: Topology) -> Non
     dbs = topology.dbs
     go(dbs, CR)  # a clean diff at epoch 1
     # Back to cell-only and forward again: cell-only writers may have run in between.
-    Switcher(dbs, sleep=no_sleep).run(C)
-    Switcher(dbs, sleep=no_sleep).run(CR)
+    Switcher(dbs).run(C)
+    Switcher(dbs).run(CR)
     assert refusal(dbs, AR) == (
         "the phase changed since the last diff-report (it ran in dual-write-cell-reads at "
         "epoch 1, now epoch 3); run `shadowdb diff-report`",
@@ -500,7 +500,7 @@ def test_a_failed_write_since_the_diff_is_refused_by_its_journal(topology: Topol
     )
     # Replayed: the copies are level again, and the clean diff still stands.
     assert backfill(dbs, sleep=no_sleep).errors == ()
-    Switcher(dbs, sleep=no_sleep).run(AR)
+    Switcher(dbs).run(AR)
     assert commands.diff_report(dbs, sleep=no_sleep).clean
 
 
@@ -537,7 +537,7 @@ def test_force_overrides_failed_guards_and_records_them(topology: Topology) -> N
 def test_force_with_passing_guards_records_forced_and_nothing_overridden(
     topology: Topology,
 ) -> None:
-    commands.set_phase(topology.dbs, CR.value, force=True, sleep=no_sleep)
+    commands.set_phase(topology.dbs, CR.value, force=True)
     last = commands.phase_history(topology.dbs)[-1]
     assert last.forced and last.overridden == () and last.reason is None
     with reader(topology.dbs.api) as conn:
@@ -555,7 +555,6 @@ def test_force_with_passing_guards_records_forced_and_nothing_overridden(
 
 
 def test_dry_run_lists_the_steps_in_order_and_changes_nothing(topology: Topology) -> None:
-    slept: list[float] = []
     fired: list[dict[str, Any]] = []
     before = snapshot(topology.dbs)
 
@@ -563,12 +562,10 @@ def test_dry_run_lists_the_steps_in_order_and_changes_nothing(topology: Topology
         fired.append(kwargs)
 
     with signals.phase_changed.connected_to(receiver):
-        change = commands.set_phase(
-            topology.dbs, CR.value, reason="try", dry_run=True, sleep=slept.append
-        )
-        lines = Switcher(topology.dbs, sleep=slept.append).dry_run(CR, reason="try")
+        change = commands.set_phase(topology.dbs, CR.value, reason="try", dry_run=True)
+        lines = Switcher(topology.dbs).dry_run(CR, reason="try")
     assert snapshot(topology.dbs) == before
-    assert slept == [] and fired == []
+    assert fired == []
     assert change.dry_run and change.changed_at is None and change.epoch == 1
     assert list(change.steps) == lines
     assert [line.split(":", 1)[0] for line in lines] == [
@@ -576,11 +573,11 @@ def test_dry_run_lists_the_steps_in_order_and_changes_nothing(topology: Topology
     ]
     assert lines == [
         "preconditions: cell-only -> dual-write-cell-reads allowed at epoch 0; guards passed: none",
-        "record: in one API transaction lock shadowdb_state, require epoch 0, set phase "
-        "dual-write-cell-reads at epoch 1, append history (actor tests, reason try, forced no)",
-        "announce: invalidate the cached phase, send phase-changed, log phase_changed",
-        "drain-wait: wait 0.1s (phase TTL 0.05s + write grace 0.05s) until no process writes "
-        "as cell-only",
+        "record: lock shadowdb_state in 2 cell(s), then in the API database; require epoch 0 "
+        "everywhere and the exact journal guards; set phase dual-write-cell-reads at epoch 1 "
+        "in every database, append history (actor tests, reason try, forced no); commit the "
+        "API database first, then the cells",
+        "announce: log phase_changed, send phase-changed, drop this process's cached phase",
     ]
 
 
@@ -590,7 +587,7 @@ def test_dry_run_refuses_what_a_run_refuses_and_shows_what_force_overrides(
     go(topology.dbs, CR)
     add_cell_group(topology.cell_engine("cell1"), new_uuid())
     before = snapshot(topology.dbs)
-    sw = Switcher(topology.dbs, sleep=no_sleep)
+    sw = Switcher(topology.dbs)
     with pytest.raises(GuardRefused):
         sw.dry_run(AR)
     lines = sw.dry_run(AR, force=True)
@@ -610,8 +607,8 @@ def test_dry_run_refuses_what_a_run_refuses_and_shows_what_force_overrides(
 def test_epoch_cas_refuses_the_loser_of_a_race(topology: Topology) -> None:
     go(topology.dbs, CR)
     with connect(topology.api_url_text, settings=topology.settings) as other:
-        first = Switcher(topology.dbs, sleep=no_sleep)
-        second = Switcher(other, sleep=no_sleep)
+        first = Switcher(topology.dbs)
+        second = Switcher(other)
         # Both evaluate their guards at epoch 1 (in dual-write-cell-reads)...
         plan = first.plan(AR, reason="first")
         # ...the second records first, going back to cell-only...
@@ -634,45 +631,44 @@ def test_epoch_cas_refuses_the_loser_of_a_race(topology: Topology) -> None:
 
 def test_epoch_cas_refuses_the_same_move_made_twice(topology: Topology) -> None:
     with connect(topology.api_url_text, settings=topology.settings) as other:
-        plan_a = Switcher(topology.dbs, sleep=no_sleep).plan(CR, reason="a")
-        plan_b = Switcher(other, sleep=no_sleep).plan(CR, reason="b")
-        Switcher(other, sleep=no_sleep).execute(plan_b)
+        plan_a = Switcher(topology.dbs).plan(CR, reason="a")
+        plan_b = Switcher(other).plan(CR, reason="b")
+        Switcher(other).execute(plan_b)
         with pytest.raises(GuardRefused, match="found dual-write-cell-reads at epoch 1"):
-            Switcher(topology.dbs, sleep=no_sleep).execute(plan_a)
+            Switcher(topology.dbs).execute(plan_a)
     assert [h.reason for h in commands.phase_history(topology.dbs)] == [
         "initial state (db sync)",
         "b",
     ]
 
 
-def test_drain_wait_runs_last_with_the_settings_wait(topology: Topology) -> None:
-    seen: list[tuple[float, str, int]] = []
-    fired: list[int] = []
-
-    def sleep(seconds: float) -> None:
-        # By the time the wait starts, the change is recorded and announced.
-        with reader(topology.dbs.api) as conn:
-            state = read_state(conn)
-        seen.append((seconds, state.phase.value, len(fired)))
+def test_the_change_is_in_every_database_when_the_signal_fires(topology: Topology) -> None:
+    seen: list[tuple[str, list[int]]] = []
 
     def receiver(_sender: object, **kwargs: Any) -> None:
-        fired.append(kwargs["epoch"])
+        with reader(topology.dbs.api) as conn:
+            api = read_state(conn)
+        cells = []
+        for cell in topology.dbs.cells:
+            with reader(cell.engine) as conn:
+                found = read_cell_state(conn)
+                assert found is not None
+                cells.append(found.epoch)
+        seen.append((api.phase.value, cells))
 
     with signals.phase_changed.connected_to(receiver, sender=topology.dbs):
-        Switcher(topology.dbs, sleep=sleep).run(CR)
-    assert topology.settings.drain_wait == pytest.approx(0.1)
-    assert seen == [(topology.settings.drain_wait, CR.value, 1)]
+        Switcher(topology.dbs).run(CR)
+    assert seen == [(CR.value, [1, 1])]
 
 
-def test_no_drain_wait_and_no_signal_on_refusal(topology: Topology) -> None:
-    slept: list[float] = []
+def test_no_signal_on_refusal(topology: Topology) -> None:
     fired: list[object] = []
     with (
         signals.phase_changed.connected_to(lambda s, **kw: fired.append(kw)),
         pytest.raises(GuardRefused),
     ):
-        Switcher(topology.dbs, sleep=slept.append).run(A)
-    assert slept == [] and fired == []
+        Switcher(topology.dbs).run(A)
+    assert fired == []
 
 
 def test_phase_changed_signal_carries_the_documented_kwargs(
@@ -686,7 +682,7 @@ def test_phase_changed_signal_carries_the_documented_kwargs(
         calls.append((sender, kwargs))
 
     with signals.phase_changed.connected_to(receiver, sender=topology.dbs):
-        Switcher(topology.dbs, sleep=no_sleep).run(AR, force=True, reason="why not")
+        Switcher(topology.dbs).run(AR, force=True, reason="why not")
     assert calls == [
         (
             topology.dbs,
@@ -711,7 +707,7 @@ def test_phase_changed_signal_carries_the_documented_kwargs(
 
 def test_refusal_is_logged_quietly(topology: Topology, logs: list[dict[str, Any]]) -> None:
     with pytest.raises(GuardRefused):
-        Switcher(topology.dbs, sleep=no_sleep).run(A)
+        Switcher(topology.dbs).run(A)
     (event,) = [e for e in logs if e["event"] == "phase_change_refused"]
     assert event["log_level"] == "info"
     assert event["phase"] == "cell-only" and event["target"] == "api-only"
@@ -721,19 +717,14 @@ def test_announce_drops_the_local_phase_cache(topology: Topology) -> None:
     slow = dataclasses.replace(topology.settings, phase_ttl=60.0)
     with connect(topology.api_url_text, settings=slow) as dbs:
         assert dbs.phases.get().phase is C  # cached for a minute
-        Switcher(dbs, sleep=no_sleep).run(CR)
+        Switcher(dbs).run(CR)
         assert dbs.phases.get().phase is CR
 
 
-def test_a_failing_receiver_neither_undoes_the_change_nor_skips_the_drain(
-    topology: Topology,
-) -> None:
-    slept: list[float] = []
-
+def test_a_failing_receiver_does_not_undo_the_change(topology: Topology) -> None:
     def broken(_sender: object, **_kwargs: Any) -> None:
         raise RuntimeError("receiver bug")
 
     with signals.phase_changed.connected_to(broken, sender=topology.dbs):
-        Switcher(topology.dbs, sleep=slept.append).run(CR)
+        Switcher(topology.dbs).run(CR)
     assert commands.show_phase(topology.dbs).phase == CR.value
-    assert slept == [topology.settings.drain_wait]

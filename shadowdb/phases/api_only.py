@@ -1,13 +1,34 @@
-"""Serve ``api-only``: the move is done. No cell database is queried for groups."""
+"""Serve ``api-only``: the move is done. No cell database is queried for groups.
+
+Write order: the API transaction, fenced by the API database's phase row
+(:func:`~shadowdb.phases.base.api_transaction`). A deletion leaves a tombstone in the
+same transaction (:meth:`shadowdb.queries.GroupTables.delete`), so that after a rollback
+to ``dual-write-api-reads`` the group's cell copy is known to be deleted, not unmigrated.
+
+Until ``cleanup`` retires the cell copies (the phase row's ``cells_retired``, read under
+the fence's lock), every write also leaves one API journal entry for its group (one per
+group, not per write): the cells' lag is then always explained by the journal, so a
+rollback to ``dual-write-api-reads`` passes its guards under live writes and its
+catch-up is a replay of those entries, not a race against the writers.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from shadowdb.databases import Databases
+from shadowdb.fence import pin_api
 from shadowdb.phase import Phase, PhaseState
-from shadowdb.phases.base import Lookup, Mutation, Written, api_write, find_in_api, list_api
-from shadowdb.queries import GroupRecord, Scope
+from shadowdb.phases.base import (
+    Lookup,
+    Mutation,
+    Written,
+    check_scope,
+    find_in_api,
+    list_api,
+)
+from shadowdb.queries import API, GroupRecord, Scope
+from shadowdb.sync import commit, transaction
 
 
 class ApiOnly:
@@ -37,4 +58,12 @@ class ApiOnly:
         create: bool = False,
     ) -> Written:
         """Write the API copy."""
-        return api_write(dbs, state, group_uuid, mutation, scope=scope, create=create)
+        with transaction(dbs.api, dbs.api_label) as conn:
+            pinned = pin_api(conn, state)
+            current = API.get(conn, group_uuid, lock=True)
+            value = mutation(API, conn, check_scope(current, scope))
+            after = API.get(conn, group_uuid)
+            if not pinned.cells_retired and not API.journal_for(conn, group_uuid):
+                API.journal_add(conn, group_uuid, state.epoch, "api-only: cell copy not written")
+            commit(conn, dbs.api_label)
+        return Written(value, after)

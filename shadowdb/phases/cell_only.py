@@ -1,4 +1,10 @@
-"""Serve ``cell-only``: Nova before the move. Cells are the only database touched."""
+"""Serve ``cell-only``: Nova before the move. Cells are the only database touched.
+
+Write order: the cell transaction, fenced by the cell's own phase row
+(:func:`~shadowdb.phases.base.cell_transaction`). A process whose cached phase is still
+``cell-only`` after the deployment moved on is stopped there: the cell's row holds the
+new epoch, and the write is re-planned under the phase the cell names.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,18 @@ from typing import Any
 
 from shadowdb.databases import Databases
 from shadowdb.phase import Phase, PhaseState
-from shadowdb.phases.base import Lookup, Mutation, Written, cell_write, find_in_cells, list_cells
-from shadowdb.queries import GroupRecord, Scope
+from shadowdb.phases.base import (
+    Lookup,
+    Mutation,
+    Written,
+    cell_transaction,
+    check_scope,
+    find_in_cells,
+    list_cells,
+    target_cell,
+)
+from shadowdb.queries import CELL, GroupRecord, Scope
+from shadowdb.sync import commit
 
 
 class CellOnly:
@@ -37,4 +53,9 @@ class CellOnly:
         create: bool = False,
     ) -> Written:
         """Write the cell copy (new groups go to the default cell)."""
-        return cell_write(dbs, state, group_uuid, mutation, scope=scope, create=create)
+        cell = target_cell(dbs, state, group_uuid, create)
+        with cell_transaction(dbs, cell, state, group_uuid) as (conn, current):
+            value = mutation(CELL, conn, check_scope(current, scope))
+            after = CELL.get(conn, group_uuid)
+            commit(conn, cell.label)
+        return Written(value, after)

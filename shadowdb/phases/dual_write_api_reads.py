@@ -1,36 +1,61 @@
 """Serve ``dual-write-api-reads``: the API copy is the authority, the cell copy follows.
 
-Writes go to the API database (with a journal entry in the same transaction), then to the
-cell under the same per-group lock; the entry is removed once the cell copy commits, and
-stays for :func:`shadowdb.sync.drain_journals` if it does not.
+Write order, for group G:
+
+1. The cell transaction (:func:`~shadowdb.phases.base.cell_transaction`): the cell's
+   phase row (shared), G's identity lock, G's cell row. Nothing is written yet.
+2. The API transaction: the API phase row (shared), G's API row. Then, in order:
+   a group journaled on *both* sides is refused (``JournalConflict``: each side holds a
+   change the other lacks, never resolved silently); a cell journal entry (a write of
+   ``dual-write-cell-reads`` that never reached the API copy) is brought over first; a
+   group the API database lacks is adopted from its cell copy *unless it is tombstoned*
+   (deleted in the API database: the cell copy is a leftover, retired here, and the
+   caller gets ``GroupNotFound``). The mutation is applied to the API copy, with an API
+   journal entry (an outbox) in the same transaction, and the API commits: the write
+   is acknowledged from here on.
+3. The cell copy is made equal to the API copy and the cell commits; then exactly this
+   write's journal entry is deleted (never a range: another writer's entry stays).
+
+If the cell is out of reach in step 1, the write goes to the API database alone, with
+its journal entry, for the replay to finish under the locks later.
 
 Reads go to the API database and fall back to the cells on a miss: the fallback lives in
 :meth:`DualWriteApiReads.find`, here and nowhere else, and always fires the
-``fallback-read`` signal. Lists merge both, one copy per uuid, the API copy winning.
+``fallback-read`` signal. A tombstoned uuid is never served from a cell. Lists merge
+both, one copy per uuid, the API copy winning, tombstoned cell copies left out.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import structlog
+from sqlalchemy.engine import Connection
 
 from shadowdb import signals
-from shadowdb.databases import Databases, reader
+from shadowdb.databases import Cell, Databases, reader
+from shadowdb.errors import DatabaseUnreachable, GroupNotFound
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
     Mutation,
     Written,
-    dual_write,
+    api_transaction,
+    cell_transaction,
+    check_scope,
     find_in_api,
     find_in_api_with_phase,
     find_in_cells,
+    journal_conflict,
     list_api,
     list_cells,
     merge,
+    shadow_failed,
+    target_cell,
 )
-from shadowdb.queries import API, GroupRecord, Scope
+from shadowdb.queries import API, CELL, GroupRecord, Scope
+from shadowdb.sync import DB_FAILURES, commit, copy_group, one_line, transaction
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +79,12 @@ class DualWriteApiReads:
         if found is not None:
             with reader(dbs.api, dbs.api_label) as conn:
                 shadowed = bool(API.present(conn, [found[0].uuid]))
-            if shadowed:
+                buried = not shadowed and bool(API.tombstoned(conn, [found[0].uuid]))
+            if buried:
+                # Deleted in the API database (the authority): the cell copy is a
+                # leftover awaiting its replay, not a group that has yet to migrate.
+                found = None
+            elif shadowed:
                 # The group has an API copy, the authority: it did not match (renamed,
                 # member removed, other project) or has just arrived. Serve it if it
                 # matches now; never the cell copy, which is stale.
@@ -71,7 +101,15 @@ class DualWriteApiReads:
 
     def list(self, dbs: Databases, scope: Scope) -> list[GroupRecord]:
         """List API and cell groups, one copy per uuid, the API copy winning."""
-        return merge(list_api(dbs, scope), list_cells(dbs, scope), dbs)
+        in_api = list_api(dbs, scope)
+        in_cells = list_cells(dbs, scope)
+        have = {r.uuid for r in in_api}
+        only_cell = [r.uuid for r in in_cells if r.uuid not in have]
+        if only_cell:
+            with reader(dbs.api, dbs.api_label) as conn:
+                buried = API.tombstoned(conn, only_cell)
+            in_cells = [r for r in in_cells if r.uuid not in buried]
+        return merge(in_api, in_cells, dbs)
 
     def write(
         self,
@@ -84,6 +122,111 @@ class DualWriteApiReads:
         create: bool = False,
     ) -> Written:
         """Write the API copy (with its journal entry), then level the cell copy."""
-        return dual_write(
-            dbs, state, group_uuid, mutation, scope=scope, create=create, authority="api"
-        )
+        try:
+            cell = target_cell(dbs, state, group_uuid, create)
+        except DatabaseUnreachable:
+            return _without_cell(dbs, state, group_uuid, mutation, scope=scope, create=create)
+        with contextlib.ExitStack() as stack:
+            try:
+                cconn, crec = stack.enter_context(cell_transaction(dbs, cell, state, group_uuid))
+                pending_cell = CELL.journal_for(cconn, group_uuid)
+            except DB_FAILURES as err:
+                # The cell is out of reach: no lock to take; the API journal covers it.
+                with contextlib.suppress(*DB_FAILURES):
+                    stack.close()
+                return _without_cell(
+                    dbs, state, group_uuid, mutation, scope=scope, create=create, cause=err
+                )
+            return _api_first(
+                dbs, state, cell, cconn, crec, pending_cell, group_uuid, mutation, scope
+            )
+
+
+def _api_first(
+    dbs: Databases,
+    state: PhaseState,
+    cell: Cell,
+    cconn: Connection,
+    crec: GroupRecord | None,
+    pending_cell: list[int],
+    group_uuid: str,
+    mutation: Mutation[Any],
+    scope: Scope | None,
+) -> Written:
+    with api_transaction(dbs, state, group_uuid) as (aconn, arec):
+        pending_api = API.journal_for(aconn, group_uuid)
+        if pending_cell and pending_api:
+            raise journal_conflict(dbs, group_uuid)
+        if pending_cell:
+            # A write journaled under dual-write-cell-reads never reached the API copy:
+            # bring it over before the API copy becomes the base of this write.
+            copy_group(aconn, API, crec, arec)
+            arec = API.get(aconn, group_uuid, lock=True)
+        elif arec is None and crec is not None:
+            if API.tombstoned(aconn, [group_uuid]):
+                # Deleted in the API database: the cell copy is a leftover. Retire it
+                # (the authority says so) and answer as for any missing group.
+                aconn.rollback()
+                CELL.delete(cconn, crec)
+                CELL.journal_clear(cconn, group_uuid, pending_cell)
+                commit(cconn, cell.label)
+                raise GroupNotFound(group_uuid)
+            # Not migrated yet: the cell copy is the group; adopt it under the lock.
+            copy_group(aconn, API, crec, None)
+            arec = API.get(aconn, group_uuid, lock=True)
+        value = mutation(API, aconn, check_scope(arec, scope))
+        after = API.get(aconn, group_uuid)
+        entry = API.journal_add(aconn, group_uuid, state.epoch)
+        commit(aconn, dbs.api_label)
+    # Acknowledged from here on: the API copy is the authority.
+    try:
+        copy_group(cconn, CELL, after, CELL.get(cconn, group_uuid))
+        CELL.journal_clear(cconn, group_uuid, pending_cell)
+        commit(cconn, cell.label)
+    except DB_FAILURES as err:
+        _note_pending(dbs, group_uuid, entry, err)
+        shadow_failed(dbs, state, group_uuid, cell.label, err, "api")
+        return Written(value, after)
+    try:
+        with transaction(dbs.api, dbs.api_label) as aconn:
+            API.journal_clear(aconn, group_uuid, [entry])
+            commit(aconn, dbs.api_label)
+    except DB_FAILURES:
+        # Harmless: the entry replays to the same state.
+        log.info("journal_clear_deferred", group_uuid=group_uuid)
+    return Written(value, after)
+
+
+def _note_pending(dbs: Databases, group_uuid: str, entry: int, err: BaseException) -> None:
+    try:
+        with transaction(dbs.api, dbs.api_label) as aconn:
+            API.journal_note(aconn, entry, one_line(err))
+            commit(aconn, dbs.api_label)
+    except DB_FAILURES:
+        log.info("journal_note_failed", group_uuid=group_uuid)
+
+
+def _without_cell(
+    dbs: Databases,
+    state: PhaseState,
+    group_uuid: str,
+    mutation: Mutation[Any],
+    *,
+    scope: Scope | None,
+    create: bool,
+    cause: BaseException | None = None,
+) -> Written:
+    """The group's cell is out of reach: write the API copy with its journal entry."""
+    with api_transaction(dbs, state, group_uuid) as (aconn, arec):
+        if arec is None and not create:
+            # Without the cell we cannot tell a cell-only group from a missing one.
+            raise DatabaseUnreachable(
+                "the group's cell", f"group {group_uuid} is not in the API database"
+            )
+        value = mutation(API, aconn, check_scope(arec, scope))
+        after = API.get(aconn, group_uuid)
+        API.journal_add(aconn, group_uuid, state.epoch, "cell unreachable")
+        commit(aconn, dbs.api_label)
+    err = cause or DatabaseUnreachable("cell", "unreachable")
+    shadow_failed(dbs, state, group_uuid, "cell", err, "api")
+    return Written(value, after)

@@ -1,0 +1,180 @@
+"""The fence: every database a write touches says which phase it is in.
+
+The phase and its epoch live in a ``shadowdb_state`` row in the API database *and in
+every cell database*. A write transaction reads the row of each database it writes,
+under a shared lock, as its first statement (:func:`pin_cell`, :func:`pin_api`), and
+goes on only if the epoch there is the one it planned under. ``phase set`` changes
+every row under exclusive locks (:func:`record`), so it waits for the writers in flight,
+and every writer after it sees the new epoch in the very database it writes. No write
+depends on another process's clock or cache: a ``cell-only`` writer, a process cut off
+from the API database and a process with a long phase TTL are all stopped by the row
+of the database they write.
+
+The commit point
+    :func:`record` locks the cell rows (in cell order) and then the API row, and commits
+    the API database first. A change is made when the API commit is; the cells follow.
+    A cell whose commit did not happen (it went away, the process died) *lags*: its row
+    holds an older epoch, never a newer one. Lagging is not unsafe: the cell is simply
+    still in the previous phase, whose writers also read the API row when they write it
+    (all but ``cell-only``'s), and everything that needs the whole deployment in one phase
+    (a backfill, a gating diff-report, the next ``phase set``) first requires every cell
+    *settled* at the API's epoch. :func:`settle` finishes a half-done change; it runs at
+    ``phase set``, ``status`` and ``db sync``, and a writer that finds its cell behind
+    the API settles that cell itself (:class:`CellBehind`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Connection
+
+from shadowdb.databases import Cell, Databases, reader, writer
+from shadowdb.errors import DatabaseUnreachable, ShadowDBError
+from shadowdb.models import cell_state
+from shadowdb.phase import PhaseState, read_cell_state, read_state
+
+__all__ = [
+    "CellBehind",
+    "EpochChanged",
+    "lagging",
+    "pin_api",
+    "pin_cell",
+    "settle",
+    "settle_cell",
+    "write_cell_state",
+]
+
+log = structlog.get_logger(__name__)
+
+
+class EpochChanged(Exception):
+    """The phase changed under a writer before anything committed: retry under the new one."""
+
+    def __init__(self, planned: PhaseState, found: PhaseState) -> None:
+        self.planned = planned
+        # A cell's row does not carry the default cell: keep the plan's.
+        self.found = (
+            found
+            if found.default_cell_uuid is not None
+            else dataclasses.replace(found, default_cell_uuid=planned.default_cell_uuid)
+        )
+        super().__init__(
+            f"phase moved from {planned.phase.value} (epoch {planned.epoch}) to "
+            f"{found.phase.value} (epoch {found.epoch})"
+        )
+
+
+class CellBehind(Exception):
+    """A cell has not taken the epoch the API database holds: settle it, then retry."""
+
+    def __init__(self, cell: Cell, planned: PhaseState, found: PhaseState | None) -> None:
+        self.cell = cell
+        self.planned = planned
+        self.found = found
+        at = "no phase row" if found is None else f"epoch {found.epoch}"
+        super().__init__(f"{cell.label} is at {at}, the plan at epoch {planned.epoch}")
+
+
+def pin_cell(conn: Connection, cell: Cell, planned: PhaseState) -> PhaseState:
+    """Pin the cell's phase for this transaction; refuse a plan made under another epoch.
+
+    Must be the transaction's first statement: the shared lock holds until it ends, so
+    ``phase set`` cannot change this cell's phase under the write.
+
+    Raises:
+        EpochChanged: the cell is at a newer epoch (its phase is the one to plan on).
+        CellBehind: the cell lags the plan (a change whose API commit happened).
+    """
+    found = read_cell_state(conn, share=True)
+    if found is None or found.epoch < planned.epoch:
+        raise CellBehind(cell, planned, found)
+    if found.epoch > planned.epoch:
+        raise EpochChanged(planned, found)
+    return found
+
+
+def pin_api(conn: Connection, planned: PhaseState) -> PhaseState:
+    """Pin the API database's phase for this transaction, as :func:`pin_cell` does.
+
+    Raises:
+        EpochChanged: the API database is at another epoch.
+    """
+    found = read_state(conn, share=True)
+    if found.epoch != planned.epoch:
+        raise EpochChanged(planned, found)
+    return found
+
+
+def write_cell_state(conn: Connection, state: PhaseState, *, exists: bool) -> None:
+    """Set the cell's row to ``state`` (inserting it if ``exists`` is false)."""
+    values = {"phase": state.phase.value, "epoch": state.epoch, "changed_at": state.changed_at}
+    if exists:
+        conn.execute(cell_state.update().where(cell_state.c.id == 1).values(**values))
+    else:
+        conn.execute(cell_state.insert().values(id=1, **values))
+
+
+def settle_cell(cell: Cell, state: PhaseState) -> bool:
+    """Bring ``cell``'s row up to ``state`` (read from the API database) if it lags.
+
+    Never moves a row backwards. Returns whether it changed anything.
+
+    Raises:
+        DatabaseUnreachable: the cell cannot be reached.
+    """
+    try:
+        with writer(cell.engine, cell.label) as conn:
+            found = read_cell_state(conn, for_update=True)
+            if found is not None and found.epoch >= state.epoch:
+                return False
+            write_cell_state(conn, state, exists=found is not None)
+    except sa.exc.IntegrityError:
+        return False  # another process inserted the row first: it settled the cell
+    log.info(
+        "cell_settled",
+        cell=cell.name,
+        phase=state.phase.value,
+        epoch=state.epoch,
+        was=None if found is None else found.epoch,
+    )
+    return True
+
+
+def settle(dbs: Databases, cells: Sequence[Cell] | None = None) -> tuple[PhaseState, list[str]]:
+    """Finish a half-done phase change: bring every lagging cell to the API's epoch.
+
+    Returns:
+        The API database's state and one line per cell that could not be settled.
+    """
+    with reader(dbs.api, dbs.api_label) as conn:
+        state = read_state(conn)
+    problems: list[str] = []
+    for cell in dbs.cells if cells is None else cells:
+        try:
+            settle_cell(cell, state)
+        except (ShadowDBError, sa.exc.DBAPIError) as err:
+            problems.append(f"{cell.label}: {err}")
+    return state, problems
+
+
+def lagging(dbs: Databases, state: PhaseState) -> list[str]:
+    """Return one line per cell not at ``state``'s epoch (unreachable ones included)."""
+    problems: list[str] = []
+    for cell in dbs.cells:
+        try:
+            with reader(cell.engine, cell.label) as conn:
+                found = read_cell_state(conn)
+        except DatabaseUnreachable as err:
+            problems.append(f"{cell.label}: unreachable ({err})")
+            continue
+        if found is None or found.epoch != state.epoch:
+            at = "no phase row" if found is None else f"epoch {found.epoch}"
+            problems.append(
+                f"{cell.label} is at {at}, the API database at epoch {state.epoch} "
+                "(run `shadowdb status` to settle it)"
+            )
+    return problems
