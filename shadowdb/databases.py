@@ -97,7 +97,15 @@ def create_engine(url: URL, settings: Settings, *, create_dirs: bool = False) ->
         _make_sqlite_transactional(engine)
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": int(max(1, settings.connect_timeout))}
-    kwargs: dict[str, Any] = {"pool_recycle": 3600, "pool_size": 10, "max_overflow": 20}
+    # Pre-ping: a pooled connection the server killed while idle (or that a network cut
+    # left dead) is found before use and replaced, never reported as an outage. Writes
+    # and administration only: the hot-path read engine keeps checkouts free.
+    kwargs: dict[str, Any] = {
+        "pool_recycle": 3600,
+        "pool_size": 10,
+        "max_overflow": 20,
+        "pool_pre_ping": True,
+    }
     if backend == "mysql":
         connect_args.update(_MYSQL_CONNECT_ARGS)
         kwargs["isolation_level"] = "READ COMMITTED"

@@ -27,7 +27,7 @@ from shadowdb import signals
 from shadowdb.databases import Cell, Databases, database_errors, reader
 from shadowdb.errors import DatabaseUnreachable, OperationalError, ShadowDBError
 from shadowdb.fence import CellBehind, EpochChanged, pin_api, pin_cell
-from shadowdb.phase import PhaseState
+from shadowdb.phase import PhaseState, read_state
 from shadowdb.queries import API, CELL, GroupRecord, GroupTables
 
 __all__ = [
@@ -168,7 +168,8 @@ def _replay(dbs: Databases, group_uuid: str, source: Cell | None, entry_ids: lis
     phase the API database holds now; clears exactly ``entry_ids``. Returns ``"done"``
     or ``"conflict"`` (both sides journaled: never resolved silently).
     """
-    state = dbs.phases.fresh()
+    with reader(dbs.api, dbs.api_label) as conn:
+        state = read_state(conn)  # not the cache: the replay is fenced at this epoch
     where = locate(dbs, group_uuid)
     cell = source or where.cell
     if cell is None:

@@ -93,7 +93,7 @@ def test_cleanup_refuses_a_diff_older_than_the_gating_one(topology: Topology) ->
     put_in_phase(topology.dbs, Phase.API_ONLY)
     run = _cli(topology)("cleanup", "--yes")
     assert run.code == ExitCode.REFUSED
-    assert "no clean diff-report" in run.only_error()
+    assert "before the move into api-only" in run.only_error()
 
 
 def test_cleanup_needs_yes(topology: Topology) -> None:

@@ -61,7 +61,7 @@ def _flip(topology: Topology, stop: threading.Event, flips: list[Phase]) -> None
     """Alternate the two dual-write phases through the real switcher, as an operator would.
 
     Guards are forced (the writers keep journals and copies moving); the record step, the
-    announcement and the drain wait run as in ``shadowdb phase set``.
+    announcement run as in ``shadowdb phase set``.
     """
     switcher = Switcher(topology.dbs)
     phases = [Phase.DUAL_WRITE_API_READS, Phase.DUAL_WRITE_CELL_READS]
@@ -73,11 +73,18 @@ def _flip(topology: Topology, stop: threading.Event, flips: list[Phase]) -> None
         i += 1
 
 
-def _writer(topology: Topology, ledger: Ledger, seed: int) -> None:
+#: Flips the writers must live through: they keep writing past OPS_PER_THREAD until then.
+MIN_FLIPS = 4
+
+
+def _writer(topology: Topology, ledger: Ledger, seed: int, flips: list[Phase]) -> None:
     rng = random.Random(seed)
     ctx = RequestContext(topology.dbs, "p1", "u1")
     mine: list[tuple[str, str]] = []  # (group, member) this thread added
-    for _ in range(OPS_PER_THREAD):
+    done = 0
+    deadline = time.monotonic() + 120
+    while done < OPS_PER_THREAD or (len(flips) < MIN_FLIPS and time.monotonic() < deadline):
+        done += 1
         with ledger.lock:
             pool = list(ledger.groups)
         roll = rng.random()
@@ -149,7 +156,8 @@ def test_writers_of_both_phases_during_flips_lose_nothing(topology: Topology) ->
     flips: list[Phase] = []
     flipper = threading.Thread(target=_flip, args=(topology, stop, flips))
     writers = [
-        threading.Thread(target=_writer, args=(topology, ledger, seed)) for seed in range(THREADS)
+        threading.Thread(target=_writer, args=(topology, ledger, seed, flips))
+        for seed in range(THREADS)
     ]
     flipper.start()
     for t in writers:
@@ -160,8 +168,8 @@ def test_writers_of_both_phases_during_flips_lose_nothing(topology: Topology) ->
     flipper.join(timeout=60)
 
     assert ledger.errors == []
-    assert len(flips) >= 4, "the phase must flip several times under the writers"
-    assert sum(ledger.ops.values()) == THREADS * OPS_PER_THREAD
+    assert len(flips) >= MIN_FLIPS, "the phase must flip several times under the writers"
+    assert sum(ledger.ops.values()) >= THREADS * OPS_PER_THREAD
     assert ledger.ops["create"] and ledger.ops["add"] and ledger.ops["save"]
 
     drained = drain_journals(topology.dbs)

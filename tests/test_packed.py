@@ -28,4 +28,3 @@ def test_whole_lists_unpack_in_order() -> None:
 def test_a_list_cut_short_or_malformed_is_an_error(value: str | None, count: int) -> None:
     with pytest.raises(OperationalError, match=r"list of \d+ members came back cut short"):
         unpack(value, count, "members", "db")
-

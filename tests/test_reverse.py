@@ -64,7 +64,7 @@ def test_switch_back_from_api_only_catches_up_late_writes(topology: Topology) ->
     group.save()
     assert _cell_state(topology, group.uuid)[0] == "before"  # type: ignore[index]
 
-    switcher = Switcher(dbs, sleep=lambda _s: None)
+    switcher = Switcher(dbs)
     plan = switcher.plan(Phase.DUAL_WRITE_API_READS, force=True, reason="rollback")
     assert [step.kind for step in plan][-1] is StepKind.CATCH_UP
     switcher.execute(plan)

@@ -20,7 +20,7 @@ import structlog.testing
 from shadowdb import commands, diff, models, signals, switcher
 from shadowdb.backfill import backfill
 from shadowdb.databases import Databases, connect, reader
-from shadowdb.errors import GuardRefused, ScanIncomplete, UnknownPhase
+from shadowdb.errors import DatabaseUnreachable, GuardRefused, ScanIncomplete, UnknownPhase
 from shadowdb.phase import Phase, read_cell_state, read_state, utcnow
 from shadowdb.switcher import GUARDS, TRANSITIONS, StepKind, Switcher
 from tests.conftest import Topology
@@ -71,12 +71,29 @@ def add_api_group(topology: Topology, group_uuid: str) -> None:
         )
 
 
-def add_journal(engine: sa.Engine, table: sa.Table, count: int) -> None:
-    with engine.begin() as conn:
-        for _ in range(count):
+def add_journal(topology: Topology, engine: sa.Engine, table: sa.Table, count: int) -> None:
+    """Journal ``count`` groups whose copies differ (an entry for level copies is moot).
+
+    An API entry's group has an API copy and no cell copy; a cell entry's group has a
+    cell copy (in ``engine``) and an API copy of another name.
+    """
+    for _ in range(count):
+        group = new_uuid()
+        with topology.dbs.api.begin() as conn:
             conn.execute(
-                table.insert().values(group_uuid=new_uuid(), created_at=sa.func.now(), epoch=1)
+                models.api_groups.insert().values(
+                    uuid=group, name="api-side", project_id="p", user_id="u"
+                )
             )
+        if table is models.cell_journal:
+            with engine.begin() as conn:
+                conn.execute(
+                    models.cell_groups.insert().values(
+                        uuid=group, name="cell-side", project_id="p", user_id="u", deleted=0
+                    )
+                )
+        with engine.begin() as conn:
+            conn.execute(table.insert().values(group_uuid=group, created_at=sa.func.now(), epoch=1))
 
 
 def add_unreachable_cell(topology: Topology, tmp_path: Path) -> None:
@@ -167,7 +184,7 @@ def test_every_allowed_transition_has_an_explicit_guard_entry() -> None:
         "clean-recent-diff",
     )
     assert names[(AR, CR)] == ("api-journal-empty",)
-    assert names[(A, AR)] == ("reverse-sync", "api-journal-empty", "clean-recent-diff")
+    assert names[(A, AR)] == ("cells-not-retired", "cell-journals-empty", "clean-recent-diff")
 
 
 @pytest.mark.parametrize(("frm", "to"), list(itertools.product(Phase, Phase)))
@@ -264,9 +281,9 @@ def test_guard_into_api_reads_lists_unmigrated_groups_and_cell_journals(
     add_cell_group(cell1, migrated)
     add_api_group(topology, migrated)
     add_cell_group(cell2, new_uuid())
-    add_journal(cell1, models.cell_journal, 1)
-    add_journal(cell2, models.cell_journal, 2)
-    add_journal(topology.dbs.api, models.api_journal, 1)  # not this guard's business
+    add_journal(topology, cell1, models.cell_journal, 1)
+    add_journal(topology, cell2, models.cell_journal, 2)
+    add_journal(topology, topology.dbs.api, models.api_journal, 1)  # not this guard's business
     assert refusal(topology.dbs, AR) == (
         "3 live cell groups not in the API database (cell1: 2, cell2: 1); run backfill",
         "journal of cell cell1 holds 1 entry (API copies lag); run backfill",
@@ -292,8 +309,8 @@ def test_guard_counts_unmigrated_groups_across_batches(
 
 def test_guard_into_api_only_lists_journals_and_unmigrated_groups(topology: Topology) -> None:
     go(topology.dbs, CR, AR)
-    add_journal(topology.dbs.api, models.api_journal, 1)
-    add_journal(topology.cell_engine("cell1"), models.cell_journal, 1)
+    add_journal(topology, topology.dbs.api, models.api_journal, 1)
+    add_journal(topology, topology.cell_engine("cell1"), models.cell_journal, 1)
     add_cell_group(topology.cell_engine("cell2"), new_uuid())
     assert refusal(topology.dbs, A) == (
         "API journal holds 1 entry (cell copies lag); run backfill",
@@ -304,32 +321,48 @@ def test_guard_into_api_only_lists_journals_and_unmigrated_groups(topology: Topo
 
 def test_guard_back_to_cell_reads_needs_the_api_journal_drained(topology: Topology) -> None:
     go(topology.dbs, CR, AR)
-    add_journal(topology.dbs.api, models.api_journal, 2)
-    add_journal(topology.cell_engine("cell1"), models.cell_journal, 1)  # not checked here
+    add_journal(topology, topology.dbs.api, models.api_journal, 2)
+    add_journal(topology, topology.cell_engine("cell1"), models.cell_journal, 1)  # not checked here
     assert refusal(topology.dbs, CR) == (
         "API journal holds 2 entries (cell copies lag); run backfill",
     )
 
 
-def test_guard_back_from_api_only_needs_the_reverse_sync(topology: Topology) -> None:
+def test_guard_back_from_api_only_needs_every_difference_journaled(topology: Topology) -> None:
+    """Leaving api-only: the cells may lag, but only behind journaled api-only writes."""
     go(topology.dbs, CR, AR, A)
-    synced, missing, deleted_in_cell = new_uuid(), new_uuid(), new_uuid()
-    for group in (synced, missing, deleted_in_cell):
+    synced, unjournaled = new_uuid(), new_uuid()
+    for group in (synced, unjournaled):
         add_api_group(topology, group)
     add_cell_group(topology.cell_engine("cell2"), synced)
-    add_cell_group(topology.cell_engine("cell1"), deleted_in_cell, deleted=True)
-    add_journal(topology.dbs.api, models.api_journal, 1)
-    assert refusal(topology.dbs, AR) == (
-        "2 API groups without a live copy in any cell; run the reverse sync",
-        "API journal holds 1 entry (cell copies lag); run backfill",
-    )
+    add_journal(topology, topology.dbs.api, models.api_journal, 1)  # explained: passes
+    assert commands.diff_report(topology.dbs, sleep=no_sleep).total == 2
+    (reason,) = refusal(topology.dbs, AR)
+    assert "found 2 differences (missing-in-cells: 2)" in reason
+    with topology.dbs.api.begin() as conn:
+        conn.execute(
+            models.api_journal.insert().values(
+                group_uuid=unjournaled, created_at=sa.func.now(), epoch=3
+            )
+        )
+    report = commands.diff_report(topology.dbs, sleep=no_sleep)
+    assert report.total == 2 and all(f.journal_pending for f in report.findings)
+    Switcher(topology.dbs).run(AR)
+    assert commands.show_phase(topology.dbs).phase == AR.value
+
+
+def test_guard_back_from_api_only_refuses_retired_cells(topology: Topology) -> None:
+    go(topology.dbs, CR, AR, A)
+    with topology.dbs.api.begin() as conn:
+        conn.execute(models.api_state.update().values(cells_retired=True))
+    assert refusal(topology.dbs, AR)[0].startswith("cleanup retired the cell copies")
 
 
 def test_cell_only_and_cell_reads_flip_without_guards(topology: Topology) -> None:
     # Data that would stop every guarded move does not stop these two.
     add_cell_group(topology.cell_engine("cell1"), new_uuid())
-    add_journal(topology.cell_engine("cell1"), models.cell_journal, 1)
-    add_journal(topology.dbs.api, models.api_journal, 1)
+    add_journal(topology, topology.cell_engine("cell1"), models.cell_journal, 1)
+    add_journal(topology, topology.dbs.api, models.api_journal, 1)
     go(topology.dbs, CR, C)
     assert commands.show_phase(topology.dbs).epoch == 2
 
@@ -340,34 +373,21 @@ def test_unreachable_cell_fails_every_guard_that_reads_cells(
     go(topology.dbs, CR)
     add_unreachable_cell(topology, tmp_path)
     reasons = refusal(topology.dbs, AR)
-    assert len(reasons) == 2
-    assert all(r.startswith("cell cell3 unreachable, not checked: ") for r in reasons)
+    assert len(reasons) == 3
+    assert all(r.startswith("cell cell3 unreachable, not checked: ") for r in reasons[:2])
+    assert "did not compare cell cell3" in reasons[2]
 
 
-def test_unreachable_cell_fails_the_reverse_sync(topology: Topology, tmp_path: Path) -> None:
-    go(topology.dbs, CR, AR, A)
-    on_cell1, nowhere = new_uuid(), new_uuid()
-    add_api_group(topology, on_cell1)
-    add_api_group(topology, nowhere)
-    add_cell_group(topology.cell_engine("cell1"), on_cell1)
+def test_unreachable_cell_refuses_even_an_unguarded_change(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """The fence needs every cell: a change no guard gates still cannot skip one."""
     add_unreachable_cell(topology, tmp_path)
-    reasons = refusal(topology.dbs, AR)
-    assert reasons[0] == (
-        "1 API group without a live copy in any reachable cell; run the reverse sync"
-    )
-    assert len(reasons) == 2
-    assert reasons[1].startswith("cell cell3 unreachable, not checked: ")
-
-
-def test_unreachable_cell_alone_still_refuses(topology: Topology, tmp_path: Path) -> None:
-    go(topology.dbs, CR, AR, A)
-    add_api_group(topology, new_uuid())
-    add_cell_group(topology.cell_engine("cell1"), new_uuid())
-    add_unreachable_cell(topology, tmp_path)
-    with topology.dbs.api.begin() as conn:
-        conn.execute(models.api_groups.delete())
-    (reason,) = refusal(topology.dbs, AR)
-    assert reason.startswith("cell cell3 unreachable")
+    before = snapshot(topology.dbs)
+    with pytest.raises(DatabaseUnreachable):
+        Switcher(topology.dbs).run(CR)
+    assert snapshot(topology.dbs) == before
+    assert commands.show_phase(topology.dbs).phase == C.value
 
 
 # --------------------------------------------------------------------------- the diff guard
@@ -387,7 +407,9 @@ def test_every_diff_gated_move_runs_the_journal_guards_of_its_source_phase() -> 
     assert gated == DIFF_GATED
     assert "cell-journals-empty" in names[(CR, AR)]
     assert {"cell-journals-empty", "api-journal-empty"} <= names[(AR, A)]
-    assert "api-journal-empty" in names[(A, AR)]
+    # Leaving api-only, API entries are expected (one per group api-only wrote): the
+    # catch-up replays them; the diff must find nothing they do not explain.
+    assert "cell-journals-empty" in names[(A, AR)]
 
 
 def test_diff_guard_needs_a_diff_on_record(topology: Topology) -> None:
@@ -510,15 +532,13 @@ def test_a_failed_write_since_the_diff_is_refused_by_its_journal(topology: Topol
 def test_force_overrides_failed_guards_and_records_them(topology: Topology) -> None:
     go(topology.dbs, CR)
     add_cell_group(topology.cell_engine("cell1"), new_uuid())
-    add_journal(topology.cell_engine("cell2"), models.cell_journal, 1)
+    add_journal(topology, topology.cell_engine("cell2"), models.cell_journal, 1)
     expected = (
         "1 live cell group not in the API database (cell1: 1); run backfill",
         "journal of cell cell2 holds 1 entry (API copies lag); run backfill",
     )
     assert refusal(topology.dbs, AR) == expected
-    change = commands.set_phase(
-        topology.dbs, AR.value, reason="incident 42", force=True, sleep=no_sleep
-    )
+    change = commands.set_phase(topology.dbs, AR.value, reason="incident 42", force=True)
     assert change.forced and change.overridden == expected
     assert (change.to_phase, change.epoch) == (AR.value, 2)
     last = commands.phase_history(topology.dbs)[-1]
