@@ -26,6 +26,7 @@ from shadowdb.databases import Databases, connect, create_engine
 from shadowdb.phase import initialise_state
 from shadowdb.settings import Settings
 from tests.backends import BACKENDS, Server, worker_id
+from tests.proxy import Proxy, proxied
 
 CELL_NAMES = ("cell1", "cell2")
 
@@ -229,3 +230,37 @@ def fresh(server: Server, tmp_path: Path) -> Iterator[FreshDatabases]:
 
 
 __all__ = ["FreshDatabases", "Topology", "schema"]
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+@pytest.fixture
+def api_behind_proxy(topology: Topology) -> Iterator[tuple[Databases, Proxy]]:
+    """The topology's databases, the API one reached through a proxy."""
+    with proxied(topology.api_url) as proxy:
+        url = proxy.url_for(topology.api_url).render_as_string(hide_password=False)
+        dbs = connect(url, settings=topology.settings)
+        try:
+            yield dbs, proxy
+        finally:
+            dbs.dispose()
+
+
+@pytest.fixture
+def cell_behind_proxy(topology: Topology) -> Iterator[tuple[Databases, Proxy]]:
+    """The topology's databases, cell1 reached through a proxy."""
+    with proxied(topology.cell_urls["cell1"]) as proxy:
+        dbs = connect(topology.api_url_text, settings=topology.settings)
+        cells = tuple(
+            dataclasses.replace(c, engine=create_engine(proxy.url_for(c.url), topology.settings))
+            if c.name == "cell1"
+            else c
+            for c in dbs.cells
+        )
+        dbs._cells = cells
+        try:
+            yield dbs, proxy
+        finally:
+            cells[0].engine.dispose()
+            dbs.dispose()

@@ -7,57 +7,24 @@ no server to lose.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from shadowdb import signals
-from shadowdb.databases import Databases, connect, create_engine, reader
+from shadowdb.databases import Databases, reader
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
 from shadowdb.sync import drain_journals
 from tests.conftest import Topology
 from tests.helpers import group_state, new_uuid, put_in_phase
-from tests.proxy import Proxy, proxied
+from tests.proxy import Proxy
 
 SERVERS = [
     pytest.param("mysql", marks=pytest.mark.mysql),
     pytest.param("postgresql", marks=pytest.mark.postgresql),
 ]
-
-
-@pytest.fixture
-def api_behind_proxy(topology: Topology) -> Iterator[tuple[Databases, Proxy]]:
-    """The topology's databases, the API one reached through a proxy."""
-    with proxied(topology.api_url) as proxy:
-        url = proxy.url_for(topology.api_url).render_as_string(hide_password=False)
-        dbs = connect(url, settings=topology.settings)
-        try:
-            yield dbs, proxy
-        finally:
-            dbs.dispose()
-
-
-@pytest.fixture
-def cell_behind_proxy(topology: Topology) -> Iterator[tuple[Databases, Proxy]]:
-    """The topology's databases, cell1 reached through a proxy."""
-    with proxied(topology.cell_urls["cell1"]) as proxy:
-        dbs = connect(topology.api_url_text, settings=topology.settings)
-        cells = tuple(
-            dataclasses.replace(c, engine=create_engine(proxy.url_for(c.url), topology.settings))
-            if c.name == "cell1"
-            else c
-            for c in dbs.cells
-        )
-        dbs._cells = cells
-        try:
-            yield dbs, proxy
-        finally:
-            cells[0].engine.dispose()
-            dbs.dispose()
 
 
 def _failures(dbs: Databases) -> tuple[list[dict[str, Any]], Any]:

@@ -1,0 +1,403 @@
+"""The protocol's known failures, each attacked at its interleaving point (issue 10).
+
+Every test names the failure it reproduces. None sleeps to make its interleaving
+happen: the stale process, the cut-off process, the killed connection, the lagging
+cell and the rollback are set up deterministically, then the write is attempted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from shadowdb import commands, models, signals
+from shadowdb.backfill import Step, backfill
+from shadowdb.cleanup import cleanup
+from shadowdb.databases import Databases, connect, reader
+from shadowdb.errors import DatabaseUnreachable, GroupNotFound, GuardRefused, JournalConflict
+from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
+from shadowdb.phase import Phase
+from shadowdb.queries import API, CELL
+from shadowdb.switcher import Switcher
+from shadowdb.sync import drain_journals
+from tests.conftest import Topology
+from tests.helpers import group_state, put_in_phase, seed_api_group, seed_cell_group
+from tests.proxy import Proxy
+from tests.test_faults import SERVERS
+
+C, CR, AR, A = (
+    Phase.CELL_ONLY,
+    Phase.DUAL_WRITE_CELL_READS,
+    Phase.DUAL_WRITE_API_READS,
+    Phase.API_ONLY,
+)
+
+
+def migrated(topology: Topology, name: str = "g") -> str:
+    """A group level in cell1 and in the API database."""
+    uuid = seed_cell_group(topology.cell_engine("cell1"), name=name, policies=("affinity",))
+    seed_api_group(topology.dbs.api, uuid=uuid, name=name, policies=("affinity",))
+    return uuid
+
+
+def name_of(engine: sa.Engine, side: str, uuid: str) -> str | None:
+    state = group_state(engine, side, uuid)
+    return None if state is None else str(state[0])
+
+
+def ctx_of(dbs: Databases) -> RequestContext:
+    return RequestContext(dbs, "p1", "u1")
+
+
+@pytest.fixture
+def stale(topology: Topology) -> Iterator[Databases]:
+    """A second service process whose phase cache lives for a minute."""
+    slow = dataclasses.replace(topology.settings, phase_ttl=60.0)
+    dbs = connect(topology.api_url_text, settings=slow)
+    try:
+        yield dbs
+    finally:
+        dbs.dispose()
+
+
+# --------------------------------------------------------------------------- the fence
+
+
+def test_f11_a_longer_phase_ttl_is_stopped_by_the_cell_it_writes(
+    topology: Topology, stale: Databases
+) -> None:
+    group = migrated(topology)
+    assert stale.phases.get().phase is C  # cached for a minute
+    put_in_phase(topology.dbs, CR)
+    put_in_phase(topology.dbs, AR)
+    g = InstanceGroup.get_by_uuid(ctx_of(stale), group)
+    g.name = "renamed"
+    g.save()  # planned as cell-only; the cell's phase row says dual-write-api-reads
+    assert name_of(topology.dbs.api, "api", group) == "renamed"
+    assert name_of(topology.cell_engine("cell1"), "cell", group) == "renamed"
+    assert stale.phases.get().phase is AR  # learnt from the cell, under its lock
+
+
+def _kill_connections(topology: Topology) -> int:
+    """Kill, server side, every connection to the API database but this one."""
+    name = topology.api_url.database
+    admin = topology.dbs.api
+    with admin.connect() as conn:
+        if topology.backend == "mysql":
+            ids = conn.scalars(
+                sa.text(
+                    "SELECT id FROM information_schema.processlist "
+                    "WHERE db = :db AND id <> CONNECTION_ID()"
+                ),
+                {"db": name},
+            ).all()
+            for pid in ids:
+                conn.execute(sa.text(f"KILL {int(pid)}"))
+            return len(ids)
+        killed = conn.scalars(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :db AND pid <> pg_backend_pid()"
+            ),
+            {"db": name},
+        ).all()
+        return len(killed)
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_f3_killed_idle_connections_do_not_let_a_stale_phase_write(topology: Topology) -> None:
+    group = migrated(topology)
+    quick = dataclasses.replace(topology.settings, phase_ttl=0.0)
+    with connect(topology.api_url_text, settings=quick) as service:
+        ctx = ctx_of(service)
+        assert InstanceGroup.get_by_uuid(ctx, group).name == "g"  # pools warm, cell-only
+        put_in_phase(topology.dbs, CR)
+        put_in_phase(topology.dbs, AR)
+        assert _kill_connections(topology) >= 1
+        g = InstanceGroup(ctx, uuid=group)
+        g.obj_reset_changes()
+        g.name = "renamed"
+        g.save()
+    assert name_of(topology.dbs.api, "api", group) == "renamed"
+    assert name_of(topology.cell_engine("cell1"), "cell", group) == "renamed"
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_f4_a_process_cut_off_from_the_api_database_cannot_write_a_moved_phase(
+    topology: Topology, api_behind_proxy: tuple[Databases, Proxy]
+) -> None:
+    cut_off, proxy = api_behind_proxy
+    group = migrated(topology)
+    assert cut_off.phases.get().phase is C
+    assert len(cut_off.cells) == 2  # a running service knows its cells
+    put_in_phase(topology.dbs, CR)
+    put_in_phase(topology.dbs, AR)
+    proxy.cut()
+    try:
+        g = InstanceGroup(ctx_of(cut_off), uuid=group)
+        g.obj_reset_changes()
+        g.name = "lost?"
+        with pytest.raises(DatabaseUnreachable):
+            g.save()  # the cell names dual-write-api-reads: the API write is required
+    finally:
+        proxy.restore()
+    assert name_of(topology.dbs.api, "api", group) == "g"
+    assert name_of(topology.cell_engine("cell1"), "cell", group) == "g"
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_f4_cut_off_in_dual_write_cell_reads_the_write_is_journaled_not_lost(
+    topology: Topology, api_behind_proxy: tuple[Databases, Proxy]
+) -> None:
+    cut_off, proxy = api_behind_proxy
+    group = migrated(topology)
+    assert cut_off.phases.get().phase is C
+    assert len(cut_off.cells) == 2  # a running service knows its cells
+    put_in_phase(topology.dbs, CR)
+    proxy.cut()
+    try:
+        g = InstanceGroup(ctx_of(cut_off), uuid=group)
+        g.obj_reset_changes()
+        g.name = "renamed"
+        g.save()  # acknowledged: the cell is the authority, the API copy journaled
+    finally:
+        proxy.restore()
+    with reader(topology.cell_engine("cell1")) as conn:
+        assert [e.group_uuid for e in CELL.journal_pending(conn)] == [group]
+    assert drain_journals(topology.dbs).errors == ()
+    assert name_of(topology.dbs.api, "api", group) == "renamed"
+
+
+def test_f5_reverse_sync_stops_at_the_batch_after_a_rollback_to_cell_only(
+    topology: Topology,
+) -> None:
+    dbs = topology.dbs
+    put_in_phase(dbs, CR)
+    put_in_phase(dbs, AR)
+    renamed = migrated(topology, "before")
+    for i in range(3):  # API copies the reverse sync has to bring to the cells
+        seed_api_group(dbs.api, name=f"api{i}")
+    with dbs.api.begin() as conn:
+        conn.execute(
+            models.api_groups.update()
+            .where(models.api_groups.c.uuid == renamed)
+            .values(name="api-name")
+        )
+    created: list[str] = []
+
+    def after_batch(_name: str, _step: Step) -> None:
+        if created:
+            return
+        put_in_phase(dbs, CR)
+        put_in_phase(dbs, C)
+        ctx = ctx_of(dbs)
+        g = InstanceGroup(ctx, name="cell-only", user_id="u1", project_id="p1")
+        g.create()
+        created.append(g.uuid)
+        h = InstanceGroup.get_by_uuid(ctx, renamed)
+        h.name = "cell-only rename"
+        h.save()
+
+    result = backfill(dbs, reverse=True, batch_size=1, on_batch=after_batch)
+    assert created, "the rollback happened after the first batch"
+    assert sum(t.done for t in result.totals) == 1  # nothing after the rollback
+    assert any("cell-only" in e for e in result.errors)
+    cell1 = topology.cell_engine("cell1")
+    assert name_of(cell1, "cell", created[0]) == "cell-only"
+    assert name_of(cell1, "cell", renamed) == "cell-only rename"
+
+
+# --------------------------------------------------------------------------- tombstones
+
+
+def test_f1_a_group_destroyed_in_api_only_stays_deleted_after_the_rollback(
+    topology: Topology,
+) -> None:
+    dbs = topology.dbs
+    group = migrated(topology)
+    put_in_phase(dbs, CR)
+    put_in_phase(dbs, AR)
+    put_in_phase(dbs, A)
+    InstanceGroup.get_by_uuid(ctx_of(dbs), group).destroy()
+    put_in_phase(dbs, AR)  # the catch-up has not run: the cell copy is still live
+    assert name_of(topology.cell_engine("cell1"), "cell", group) == "g"
+    with pytest.raises(GroupNotFound):
+        InstanceGroup.get_by_uuid(ctx_of(dbs), group)
+    assert group not in {g.uuid for g in InstanceGroupList.get_all(ctx_of(dbs))}
+    with pytest.raises(GroupNotFound):
+        InstanceGroup.add_members(ctx_of(dbs), group, ["00000000-0000-4000-8000-00000000000a"])
+    assert group_state(dbs.api, "api", group) is None
+    assert group_state(topology.cell_engine("cell1"), "cell", group) is None  # retired
+    report = commands.diff_report(dbs)
+    assert report.clean
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_f2_a_destroy_during_a_cell_outage_stays_deleted_when_the_cell_is_back(
+    topology: Topology, cell_behind_proxy: tuple[Databases, Proxy]
+) -> None:
+    dbs, proxy = cell_behind_proxy
+    group = migrated(topology)
+    put_in_phase(topology.dbs, CR)
+    put_in_phase(topology.dbs, AR)
+    ctx = ctx_of(dbs)
+    g = InstanceGroup.get_by_uuid(ctx, group)
+    proxy.cut()
+    try:
+        g.destroy()  # acknowledged: API delete, tombstone and journal entry
+    finally:
+        proxy.restore()
+    with reader(topology.dbs.api) as conn:
+        assert API.tombstoned(conn, [group]) == {group}
+        entries = [e.id for e in API.journal_pending(conn) if e.group_uuid == group]
+    assert entries
+    with pytest.raises(GroupNotFound):
+        InstanceGroup.get_by_uuid(ctx, group)
+    assert group not in {x.uuid for x in InstanceGroupList.get_all(ctx)}
+    with pytest.raises(GroupNotFound):
+        InstanceGroup.add_members(ctx, group, ["00000000-0000-4000-8000-00000000000b"])
+    with reader(topology.dbs.api) as conn:
+        still = [e.id for e in API.journal_pending(conn) if e.group_uuid == group]
+    assert still == entries  # the destroy's entry is not another writer's to erase
+    assert drain_journals(topology.dbs).errors == ()
+    assert group_state(topology.cell_engine("cell1"), "cell", group) is None
+
+
+# --------------------------------------------------------------------------- journals
+
+
+def test_f8_a_group_journaled_on_both_sides_is_a_conflict_not_a_silent_win(
+    topology: Topology,
+) -> None:
+    dbs = topology.dbs
+    group = migrated(topology)
+    put_in_phase(dbs, CR)
+    put_in_phase(dbs, AR)
+    state = dbs.phases.fresh()
+    cell1 = topology.cell_engine("cell1")
+    with cell1.begin() as conn:
+        conn.execute(
+            models.cell_groups.update()
+            .where(models.cell_groups.c.uuid == group)
+            .values(name="cut-off writer")
+        )
+        CELL.journal_add(conn, group, state.epoch, "API unreachable")
+    with dbs.api.begin() as conn:
+        conn.execute(
+            models.api_groups.update()
+            .where(models.api_groups.c.uuid == group)
+            .values(name="outage writer")
+        )
+        API.journal_add(conn, group, state.epoch, "cell unreachable")
+    seen: list[dict[str, Any]] = []
+
+    def receiver(_sender: object, **kwargs: Any) -> None:
+        seen.append(kwargs)
+
+    with signals.divergence.connected_to(receiver), pytest.raises(JournalConflict):
+        InstanceGroup.add_members(ctx_of(dbs), group, ["00000000-0000-4000-8000-00000000000c"])
+    assert [s["kind"] for s in seen] == ["journal-conflict"]
+    assert name_of(cell1, "cell", group) == "cut-off writer"
+    assert name_of(dbs.api, "api", group) == "outage writer"
+    assert drain_journals(dbs).conflicts == (group, group)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_f15_a_raising_receiver_neither_rolls_back_nor_fails_the_write(
+    topology: Topology, api_behind_proxy: tuple[Databases, Proxy]
+) -> None:
+    dbs, proxy = api_behind_proxy
+    group = migrated(topology)
+    put_in_phase(topology.dbs, CR)
+
+    def broken(_sender: object, **_kwargs: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    g = InstanceGroup.get_by_uuid(ctx_of(dbs), group)
+    proxy.cut()
+    try:
+        with (
+            signals.shadow_write_failed.connected_to(broken),
+            signals.group_updated.connected_to(broken),
+        ):
+            g.name = "renamed"
+            g.save()
+    finally:
+        proxy.restore()
+    assert name_of(topology.cell_engine("cell1"), "cell", group) == "renamed"
+    with reader(topology.cell_engine("cell1")) as conn:
+        assert [e.group_uuid for e in CELL.journal_pending(conn)] == [group]
+
+
+# --------------------------------------------------------------------------- cleanup
+
+
+def test_f13_cleanup_never_retires_a_group_the_api_database_lacks(topology: Topology) -> None:
+    dbs = topology.dbs
+    migrated(topology)
+    put_in_phase(dbs, CR)
+    put_in_phase(dbs, AR)
+    put_in_phase(dbs, A)
+    assert commands.diff_report(dbs).clean
+    stray = seed_cell_group(topology.cell_engine("cell2"), name="never migrated")
+    report = commands.diff_report(dbs)
+    assert not report.clean
+    with pytest.raises(GuardRefused, match="no pending API journal entry explains"):
+        cleanup(dbs)
+    # Even with a clean newest report (the stray row written after it), it stays live.
+    with dbs.api.begin() as conn:
+        conn.execute(
+            models.api_diff_results.delete().where(models.api_diff_results.c.outcome != "clean")
+        )
+    result = cleanup(dbs)
+    assert result.kept == 1
+    assert name_of(topology.cell_engine("cell2"), "cell", stray) == "never migrated"
+
+
+def test_f13_cleanup_refuses_a_report_that_missed_a_cell(topology: Topology) -> None:
+    dbs = topology.dbs
+    migrated(topology)
+    put_in_phase(dbs, CR)
+    put_in_phase(dbs, AR)
+    put_in_phase(dbs, A)
+    assert commands.diff_report(dbs).clean
+    with dbs.api.begin() as conn:
+        conn.execute(models.api_diff_results.update().values(cells=dbs.cells[0].uuid))
+    with pytest.raises(GuardRefused, match="did not compare every registered cell"):
+        cleanup(dbs)
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def test_f16_leaving_api_only_under_writes_passes_without_force(topology: Topology) -> None:
+    dbs = topology.dbs
+    groups = [migrated(topology, f"g{i}") for i in range(3)]
+    put_in_phase(dbs, CR)
+    put_in_phase(dbs, AR)
+    put_in_phase(dbs, A)
+    ctx = ctx_of(dbs)
+    for i, group in enumerate(groups[:2]):  # api-only writes: the cells lag, journaled
+        g = InstanceGroup.get_by_uuid(ctx, group)
+        g.name = f"api-only {i}"
+        g.save()
+    InstanceGroup.get_by_uuid(ctx, groups[2]).destroy()
+    report = commands.diff_report(dbs)
+    assert report.total == 3 and all(f.journal_pending for f in report.findings)
+    g = InstanceGroup.get_by_uuid(ctx, groups[0])
+    g.name = "after the diff"
+    g.save()  # also journaled (one entry per group)
+    switched = Switcher(dbs).run(AR)  # no force
+    assert switched.catch_up == ()
+    cell1 = topology.cell_engine("cell1")
+    assert name_of(cell1, "cell", groups[0]) == "after the diff"
+    assert name_of(cell1, "cell", groups[1]) == "api-only 1"
+    assert group_state(cell1, "cell", groups[2]) is None
+    assert commands.diff_report(dbs).clean
