@@ -7,10 +7,10 @@ fixed list of migrations, each ``(count) -> (found, done)``, run in batches that
 Safety with live traffic
 ========================
 
-The backfill runs only in the dual-write phases, and only once the switcher's drain wait
-has passed since the phase began: from then on every live write to a group also levels
-its API copy (:mod:`shadowdb.phases.base`), so a group the backfill has copied stays
-level, and the backfill only has to copy groups the API database lacks.
+The backfill runs only in the dual-write phases, each batch fenced by the phase row of
+the cell it copies from (:mod:`shadowdb.fence`): once a cell holds a dual-write phase,
+every live write to its groups also levels the API copy, so a group the backfill has
+copied stays level, and the backfill only has to copy groups the API database lacks.
 
 Copying takes the same per-group lock as the writers: the batch's cell rows are locked
 (``SELECT ... FOR UPDATE``, in id order) before anything is read for the copy, then the

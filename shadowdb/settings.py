@@ -26,10 +26,11 @@ class Settings:
         api_url: URL of the API database; ``None`` means the embedded SQLite file
             ``<data_dir>/api.sqlite``.
         data_dir: folder of the embedded SQLite databases.
-        phase_ttl: seconds a process may keep serving a cached phase. ``phase set``
-            waits this long (plus ``write_grace``) before it returns, so that no writer
-            of the old phase is still running when the caller goes on.
-        write_grace: upper bound, in seconds, of one object write; part of the drain wait.
+        phase_ttl: seconds a process may serve a cached phase to *reads* (a read-latency
+            setting: every write is fenced by the database it writes, whatever the
+            cache says; see docs/protocol.md).
+        write_grace: the usual length, in seconds, of one object write: diff-report
+            spaces its re-checks of a differing key this far apart.
         connect_timeout: seconds to wait when connecting to a server database.
         actor: who is acting, recorded in the phase history.
         diff_max_age: seconds a clean diff-report stays good enough for ``phase set``
@@ -43,11 +44,6 @@ class Settings:
     connect_timeout: float = 5.0
     actor: str = "shadowdb"
     diff_max_age: float = 3600.0
-
-    @property
-    def drain_wait(self) -> float:
-        """Seconds after a phase change until no writer of the old phase can be running."""
-        return self.phase_ttl + self.write_grace
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
