@@ -7,18 +7,26 @@ cell and the rollback are set up deterministically, then the write is attempted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from shadowdb import commands, models, signals
+from shadowdb import cli, commands, diff, models, signals
 from shadowdb.backfill import Step, backfill
 from shadowdb.cleanup import cleanup
 from shadowdb.databases import Databases, connect, reader
-from shadowdb.errors import DatabaseUnreachable, GroupNotFound, GuardRefused, JournalConflict
+from shadowdb.errors import (
+    DatabaseUnreachable,
+    GroupNotFound,
+    GuardRefused,
+    JournalConflict,
+    OperationalError,
+)
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
@@ -401,3 +409,66 @@ def test_f16_leaving_api_only_under_writes_passes_without_force(topology: Topolo
     assert name_of(cell1, "cell", groups[1]) == "api-only 1"
     assert group_state(cell1, "cell", groups[2]) is None
     assert commands.diff_report(dbs).clean
+
+
+# --------------------------------------------------------------------------- diff-report
+
+
+@contextlib.contextmanager
+def _connection_killed_mid_scan(backend: str, after: int) -> Iterator[list[str]]:
+    """Kill, server side, the connection that runs the ``after``-th group read."""
+    killed: list[str] = []
+    seen = [0]
+    suicide = (
+        "KILL CONNECTION_ID()"
+        if backend == "mysql"
+        else "SELECT pg_terminate_backend(pg_backend_pid())"
+    )
+
+    def before(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if (
+            killed
+            or "instance_group" not in statement
+            or not statement.lstrip().upper().startswith("SELECT")
+        ):
+            return
+        seen[0] += 1
+        if seen[0] < after:
+            return
+        killed.append(statement)
+        with contextlib.suppress(Exception):
+            cursor.execute(suicide)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", before)
+    try:
+        yield killed
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", before)
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_f12_diff_report_under_killed_connections_exits_2_and_is_recorded_incomplete(
+    topology: Topology,
+) -> None:
+    """A connection killed by the server mid-scan: an incomplete run, one line, exit 2."""
+    for i in range(30):
+        migrated(topology, f"g{i}")
+    put_in_phase(topology.dbs, CR)
+    with (
+        _connection_killed_mid_scan(topology.backend, after=3) as killed,
+        pytest.raises(OperationalError),
+    ):
+        commands.diff_report(topology.dbs, chunk_size=1)
+    assert killed
+    with reader(topology.dbs.api) as conn:
+        last = diff.last_result(conn)
+    assert last is not None and last.outcome == "incomplete"
+    # And the command line says so in one line, exit 2.
+    err = io.StringIO()
+    argv = ["diff-report", "--api-url", topology.api_url_text]
+    with _connection_killed_mid_scan(topology.backend, after=3) as killed:
+        code = cli.main(argv, stdout=io.StringIO(), stderr=err)
+    assert killed
+    assert code == 2, err.getvalue()
+    assert err.getvalue().count("\n") == 1 and "Traceback" not in err.getvalue()
+    assert "unexpected" not in err.getvalue()
