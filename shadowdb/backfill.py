@@ -52,11 +52,13 @@ from sqlalchemy.engine import Connection
 from shadowdb import signals, urls
 from shadowdb.databases import Cell, Databases, reader, writer
 from shadowdb.errors import DatabaseUnreachable, GuardRefused, InvalidInput, ShadowDBError
-from shadowdb.fence import CellBehind, EpochChanged, pin_api, pin_cell, settle
+from shadowdb.fence import CellBehind, EpochChanged, settle
 from shadowdb.models import api_backfill_chunks, api_backfill_conflicts, api_state
 from shadowdb.phase import Phase, PhaseState, read_cell_state, read_state, utcnow
 from shadowdb.queries import API, CELL, GroupRecord
 from shadowdb.sync import (
+    api_transaction,
+    cell_transaction,
     commit,
     copy_group,
     default_cell,
@@ -219,12 +221,14 @@ class Backfiller:
     # ------------------------------------------------------------------ preconditions
 
     def check_phase(self) -> PhaseState:
-        """Refuse to run outside the phases where the copy is safe; wait out the drain.
+        """Refuse to run outside the phases where the copy is safe; settle lagging cells.
 
         Raises:
             GuardRefused: wrong phase for this direction.
         """
-        state = self.dbs.phases.fresh()
+        # Finish a half-done phase change where it can be; a cell that still lags (or is
+        # out of reach) refuses its own batches: each copy is fenced by the cell's row.
+        state, _problems = settle(self.dbs, self.cells)
         allowed = _REVERSE_PHASES if self.reverse else _FORWARD_PHASES
         if state.phase not in allowed:
             what = "reverse backfill" if self.reverse else "backfill"
@@ -235,9 +239,6 @@ class Backfiller:
                     f"not {state.phase.value}"
                 ],
             )
-        # Finish a half-done phase change where it can be; a cell that still lags (or is
-        # out of reach) refuses its own batches: each copy is fenced by the cell's row.
-        state, _problems = settle(self.dbs, self.cells)
         if self.reverse and state.phase is Phase.API_ONLY and state.cells_retired:
             # Rebuilding retired cells: api-only writers journal again from this commit
             # on, and this run's full pass copies whatever they wrote before it.
@@ -675,25 +676,22 @@ class Backfiller:
     def _level_cell_once(self, group_uuid: str, state: PhaseState) -> bool:
         where = locate(self.dbs, group_uuid)
         cell = where.cell or default_cell(self.dbs, state)
-        with transaction(cell.engine, cell.label) as cconn:
-            pin_cell(cconn, cell, state)
-            CELL.lock_identity(cconn, group_uuid)
-            crec = CELL.get(cconn, group_uuid, lock=True)
-            with transaction(self.dbs.api, self.dbs.api_label) as aconn:
-                pin_api(aconn, state)
-                arec = API.get(aconn, group_uuid, lock=True)
-                if arec is None and crec is not None and not API.tombstoned(aconn, [group_uuid]):
-                    self._conflict(
-                        aconn,
-                        group_uuid,
-                        cell,
-                        "missing-in-api",
-                        "live in the cell, neither held nor deleted by the API database",
-                    )
-                    commit(aconn, self.dbs.api_label)
-                    return False
-                changed = copy_group(cconn, CELL, arec, crec)
-                commit(cconn, cell.label)
+        with (
+            cell_transaction(self.dbs, cell, state, group_uuid) as (cconn, crec),
+            api_transaction(self.dbs, state, group_uuid) as (aconn, arec),
+        ):
+            if arec is None and crec is not None and not API.tombstoned(aconn, [group_uuid]):
+                self._conflict(
+                    aconn,
+                    group_uuid,
+                    cell,
+                    "missing-in-api",
+                    "live in the cell, neither held nor deleted by the API database",
+                )
+                commit(aconn, self.dbs.api_label)
+                return False
+            changed = copy_group(cconn, CELL, arec, crec)
+            commit(cconn, cell.label)
         return changed
 
 

@@ -35,7 +35,7 @@ from shadowdb.databases import Cell, Databases, reader, writer
 from shadowdb.errors import DatabaseUnreachable, GuardRefused
 from shadowdb.fence import pin_cell
 from shadowdb.models import api_journal, api_state, api_tombstones
-from shadowdb.phase import Phase, PhaseState, read_state, utcnow
+from shadowdb.phase import Phase, PhaseState, read_state
 from shadowdb.queries import API, CELL
 from shadowdb.sync import commit, transaction
 
@@ -142,28 +142,10 @@ def _retire_groups(dbs: Databases, cell: Cell, state: PhaseState) -> tuple[CellC
                 if row.uuid not in known:
                     kept += 1
                     log.error("cleanup_kept_unknown_group", cell=cell.name, group_uuid=row.uuid)
-            now = utcnow()
-            for table, column, counter in ((p, p.c.group_id, "p"), (m, m.c.group_id, "m")):
-                if not ids:
-                    break
-                done = conn.execute(
-                    table.update()
-                    .where(column.in_(ids), table.c.deleted == 0)
-                    .values(deleted=table.c.id, deleted_at=now)
-                ).rowcount
-                if counter == "p":
-                    policies += done or 0
-                else:
-                    members += done or 0
             if ids:
-                groups += (
-                    conn.execute(
-                        g.update()
-                        .where(g.c.id.in_(ids), g.c.deleted == 0)
-                        .values(deleted=g.c.id, deleted_at=now)
-                    ).rowcount
-                    or 0
-                )
+                policies += CELL.retire(conn, p, p.c.group_id.in_(ids))
+                members += CELL.retire(conn, m, m.c.group_id.in_(ids))
+                groups += CELL.retire(conn, g, g.c.id.in_(ids))
             commit(conn, cell.label)
 
 
@@ -185,13 +167,8 @@ def _retire_orphans(cell: Cell, state: PhaseState, table: sa.Table) -> int:
             )
             if not ids:
                 return total
-            conn.execute(
-                table.update()
-                .where(table.c.id.in_(ids), table.c.deleted == 0)
-                .values(deleted=table.c.id, deleted_at=utcnow())
-            )
+            total += CELL.retire(conn, table, table.c.id.in_(ids))
             commit(conn, cell.label)
-        total += len(ids)
 
 
 def cleanup(dbs: Databases) -> CleanupResult:

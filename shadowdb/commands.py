@@ -7,7 +7,6 @@ their results and maps their errors to exit codes. Tests call these directly.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import time
@@ -25,7 +24,6 @@ from shadowdb.errors import (
     DatabaseUnreachable,
     InvalidInput,
     SchemaError,
-    ShadowDBError,
 )
 from shadowdb.fence import settle
 from shadowdb.models import api_cell_mappings, api_phase_history, api_state
@@ -206,9 +204,9 @@ def add_cell(dbs: Databases, name: str, url: str, *, default: bool = False) -> C
             )
     for cell in dbs.refresh_cells():
         if cell.uuid == cell_uuid:
-            # A synced cell takes the phase row now; an unsynced one at `db sync`.
-            with contextlib.suppress(ShadowDBError, sa.exc.DBAPIError):
-                settle(dbs, [cell])
+            # A synced cell takes the phase row now; an unsynced one at `db sync`
+            # (settle reports, never raises, what a cell cannot take).
+            settle(dbs, [cell])
     log.info("cell_added", cell=name, url=urls.mask(parsed), default=default)
     infos = list_cells(dbs)
     return next(info for info in infos if info.uuid == cell_uuid)
@@ -225,9 +223,7 @@ def list_cells(dbs: Databases) -> list[CellInfo]:
 
 def status(dbs: Databases) -> Status:
     """Report the phase, its epoch and the cells; finish a half-done phase change."""
-    with reader(dbs.api, dbs.api_label) as conn:
-        read_state(conn)  # refuses an unsynced API database before anything else
-    state, _problems = settle(dbs, dbs.refresh_cells())
+    state, _problems = settle(dbs)
     return Status(state.phase.value, state.epoch, state.changed_at, tuple(list_cells(dbs)))
 
 

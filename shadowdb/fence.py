@@ -147,13 +147,15 @@ def settle_cell(cell: Cell, state: PhaseState) -> bool:
 def settle(dbs: Databases, cells: Sequence[Cell] | None = None) -> tuple[PhaseState, list[str]]:
     """Finish a half-done phase change: bring every lagging cell to the API's epoch.
 
+    ``cells`` defaults to every registered cell, read afresh from ``cell_mappings``.
+
     Returns:
         The API database's state and one line per cell that could not be settled.
     """
     with reader(dbs.api, dbs.api_label) as conn:
-        state = read_state(conn)
+        state = read_state(conn)  # first: an unsynced API database is refused as such
     problems: list[str] = []
-    for cell in dbs.cells if cells is None else cells:
+    for cell in dbs.refresh_cells() if cells is None else cells:
         try:
             settle_cell(cell, state)
         except (ShadowDBError, sa.exc.DBAPIError) as err:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from shadowdb import models
@@ -478,16 +479,21 @@ class GroupTables:
         if fields:
             conn.execute(self.groups.update().where(self.groups.c.id == group_id).values(**fields))
 
-    def _retire(self, conn: Connection, table: sa.Table, where: sa.ColumnElement[bool]) -> None:
+    def retire(self, conn: Connection, table: sa.Table, where: sa.ColumnElement[bool]) -> int:
+        """Delete the rows of ``table`` matching ``where``; return how many.
+
+        Soft on a cell, as Nova does (``deleted`` = the row's own id, ``deleted_at`` = now;
+        only live rows), hard on the API database.
+        """
         if self.soft_delete:
-            # Nova's soft delete: deleted = the row's own id, deleted_at = now.
-            conn.execute(
+            result = conn.execute(
                 table.update()
                 .where(where, table.c.deleted == 0)
                 .values(deleted=table.c.id, deleted_at=utcnow())
             )
         else:
-            conn.execute(table.delete().where(where))
+            result = conn.execute(table.delete().where(where))
+        return int(result.rowcount or 0)
 
     def set_policies(self, conn: Connection, record: GroupRecord, policies: Sequence[str]) -> bool:
         """Make the live policies of ``record`` exactly ``policies`` (replace-set)."""
@@ -495,7 +501,7 @@ class GroupTables:
         if list(record.policies) == wanted:
             return False
         p = self.policies
-        self._retire(conn, p, p.c.group_id == record.id)
+        self.retire(conn, p, p.c.group_id == record.id)
         self._insert_children(conn, record.id, wanted, (), utcnow())
         return True
 
@@ -512,11 +518,11 @@ class GroupTables:
             return False
         m = self.members
         if duplicates:
-            self._retire(conn, m, m.c.group_id == record.id)
+            self.retire(conn, m, m.c.group_id == record.id)
             self._insert_children(conn, record.id, (), wanted, utcnow())
             return True
         for chunk in _chunks(sorted(set(have) - set(wanted))):
-            self._retire(conn, m, sa.and_(m.c.group_id == record.id, self.member_col.in_(chunk)))
+            self.retire(conn, m, sa.and_(m.c.group_id == record.id, self.member_col.in_(chunk)))
         present = set(have)
         self._insert_children(
             conn, record.id, (), [u for u in wanted if u not in present], utcnow()
@@ -543,15 +549,15 @@ class GroupTables:
         gone = [u for u in dict.fromkeys(instance_uuids) if u in set(record.members)]
         m = self.members
         for chunk in _chunks(gone):
-            self._retire(conn, m, sa.and_(m.c.group_id == record.id, self.member_col.in_(chunk)))
+            self.retire(conn, m, sa.and_(m.c.group_id == record.id, self.member_col.in_(chunk)))
         return gone
 
     def delete(self, conn: Connection, record: GroupRecord) -> None:
         """Delete the group and its children (soft on a cell, hard on the API, children first)."""
         p, m, g = self.policies, self.members, self.groups
-        self._retire(conn, p, p.c.group_id == record.id)
-        self._retire(conn, m, m.c.group_id == record.id)
-        self._retire(conn, g, g.c.id == record.id)
+        self.retire(conn, p, p.c.group_id == record.id)
+        self.retire(conn, m, m.c.group_id == record.id)
+        self.retire(conn, g, g.c.id == record.id)
         if self.tombstones is not None:
             self.tombstone(conn, record.uuid)
 
@@ -568,20 +574,14 @@ class GroupTables:
         t = models.cell_group_locks
         dialect = conn.dialect.name
         if dialect in ("mysql", "mariadb"):
-            from sqlalchemy.dialects import mysql
-
             my = mysql.insert(t).values(uuid=group_uuid)
             conn.execute(my.on_duplicate_key_update(uuid=my.inserted.uuid))
         elif dialect == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
             pg = postgresql.insert(t).values(uuid=group_uuid)
             conn.execute(
                 pg.on_conflict_do_update(index_elements=["uuid"], set_={"uuid": group_uuid})
             )
         else:
-            from sqlalchemy.dialects import sqlite
-
             conn.execute(sqlite.insert(t).values(uuid=group_uuid).on_conflict_do_nothing())
 
     # ------------------------------------------------------------------ tombstones

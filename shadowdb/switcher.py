@@ -53,7 +53,7 @@ import dataclasses
 import datetime as dt
 import enum
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import sqlalchemy as sa
 import structlog
@@ -70,7 +70,7 @@ from shadowdb.models import (
     cell_groups,
 )
 from shadowdb.phase import Phase, PhaseState, read_cell_state, read_state, utcnow
-from shadowdb.queries import API, CELL, GroupRecord
+from shadowdb.queries import API, CELL, GroupRecord, GroupTables
 from shadowdb.sync import DB_FAILURES, commit, drain_journals, one_line, transaction
 
 __all__ = [
@@ -160,6 +160,7 @@ def _entries(count: int) -> str:
     return "1 entry" if count == 1 else f"{count} entries"
 
 
+@runtime_checkable
 class LockedGuard(Guard, Protocol):
     """A guard whose verdict must hold at the instant of the change.
 
@@ -186,38 +187,41 @@ def _level(a: GroupRecord | None, b: GroupRecord | None) -> bool:
     return a.same_data(b)
 
 
-def _pending_api(api: Connection, cells: Sequence[tuple[Cell, Connection]], *, purge: bool) -> int:
-    """Count API journal entries whose copies differ; with ``purge``, delete the moot ones.
+def _pending(
+    side: GroupTables,
+    conn: Connection,
+    copies: Callable[[str], tuple[GroupRecord | None, GroupRecord | None]],
+    *,
+    purge: bool,
+) -> int:
+    """Count ``side``'s journal entries whose two copies differ; with ``purge``, delete the rest.
 
-    An entry whose cell copy is already level with the API copy is an outbox entry whose
-    writer has not deleted it yet (or a replay's leftover): it records nothing.
+    An entry whose copies are already level is moot: an outbox entry whose writer has not
+    deleted it yet, or a replay's leftover. It records nothing.
     """
     pending = 0
     by_group: dict[str, list[int]] = {}
-    for entry in API.journal_pending(api):
+    for entry in side.journal_pending(conn):
         by_group.setdefault(entry.group_uuid, []).append(entry.id)
     for group_uuid, ids in by_group.items():
-        if _level(API.get(api, group_uuid), _copy_in_cells(cells, group_uuid)):
+        if _level(*copies(group_uuid)):
             if purge:
-                API.journal_clear(api, group_uuid, ids)
+                side.journal_clear(conn, group_uuid, ids)
         else:
             pending += len(ids)
     return pending
+
+
+def _pending_api(api: Connection, cells: Sequence[tuple[Cell, Connection]], *, purge: bool) -> int:
+    """Count the API journal's entries whose copies differ (:func:`_pending`)."""
+    return _pending(API, api, lambda g: (API.get(api, g), _copy_in_cells(cells, g)), purge=purge)
 
 
 def _pending_cell(api: Connection, cell_conn: Connection, *, purge: bool) -> int:
-    """Count a cell's journal entries whose copies differ; delete the moot ones if asked."""
-    pending = 0
-    by_group: dict[str, list[int]] = {}
-    for entry in CELL.journal_pending(cell_conn):
-        by_group.setdefault(entry.group_uuid, []).append(entry.id)
-    for group_uuid, ids in by_group.items():
-        if _level(API.get(api, group_uuid), CELL.get(cell_conn, group_uuid)):
-            if purge:
-                CELL.journal_clear(cell_conn, group_uuid, ids)
-        else:
-            pending += len(ids)
-    return pending
+    """Count a cell journal's entries whose copies differ (:func:`_pending`)."""
+    return _pending(
+        CELL, cell_conn, lambda g: (API.get(api, g), CELL.get(cell_conn, g)), purge=purge
+    )
 
 
 class UnmigratedCellGroups:
@@ -608,10 +612,8 @@ class Switcher:
                 a guard failed and ``force`` is false; ``.reasons`` lists every failure.
             DatabaseUnreachable: a cell cannot be reached (a change needs every cell).
         """
-        with reader(self.dbs.api, self.dbs.api_label) as conn:
-            read_state(conn)  # refuses an unsynced API database before anything else
         # A cell that cannot be settled (or reached) refuses the record step itself.
-        state, _problems = settle(self.dbs, self.dbs.refresh_cells())
+        state, _problems = settle(self.dbs)
         refusal = transition_refusal(state.phase, target)
         if refusal is not None:
             self._refused(state, target, [refusal], force)
@@ -786,9 +788,8 @@ class Switcher:
         failures: list[str] = []
         with database_errors(self.dbs.api_label):
             for guard in self.guards.get((t.from_phase, t.to_phase), ()):
-                locked = getattr(guard, "check_locked", None)
-                if locked is not None:
-                    failures.extend(locked(aconn, conns))
+                if isinstance(guard, LockedGuard):
+                    failures.extend(guard.check_locked(aconn, conns))
         if failures and t.forced:
             log.info("phase_guard_overridden_locked", reasons=failures)
             return []

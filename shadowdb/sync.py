@@ -144,6 +144,37 @@ def transaction(engine: sa.Engine, label: str) -> Iterator[Connection]:
                 conn.rollback()
 
 
+@contextlib.contextmanager
+def cell_transaction(
+    dbs: Databases, cell: Cell, state: PhaseState, group_uuid: str
+) -> Iterator[tuple[Connection, GroupRecord | None]]:
+    """Open a write transaction on ``cell`` for one group, fenced and locked.
+
+    In this order, the same for every writer of every phase (so none can deadlock
+    another): the cell's phase row under a shared lock (:func:`~shadowdb.fence.pin_cell`,
+    the first statement), the group's identity lock (held whether or not a row exists),
+    then the group's live row. Yields the connection and the locked cell copy.
+    """
+    with transaction(cell.engine, cell.label) as conn:
+        pin_cell(conn, cell, state)
+        CELL.lock_identity(conn, group_uuid)
+        yield conn, CELL.get(conn, group_uuid, lock=True)
+
+
+@contextlib.contextmanager
+def api_transaction(
+    dbs: Databases, state: PhaseState, group_uuid: str
+) -> Iterator[tuple[Connection, GroupRecord | None]]:
+    """Open a write transaction on the API database for one group, fenced and locked.
+
+    The API database's phase row under a shared lock first (:func:`~shadowdb.fence.pin_api`),
+    then the group's row. Always taken after the cell's locks, never before.
+    """
+    with transaction(dbs.api, dbs.api_label) as conn:
+        pin_api(conn, state)
+        yield conn, API.get(conn, group_uuid, lock=True)
+
+
 def commit(conn: Connection, label: str) -> None:
     """Commit ``conn``, translating driver errors."""
     with database_errors(label):
@@ -176,28 +207,25 @@ def _replay(dbs: Databases, group_uuid: str, source: Cell | None, entry_ids: lis
         if where.unreachable:
             raise DatabaseUnreachable(where.unreachable[0].label, "cannot locate the group")
         cell = default_cell(dbs, state)
-    with transaction(cell.engine, cell.label) as cconn:
-        pin_cell(cconn, cell, state)
-        CELL.lock_identity(cconn, group_uuid)
-        crec = CELL.get(cconn, group_uuid, lock=True)
-        with transaction(dbs.api, dbs.api_label) as aconn:
-            pin_api(aconn, state)
-            arec = API.get(aconn, group_uuid, lock=True)
-            if source is not None:
-                if API.journal_for(aconn, group_uuid):
-                    return _conflict(dbs, group_uuid)
-                copy_group(aconn, API, crec, arec)
-                commit(aconn, dbs.api_label)
-                cleared = CELL.journal_clear(cconn, group_uuid, entry_ids)
-                commit(cconn, cell.label)
-            else:
-                if CELL.journal_for(cconn, group_uuid):
-                    return _conflict(dbs, group_uuid)
-                copy_group(cconn, CELL, arec, crec)
-                # The cell copy must be durable before the API entry goes.
-                commit(cconn, cell.label)
-                cleared = API.journal_clear(aconn, group_uuid, entry_ids)
-                commit(aconn, dbs.api_label)
+    with (
+        cell_transaction(dbs, cell, state, group_uuid) as (cconn, crec),
+        api_transaction(dbs, state, group_uuid) as (aconn, arec),
+    ):
+        if source is not None:
+            if API.journal_for(aconn, group_uuid):
+                return _conflict(dbs, group_uuid)
+            copy_group(aconn, API, crec, arec)
+            commit(aconn, dbs.api_label)
+            cleared = CELL.journal_clear(cconn, group_uuid, entry_ids)
+            commit(cconn, cell.label)
+        else:
+            if CELL.journal_for(cconn, group_uuid):
+                return _conflict(dbs, group_uuid)
+            copy_group(cconn, CELL, arec, crec)
+            # The cell copy must be durable before the API entry goes.
+            commit(cconn, cell.label)
+            cleared = API.journal_clear(aconn, group_uuid, entry_ids)
+            commit(aconn, dbs.api_label)
     journal = "cell" if source is not None else "api"
     log.info("journal_replayed", group_uuid=group_uuid, journal=journal, entries=cleared)
     signals.send(
@@ -206,12 +234,17 @@ def _replay(dbs: Databases, group_uuid: str, source: Cell | None, entry_ids: lis
     return "done"
 
 
-def _conflict(dbs: Databases, group_uuid: str) -> str:
+def announce_conflict(dbs: Databases, group_uuid: str) -> None:
+    """Log and signal a group journaled on both sides (never resolved silently)."""
     detail = "journaled on both sides: each holds a write the other lacks"
     log.error("journal_conflict", group_uuid=group_uuid, detail=detail)
     signals.send(
         signals.divergence, dbs, group_uuid=group_uuid, kind="journal-conflict", detail=detail
     )
+
+
+def _conflict(dbs: Databases, group_uuid: str) -> str:
+    announce_conflict(dbs, group_uuid)
     return "conflict"
 
 

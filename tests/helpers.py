@@ -37,7 +37,7 @@ def put_in_phase(dbs: Databases, phase: Phase) -> None:
                 changed_at=utcnow() - dt.timedelta(minutes=1),
             )
         )
-    settle(dbs, dbs.refresh_cells())
+    settle(dbs)
     dbs.phases.invalidate()
 
 

@@ -16,9 +16,8 @@ that the argument for one phase reads in one file. What they share lives here:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
@@ -27,10 +26,17 @@ from sqlalchemy.engine import Connection
 from shadowdb import lookups, signals
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import DatabaseUnreachable, GroupExists, GroupNotFound, JournalConflict
-from shadowdb.fence import EpochChanged, pin_api, pin_cell
+from shadowdb.fence import EpochChanged
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.queries import API, CELL, GroupRecord, GroupTables, Scope
-from shadowdb.sync import default_cell, locate, one_line, transaction
+from shadowdb.sync import (
+    announce_conflict,
+    api_transaction,
+    cell_transaction,
+    default_cell,
+    locate,
+    one_line,
+)
 
 __all__ = [
     "EpochChanged",
@@ -245,37 +251,6 @@ def target_cell(dbs: Databases, state: PhaseState, group_uuid: str, create: bool
     return default_cell(dbs, state)
 
 
-@contextlib.contextmanager
-def cell_transaction(
-    dbs: Databases, cell: Cell, state: PhaseState, group_uuid: str
-) -> Iterator[tuple[Connection, GroupRecord | None]]:
-    """Open a write transaction on ``cell`` for one group, fenced and locked.
-
-    In this order, the same for every writer of every phase (so none can deadlock
-    another): the cell's phase row under a shared lock (:func:`~shadowdb.fence.pin_cell`,
-    the first statement), the group's identity lock (held whether or not a row exists),
-    then the group's live row. Yields the connection and the locked cell copy.
-    """
-    with transaction(cell.engine, cell.label) as conn:
-        pin_cell(conn, cell, state)
-        CELL.lock_identity(conn, group_uuid)
-        yield conn, CELL.get(conn, group_uuid, lock=True)
-
-
-@contextlib.contextmanager
-def api_transaction(
-    dbs: Databases, state: PhaseState, group_uuid: str
-) -> Iterator[tuple[Connection, GroupRecord | None]]:
-    """Open a write transaction on the API database for one group, fenced and locked.
-
-    The API database's phase row under a shared lock first (:func:`~shadowdb.fence.pin_api`),
-    then the group's row. Always taken after the cell's locks, never before.
-    """
-    with transaction(dbs.api, dbs.api_label) as conn:
-        pin_api(conn, state)
-        yield conn, API.get(conn, group_uuid, lock=True)
-
-
 def shadow_failed(
     dbs: Databases,
     state: PhaseState,
@@ -307,9 +282,5 @@ def shadow_failed(
 
 def journal_conflict(dbs: Databases, group_uuid: str) -> JournalConflict:
     """Announce a group journaled on both sides and build the error that refuses it."""
-    detail = "journaled on both sides: each holds a write the other lacks"
-    log.error("journal_conflict", group_uuid=group_uuid, detail=detail)
-    signals.send(
-        signals.divergence, dbs, group_uuid=group_uuid, kind="journal-conflict", detail=detail
-    )
+    announce_conflict(dbs, group_uuid)
     return JournalConflict(group_uuid)
