@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -414,16 +416,38 @@ def test_f16_leaving_api_only_under_writes_passes_without_force(topology: Topolo
 # --------------------------------------------------------------------------- diff-report
 
 
+def _kill_sql(backend: str, whom: str) -> list[str]:
+    """Statements that kill, server side, this connection or every other of the topology."""
+    if whom == "self":
+        if backend == "mysql":
+            return ["KILL CONNECTION_ID()"]
+        return ["SELECT pg_terminate_backend(pg_backend_pid())"]
+    # The topology's databases share a name up to their role (api, cell1, cell2).
+    if backend == "mysql":
+        return [
+            "SELECT id FROM information_schema.processlist "
+            "WHERE db LIKE CONCAT(SUBSTRING_INDEX(DATABASE(), '_', 3), '\\_%') "
+            "AND id <> CONNECTION_ID()"
+        ]
+    return [
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname LIKE split_part(current_database(), '_', 1) || '\\_' "
+        "|| split_part(current_database(), '_', 2) || '\\_' "
+        "|| split_part(current_database(), '_', 3) || '\\_%' AND pid <> pg_backend_pid()"
+    ]
+
+
 @contextlib.contextmanager
-def _connection_killed_mid_scan(backend: str, after: int) -> Iterator[list[str]]:
-    """Kill, server side, the connection that runs the ``after``-th group read."""
+def _connection_killed_mid_scan(
+    backend: str, after: int, whom: str = "self"
+) -> Iterator[list[str]]:
+    """At the ``after``-th group read, kill its connection (or the others of its database).
+
+    ``whom="others"`` kills every other connection of the topology: the idle ones in the
+    pools, which the next checkout finds dead.
+    """
     killed: list[str] = []
     seen = [0]
-    suicide = (
-        "KILL CONNECTION_ID()"
-        if backend == "mysql"
-        else "SELECT pg_terminate_backend(pg_backend_pid())"
-    )
 
     def before(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
         if (
@@ -437,7 +461,11 @@ def _connection_killed_mid_scan(backend: str, after: int) -> Iterator[list[str]]
             return
         killed.append(statement)
         with contextlib.suppress(Exception):
-            cursor.execute(suicide)
+            for sql in _kill_sql(backend, whom):
+                cursor.execute(sql)
+            if backend == "mysql" and whom == "others":
+                for (pid,) in cursor.fetchall():
+                    cursor.execute(f"KILL {int(pid)}")
 
     sa.event.listen(sa.engine.Engine, "before_cursor_execute", before)
     try:
@@ -450,12 +478,15 @@ def _connection_killed_mid_scan(backend: str, after: int) -> Iterator[list[str]]
 def test_f12_diff_report_under_killed_connections_exits_2_and_is_recorded_incomplete(
     topology: Topology,
 ) -> None:
-    """A connection killed by the server mid-scan: an incomplete run, one line, exit 2."""
+    """The snapshot connection killed by the server between two of its statements.
+
+    An incomplete run, one line, exit 2 (never an unexpected error, never a clean run).
+    """
     for i in range(30):
         migrated(topology, f"g{i}")
     put_in_phase(topology.dbs, CR)
     with (
-        _connection_killed_mid_scan(topology.backend, after=3) as killed,
+        _connection_killed_mid_scan(topology.backend, after=4) as killed,
         pytest.raises(OperationalError),
     ):
         commands.diff_report(topology.dbs, chunk_size=1)
@@ -466,9 +497,242 @@ def test_f12_diff_report_under_killed_connections_exits_2_and_is_recorded_incomp
     # And the command line says so in one line, exit 2.
     err = io.StringIO()
     argv = ["diff-report", "--api-url", topology.api_url_text]
-    with _connection_killed_mid_scan(topology.backend, after=3) as killed:
+    with _connection_killed_mid_scan(topology.backend, after=4) as killed:
         code = cli.main(argv, stdout=io.StringIO(), stderr=err)
     assert killed
     assert code == 2, err.getvalue()
     assert err.getvalue().count("\n") == 1 and "Traceback" not in err.getvalue()
     assert "unexpected" not in err.getvalue()
+
+
+# --------------------------------------------------------------------------- in flight
+
+#: How long a step of an interleaving may take before the test gives up (not a timing
+#: assumption of the test: the conditions waited for are states of the databases).
+_PATIENCE = 30.0
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + _PATIENCE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
+def _lock_waits(backend: str, engine: sa.Engine, statement: str) -> int:
+    """Sessions of ``engine``'s database waiting for a row lock in ``statement`` (LIKE).
+
+    PostgreSQL names the wait. MariaDB does not always (a primary-key lookup waits in the
+    optimizer, before InnoDB lists a transaction), so there a session counts if it is
+    running ``statement``: these are single-row statements that only last while waiting.
+    """
+    with engine.connect() as conn:
+        if backend == "mysql":
+            query = (
+                "SELECT COUNT(*) FROM information_schema.processlist "
+                "WHERE db = :db AND command = 'Query' AND info LIKE :like "
+                "AND id <> CONNECTION_ID()"
+            )
+        else:
+            query = (
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = :db "
+                "AND wait_event_type = 'Lock' AND query LIKE :like"
+            )
+        found = conn.scalar(sa.text(query), {"db": engine.url.database, "like": statement})
+    return int(found or 0)
+
+
+@contextlib.contextmanager
+def _paused_before(
+    engine: sa.Engine, prefix: str
+) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Hold the first statement on ``engine`` starting with ``prefix`` until released."""
+    reached, release = threading.Event(), threading.Event()
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if reached.is_set() or not statement.lstrip().upper().startswith(prefix):
+            return
+        reached.set()
+        release.wait(_PATIENCE)
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield reached, release
+    finally:
+        release.set()
+        sa.event.remove(engine, "before_cursor_execute", before)
+
+
+class _Run(threading.Thread):
+    """Run one call in a thread, keeping its result or exception."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        super().__init__(daemon=True)
+        self.call = call
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.call()
+        except BaseException as err:  # handed to the test
+            self.error = err
+
+    def outcome(self) -> object:
+        self.join(_PATIENCE)
+        assert not self.is_alive(), "the call did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_f6_an_api_journal_entry_of_a_write_in_flight_refuses_the_move_to_cell_reads(
+    topology: Topology, cell_behind_proxy: tuple[Databases, Proxy]
+) -> None:
+    service, proxy = cell_behind_proxy
+    group = migrated(topology)
+    put_in_phase(topology.dbs, CR)
+    put_in_phase(topology.dbs, AR)
+    assert commands.diff_report(topology.dbs).clean
+    switcher = Switcher(topology.dbs)
+    steps = switcher.plan(CR)  # the preview: no entry yet
+    g = InstanceGroup.get_by_uuid(ctx_of(service), group)
+    proxy.cut()
+    try:
+        with _paused_before(service.api, "INSERT INTO SHADOWDB_JOURNAL") as (reached, release):
+            g.name = "acknowledged"
+            write = _Run(g.save)  # cell unreachable: API copy and its journal entry
+            write.start()
+            _until(reached.is_set, "the write to reach its journal entry")
+            change = _Run(lambda: switcher.execute(steps))
+            change.start()
+            _until(
+                lambda: _lock_waits(topology.backend, topology.dbs.api, "%FOR UPDATE%") > 0,
+                "phase set to wait for the writer's fence",
+            )
+            release.set()
+            write.outcome()
+            with pytest.raises(GuardRefused, match="API journal holds 1 entry"):
+                change.outcome()
+    finally:
+        proxy.restore()
+    assert topology.dbs.phases.fresh().phase is AR
+    assert name_of(topology.dbs.api, "api", group) == "acknowledged"
+    assert name_of(topology.cell_engine("cell1"), "cell", group) == "g"  # lags, journaled
+    assert drain_journals(topology.dbs).errors == ()
+    Switcher(topology.dbs).run(CR)
+    assert InstanceGroup.get_by_uuid(ctx_of(topology.dbs), group).name == "acknowledged"
+
+
+def test_f7_a_diff_report_gates_only_the_epoch_it_ran_in(
+    topology: Topology, stale: Databases
+) -> None:
+    dbs = topology.dbs
+    group = migrated(topology)
+    assert stale.phases.get().phase is C  # a cell-only cache, good for a minute
+    Switcher(dbs).run(CR)
+    # Run inside what used to be the drain wait: the move is recorded in every database
+    # already, so the stale writer's rename is fenced into dual-write-cell-reads.
+    report = commands.diff_report(dbs)
+    assert report.clean
+    with reader(dbs.api) as conn:
+        last = diff.last_result(conn)
+    assert last is not None and last.epoch == dbs.phases.fresh().epoch
+    g = InstanceGroup.get_by_uuid(ctx_of(stale), group)
+    g.name = "stale writer"
+    g.save()
+    assert name_of(dbs.api, "api", group) == "stale writer"  # not lost to the API copy
+    Switcher(dbs).run(AR)
+    assert InstanceGroup.get_by_uuid(ctx_of(dbs), group).name == "stale writer"
+    # A report from an earlier epoch never gates a later move.
+    put_in_phase(dbs, CR)
+    with pytest.raises(GuardRefused, match="the phase changed since the last diff-report"):
+        Switcher(dbs).run(AR)
+
+
+def test_f9_the_catch_up_levels_a_row_a_writer_inserted_first(topology: Topology) -> None:
+    dbs = topology.dbs
+    put_in_phase(dbs, CR)
+    put_in_phase(dbs, AR)
+    put_in_phase(dbs, A)
+    ctx = ctx_of(dbs)
+    g = InstanceGroup(ctx, name="made in api-only", user_id="u1", project_id="p1")
+    g.create()  # the cells lack it: one API journal entry
+    assert commands.diff_report(dbs).total == 1
+    raced: list[str] = []
+
+    def writer_first(_sender: object, **_kwargs: Any) -> None:
+        # Between the record and the catch-up, a dual-write-api-reads writer inserts
+        # the group's cell row itself.
+        h = InstanceGroup.get_by_uuid(ctx, g.uuid)
+        h.name = "writer first"
+        h.save()
+        raced.append(str(name_of(topology.cell_engine("cell1"), "cell", g.uuid)))
+
+    with signals.phase_changed.connected_to(writer_first):
+        switched = Switcher(dbs).run(AR)
+    assert raced == ["writer first"]
+    assert switched.catch_up == ()
+    assert name_of(topology.cell_engine("cell1"), "cell", g.uuid) == "writer first"
+    with reader(dbs.api) as conn:
+        assert API.journal_pending(conn) == []
+    assert commands.diff_report(dbs).clean
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_f10_writers_of_a_group_with_no_cell_row_share_its_identity_lock(
+    topology: Topology,
+) -> None:
+    group = seed_api_group(topology.dbs.api, name="api only copy")
+    put_in_phase(topology.dbs, CR)
+    put_in_phase(topology.dbs, AR)
+    with (
+        connect(topology.api_url_text, settings=topology.settings) as first,
+        connect(topology.api_url_text, settings=topology.settings) as second,
+    ):
+        g1 = InstanceGroup.get_by_uuid(ctx_of(first), group)
+        g2 = InstanceGroup.get_by_uuid(ctx_of(second), group)
+        cell1 = first.cell("cell1").engine
+        with _paused_before(cell1, "INSERT INTO INSTANCE_GROUPS") as (reached, release):
+            g1.name = "older"
+            w1 = _Run(g1.save)  # API committed, its cell copy about to be written
+            w1.start()
+            _until(reached.is_set, "the first writer to reach its cell insert")
+            g2.name = "newer"
+            w2 = _Run(g2.save)
+            w2.start()
+            _until(
+                lambda: (
+                    not w2.is_alive()
+                    or _lock_waits(
+                        topology.backend, topology.cell_engine("cell1"), "%shadowdb_group_locks%"
+                    )
+                    > 0
+                ),
+                "the second writer to finish or wait",
+            )
+            assert w2.is_alive(), "the second writer took no lock the first one holds"
+            release.set()
+            w1.outcome()
+            w2.outcome()
+    assert name_of(topology.dbs.api, "api", group) == "newer"
+    assert name_of(topology.cell_engine("cell1"), "cell", group) == "newer"
+    assert commands.diff_report(topology.dbs).clean
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_pooled_connections_killed_while_idle_are_replaced_not_an_outage(
+    topology: Topology,
+) -> None:
+    for i in range(10):
+        migrated(topology, f"g{i}")
+    put_in_phase(topology.dbs, CR)
+    with _connection_killed_mid_scan(topology.backend, after=4, whom="others") as killed:
+        report = commands.diff_report(topology.dbs, chunk_size=1)
+    assert killed
+    assert report.clean and report.total == 0
+    with reader(topology.dbs.api) as conn:
+        last = diff.last_result(conn)
+    assert last is not None and last.outcome == "clean"
