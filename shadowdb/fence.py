@@ -10,17 +10,28 @@ depends on another process's clock or cache: a ``cell-only`` writer, a process c
 from the API database and a process with a long phase TTL are all stopped by the row
 of the database they write.
 
-The commit point
-    :func:`record` locks the cell rows (in cell order) and then the API row, and commits
-    the API database first. A change is made when the API commit is; the cells follow.
-    A cell whose commit did not happen (it went away, the process died) *lags*: its row
-    holds an older epoch, never a newer one. Lagging is not unsafe: the cell is simply
-    still in the previous phase, whose writers also read the API row when they write it
-    (all but ``cell-only``'s), and everything that needs the whole deployment in one phase
-    (a backfill, a gating diff-report, the next ``phase set``) first requires every cell
-    *settled* at the API's epoch. :func:`settle` finishes a half-done change; it runs at
+The commit point, in two phases
+    :func:`shadowdb.switcher.Switcher` locks the cell rows (in cell order) and then the
+    API row. It first *prepares* every cell: the new epoch goes into the row's
+    ``next_epoch`` and each cell commits. Then it commits the API database: that commit
+    is the change. Then each cell's row takes the new phase and epoch (``settle_cell``).
+
+    So a cell's row never names a newer epoch than the API's, and a cell row with no
+    ``next_epoch``, pinned by a writer, proves the API database is at that epoch for as
+    long as the pin holds (no change can prepare the cell under it). A writer that finds
+    ``next_epoch`` set cannot know alone whether the change committed: it settles the
+    cell, which reads the API row under a shared lock (waiting while ``phase set`` holds
+    it) and either takes the new epoch or, if the API database never committed it, clears
+    the mark; if the API database cannot be reached the write is refused, never acted on
+    under a phase that may have ended. In particular a ``cell-only`` writer, or a
+    ``dual-write-cell-reads`` writer whose API write fails, acknowledges a write on the
+    strength of its cell's row alone only when no change is in flight.
+
+    A cell whose finishing commit did not happen *lags*; everything that needs the whole
+    deployment in one phase (a backfill, a gating diff-report, the next ``phase set``)
+    first settles every cell and refuses while one lags. :func:`settle` runs at
     ``phase set``, ``status`` and ``db sync``, and a writer that finds its cell behind
-    the API settles that cell itself (:class:`CellBehind`).
+    the API, or prepared, settles that cell itself (:class:`CellBehind`).
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ __all__ = [
     "lagging",
     "pin_api",
     "pin_cell",
+    "prepare_cell",
     "settle",
     "settle_cell",
     "write_cell_state",
@@ -69,13 +81,15 @@ class EpochChanged(Exception):
 
 
 class CellBehind(Exception):
-    """A cell has not taken the epoch the API database holds: settle it, then retry."""
+    """A cell lags the plan, or holds a prepared change: settle it, then plan afresh."""
 
     def __init__(self, cell: Cell, planned: PhaseState, found: PhaseState | None) -> None:
         self.cell = cell
         self.planned = planned
         self.found = found
         at = "no phase row" if found is None else f"epoch {found.epoch}"
+        if found is not None and found.next_epoch is not None:
+            at += f", epoch {found.next_epoch} prepared"
         super().__init__(f"{cell.label} is at {at}, the plan at epoch {planned.epoch}")
 
 
@@ -87,10 +101,11 @@ def pin_cell(conn: Connection, cell: Cell, planned: PhaseState) -> PhaseState:
 
     Raises:
         EpochChanged: the cell is at a newer epoch (its phase is the one to plan on).
-        CellBehind: the cell lags the plan (a change whose API commit happened).
+        CellBehind: the cell lags the plan (a change whose API commit happened), or a
+            change is prepared in it (only the API database's row tells its outcome).
     """
     found = read_cell_state(conn, share=True)
-    if found is None or found.epoch < planned.epoch:
+    if found is None or found.epoch < planned.epoch or found.next_epoch is not None:
         raise CellBehind(cell, planned, found)
     if found.epoch > planned.epoch:
         raise EpochChanged(planned, found)
@@ -109,29 +124,54 @@ def pin_api(conn: Connection, planned: PhaseState) -> PhaseState:
     return found
 
 
-def write_cell_state(conn: Connection, state: PhaseState, *, exists: bool) -> None:
+def write_cell_state(
+    conn: Connection, state: PhaseState, *, exists: bool, next_epoch: int | None = None
+) -> None:
     """Set the cell's row to ``state`` (inserting it if ``exists`` is false)."""
-    values = {"phase": state.phase.value, "epoch": state.epoch, "changed_at": state.changed_at}
+    values = {
+        "phase": state.phase.value,
+        "epoch": state.epoch,
+        "changed_at": state.changed_at,
+        "next_epoch": next_epoch,
+    }
     if exists:
         conn.execute(cell_state.update().where(cell_state.c.id == 1).values(**values))
     else:
         conn.execute(cell_state.insert().values(id=1, **values))
 
 
-def settle_cell(cell: Cell, state: PhaseState) -> bool:
-    """Bring ``cell``'s row up to ``state`` (read from the API database) if it lags.
+def prepare_cell(conn: Connection, next_epoch: int) -> None:
+    """Mark a change to ``next_epoch`` prepared in the cell (its row locked on ``conn``)."""
+    conn.execute(cell_state.update().where(cell_state.c.id == 1).values(next_epoch=next_epoch))
 
-    Never moves a row backwards. Returns whether it changed anything.
+
+def settle_cell(dbs: Databases, cell: Cell, hint: PhaseState | None = None) -> bool:
+    """Bring ``cell``'s row to the API database's epoch, or clear a change never made.
+
+    The cell's row is locked, then the API database's row is read under a shared lock
+    (which waits while a ``phase set`` holds it): its epoch decides. Never moves a row
+    backwards. ``hint`` (an API state read without a lock) lets a cell already at or
+    past it, with nothing prepared, be left without reading the API row. Returns whether
+    it changed anything.
 
     Raises:
-        DatabaseUnreachable: the cell cannot be reached.
+        DatabaseUnreachable: the cell or the API database cannot be reached.
     """
     try:
         with writer(cell.engine, cell.label) as conn:
             found = read_cell_state(conn, for_update=True)
-            if found is not None and found.epoch >= state.epoch:
+            idle = found is not None and found.next_epoch is None
+            if idle and hint is not None and found is not None and found.epoch >= hint.epoch:
                 return False
-            write_cell_state(conn, state, exists=found is not None)
+            with writer(dbs.api, dbs.api_label) as aconn:
+                state = read_state(aconn, share=True)
+            if found is not None and found.epoch >= state.epoch:
+                if found.next_epoch is None:
+                    return False
+                # Prepared, but the API database never took it: the change did not happen.
+                write_cell_state(conn, found, exists=True)
+            else:
+                write_cell_state(conn, state, exists=found is not None)
     except sa.exc.IntegrityError:
         return False  # another process inserted the row first: it settled the cell
     log.info(
@@ -140,6 +180,7 @@ def settle_cell(cell: Cell, state: PhaseState) -> bool:
         phase=state.phase.value,
         epoch=state.epoch,
         was=None if found is None else found.epoch,
+        prepared=None if found is None else found.next_epoch,
     )
     return True
 
@@ -157,7 +198,7 @@ def settle(dbs: Databases, cells: Sequence[Cell] | None = None) -> tuple[PhaseSt
     problems: list[str] = []
     for cell in dbs.refresh_cells() if cells is None else cells:
         try:
-            settle_cell(cell, state)
+            settle_cell(dbs, cell, state)
         except (ShadowDBError, sa.exc.DBAPIError) as err:
             problems.append(f"{cell.label}: {err}")
     return state, problems
@@ -173,8 +214,10 @@ def lagging(dbs: Databases, state: PhaseState) -> list[str]:
         except DatabaseUnreachable as err:
             problems.append(f"{cell.label}: unreachable ({err})")
             continue
-        if found is None or found.epoch != state.epoch:
+        if found is None or found.epoch != state.epoch or found.next_epoch is not None:
             at = "no phase row" if found is None else f"epoch {found.epoch}"
+            if found is not None and found.next_epoch is not None:
+                at += f" with epoch {found.next_epoch} prepared"
             problems.append(
                 f"{cell.label} is at {at}, the API database at epoch {state.epoch} "
                 "(run `shadowdb status` to settle it)"

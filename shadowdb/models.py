@@ -377,6 +377,8 @@ cell_state = sa.Table(
     sa.Column("phase", sa.String(length=32), nullable=False),
     sa.Column("epoch", sa.Integer, nullable=False),
     sa.Column("changed_at", sa.DateTime, nullable=False),
+    # The epoch of a change prepared here but perhaps not committed in the API database.
+    sa.Column("next_epoch", sa.Integer, nullable=True),
     **_MYSQL,
 )
 

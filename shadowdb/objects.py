@@ -156,10 +156,11 @@ def _write(
             state = changed.found
             ctx.dbs.phases.observe(state)
         except CellBehind as behind:
-            # The cell has not taken the API database's epoch yet (a phase change whose
-            # cell commit is pending or was cut short): finish it, then plan afresh.
+            # The cell has not taken the API database's epoch yet, or holds a prepared
+            # change (a phase change in flight or cut short): settle it, which asks the
+            # API database's row under its lock, then plan afresh.
+            settle_cell(ctx.dbs, behind.cell)
             state = ctx.dbs.phases.fresh()
-            settle_cell(behind.cell, state)
             log.info("write_replanned", group_uuid=group_uuid, settled=behind.cell.name)
     raise OperationalError(f"the phase kept changing under a write to group {group_uuid}")
 

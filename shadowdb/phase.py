@@ -75,6 +75,9 @@ class PhaseState:
     default_cell_uuid: str | None
     #: ``cleanup`` has begun retiring the cell copies (API database only).
     cells_retired: bool = False
+    #: A cell's row only: the epoch of a change prepared in it whose outcome the API
+    #: database's row decides (:mod:`shadowdb.fence`).
+    next_epoch: int | None = None
 
 
 _SELECT_STATE = sa.select(
@@ -103,7 +106,8 @@ def read_cell_state(
         SchemaError: the cell database was never synced by shadowdb.
     """
     c = cell_state.c
-    stmt = _locking(sa.select(c.phase, c.epoch, c.changed_at).where(c.id == 1), for_update, share)
+    columns = (c.phase, c.epoch, c.changed_at, c.next_epoch)
+    stmt = _locking(sa.select(*columns).where(c.id == 1), for_update, share)
     try:
         row = conn.execute(stmt).one_or_none()
     except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:
@@ -112,7 +116,7 @@ def read_cell_state(
         raise
     if row is None:
         return None
-    return PhaseState(Phase(row.phase), row.epoch, row.changed_at, None)
+    return PhaseState(Phase(row.phase), row.epoch, row.changed_at, None, next_epoch=row.next_epoch)
 
 
 def read_state(conn: Connection, *, for_update: bool = False, share: bool = False) -> PhaseState:

@@ -16,11 +16,13 @@ drift from the run:
    wait for the writers in flight and, once held, no write is in flight anywhere.
    Under them: require the epoch the guards saw, every cell settled at it and the same
    cells registered; run the guards whose verdict must be exact (the journals,
-   :meth:`LockedGuard.check_locked`); write the new phase and ``epoch + 1`` in every
-   row and a ``shadowdb_phase_history`` row. The API database commits first: that is
-   the commit point; the cells follow. A cell that cannot be reached refuses the change
-   before anything is written; one lost between the commits lags and is settled by the
-   next ``phase set``, ``status`` or writer (:mod:`shadowdb.fence`).
+   :meth:`LockedGuard.check_locked`); write the new phase and ``epoch + 1`` and a
+   ``shadowdb_phase_history`` row in the API database; *prepare* every cell (the new
+   epoch in its row's ``next_epoch``) and commit it; then commit the API database: that
+   is the commit point. Each cell then takes the new phase (``fence.settle_cell``). A
+   cell that cannot be reached refuses the change before the commit point; one lost
+   after it stays prepared and is settled by the next ``phase set``, ``status`` or
+   writer, which ask the API row (:mod:`shadowdb.fence`).
 3. **announce**: log ``phase_changed``, send the ``phase-changed`` signal (after the
    commit; a receiver cannot change the outcome).
 4. **catch-up** (leaving ``api-only`` only): replay the API journal, which holds one
@@ -61,8 +63,8 @@ from sqlalchemy.engine import Connection
 
 from shadowdb import diff, signals
 from shadowdb.databases import Cell, Databases, database_errors, reader
-from shadowdb.errors import DatabaseUnreachable, GuardRefused, OperationalError
-from shadowdb.fence import settle, write_cell_state
+from shadowdb.errors import DatabaseUnreachable, GuardRefused, OperationalError, ShadowDBError
+from shadowdb.fence import prepare_cell, settle, settle_cell
 from shadowdb.models import (
     api_groups,
     api_phase_history,
@@ -71,7 +73,7 @@ from shadowdb.models import (
 )
 from shadowdb.phase import Phase, PhaseState, read_cell_state, read_state, utcnow
 from shadowdb.queries import API, CELL, GroupRecord, GroupTables
-from shadowdb.sync import DB_FAILURES, commit, drain_journals, one_line, transaction
+from shadowdb.sync import commit, drain_journals, one_line, transaction
 
 __all__ = [
     "GUARDS",
@@ -702,7 +704,6 @@ class Switcher:
 
     def _record(self, t: Transition) -> dt.datetime:
         now = utcnow()
-        new = PhaseState(t.to_phase, t.new_epoch, now, None)
         with contextlib.ExitStack() as stack:
             held: list[tuple[Cell, Connection, PhaseState | None]] = []
             cells = self.dbs.refresh_cells()
@@ -720,41 +721,47 @@ class Switcher:
             if problems:
                 self._refused(state, t.to_phase, problems, t.forced)
             with database_errors(self.dbs.api_label):
-                updated = aconn.execute(
-                    api_state.update()
-                    .where(api_state.c.id == 1, api_state.c.epoch == t.epoch)
-                    .values(phase=t.to_phase.value, epoch=t.new_epoch, changed_at=now)
-                )
-                # The row is locked and its epoch checked, so this is one row; a zero here
-                # means the lock did not hold, and nothing must be written.
-                if updated.rowcount != 1:
-                    raise OperationalError(
-                        f"{self.dbs.api_label}: phase row changed under its lock"
-                    )
-                aconn.execute(
-                    api_phase_history.insert().values(
-                        epoch=t.new_epoch,
-                        from_phase=t.from_phase.value,
-                        to_phase=t.to_phase.value,
-                        changed_at=now,
-                        actor=t.actor,
-                        reason=t.reason,
-                        forced=t.forced,
-                        overridden=_overridden_text(t.overridden),
-                    )
-                )
-            for cell, conn, found in held:
+                self._write_api(aconn, t, now)
+            # Prepare every cell, committed, while the API row stays locked: from here a
+            # writer of a cell learns the outcome from the API row (fence.settle_cell).
+            for cell, conn, _found in held:
                 with database_errors(cell.label):
-                    write_cell_state(conn, new, exists=found is not None)
+                    prepare_cell(conn, t.new_epoch)
+                commit(conn, cell.label)  # a cell lost here: nothing is changed
+            if self._hook is not None:
+                self._hook("prepared")
             # The commit point: from here on the change is made.
             commit(aconn, self.dbs.api_label)
-            for cell, conn, _found in held:
-                try:
-                    commit(conn, cell.label)
-                except DB_FAILURES as err:
-                    # The cell lags; it is settled by the next phase set, status or writer.
-                    log.warning("phase_cell_deferred", cell=cell.name, error=one_line(err))
+        for cell in cells:
+            try:
+                settle_cell(self.dbs, cell)
+            except (ShadowDBError, sa.exc.DBAPIError) as err:
+                # The cell stays prepared; the next phase set, status or writer settles it.
+                log.warning("phase_cell_deferred", cell=cell.name, error=one_line(err))
         return now
+
+    def _write_api(self, aconn: Connection, t: Transition, now: dt.datetime) -> None:
+        updated = aconn.execute(
+            api_state.update()
+            .where(api_state.c.id == 1, api_state.c.epoch == t.epoch)
+            .values(phase=t.to_phase.value, epoch=t.new_epoch, changed_at=now)
+        )
+        # The row is locked and its epoch checked, so this is one row; a zero here means
+        # the lock did not hold, and nothing must be written.
+        if updated.rowcount != 1:
+            raise OperationalError(f"{self.dbs.api_label}: phase row changed under its lock")
+        aconn.execute(
+            api_phase_history.insert().values(
+                epoch=t.new_epoch,
+                from_phase=t.from_phase.value,
+                to_phase=t.to_phase.value,
+                changed_at=now,
+                actor=t.actor,
+                reason=t.reason,
+                forced=t.forced,
+                overridden=_overridden_text(t.overridden),
+            )
+        )
 
     def _locked_refusals(
         self,
@@ -776,8 +783,10 @@ class Switcher:
         if tuple(c.uuid for c in cells) != t.cells:
             problems.append("the registered cells changed while the guards ran; run again")
         for cell, _conn, found in held:
-            if found is None or found.epoch != state.epoch:
+            if found is None or found.epoch != state.epoch or found.next_epoch is not None:
                 at = "no phase row" if found is None else f"epoch {found.epoch}"
+                if found is not None and found.next_epoch is not None:
+                    at += f" with epoch {found.next_epoch} prepared"
                 problems.append(
                     f"{cell.label} is at {at}, not {state.epoch}: a change is half done; "
                     "run `shadowdb status` to settle it"

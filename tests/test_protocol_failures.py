@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from shadowdb import cli, commands, diff, models, signals
+from shadowdb import switcher as switcher_module
 from shadowdb.backfill import Step, backfill
 from shadowdb.cleanup import cleanup
 from shadowdb.databases import Databases, connect, reader
@@ -736,3 +737,86 @@ def test_pooled_connections_killed_while_idle_are_replaced_not_an_outage(
     with reader(topology.dbs.api) as conn:
         last = diff.last_result(conn)
     assert last is not None and last.outcome == "clean"
+
+
+# --------------------------------------------------------------------------- prepared cells
+
+
+def _cell_row(engine: sa.Engine) -> tuple[int, int | None]:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(models.cell_state.c.epoch, models.cell_state.c.next_epoch))
+        epoch, prepared = row.one()
+    return int(epoch), prepared
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_a_cell_left_prepared_refuses_a_writer_that_cannot_ask_the_api_database(
+    topology: Topology,
+    api_behind_proxy: tuple[Databases, Proxy],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the model check: a lagging cell once let a cut-off writer acknowledge.
+
+    ``phase set`` commits the API database, then loses cell1 before cell1 takes the new
+    phase. A dual-write-cell-reads writer cut off from the API database used to journal
+    its rename in cell1 and acknowledge it, while every reader had moved on to the API
+    copy. Now cell1's row says a change is prepared, and only the API row can say more.
+    """
+    service, api_proxy = api_behind_proxy
+    group = migrated(topology)
+    put_in_phase(topology.dbs, CR)
+    assert commands.diff_report(topology.dbs).clean
+    g = InstanceGroup.get_by_uuid(ctx_of(service), group)  # the service plans in CR
+    before = topology.dbs.phases.fresh().epoch
+    finish = switcher_module.settle_cell
+
+    def cell1_lost(dbs: Databases, cell: Any, hint: Any = None) -> bool:
+        if cell.name == "cell1":
+            raise DatabaseUnreachable(cell.label, "lost after the commit point")
+        return finish(dbs, cell, hint)
+
+    monkeypatch.setattr(switcher_module, "settle_cell", cell1_lost)
+    Switcher(topology.dbs).run(AR)
+    monkeypatch.undo()
+    cell1 = topology.cell_engine("cell1")
+    assert topology.dbs.phases.fresh().phase is AR
+    assert _cell_row(cell1) == (before, before + 1)  # prepared, never finished
+    api_proxy.cut()
+    try:
+        g.name = "lost?"
+        with pytest.raises(DatabaseUnreachable):
+            g.save()
+    finally:
+        api_proxy.restore()
+    assert name_of(cell1, "cell", group) == "g"
+    with reader(cell1) as conn:
+        assert CELL.journal_pending(conn) == []
+    g.save()  # reachable again: cell1 is settled, the write goes through the new phase
+    assert _cell_row(cell1) == (before + 1, None)
+    assert InstanceGroup.get_by_uuid(ctx_of(topology.dbs), group).name == "lost?"
+    assert name_of(cell1, "cell", group) == "lost?"
+
+
+def test_a_change_that_never_reached_its_commit_point_leaves_nothing_behind(
+    topology: Topology,
+) -> None:
+    group = migrated(topology)
+    put_in_phase(topology.dbs, CR)
+    before = topology.dbs.phases.fresh().epoch
+
+    def crash(step: str) -> None:
+        if step == "prepared":
+            raise RuntimeError("phase set dies before its API commit")
+
+    with pytest.raises(RuntimeError):
+        Switcher(topology.dbs, hook=crash).run(C)
+    assert topology.dbs.phases.fresh().phase is CR
+    cell1 = topology.cell_engine("cell1")
+    assert _cell_row(cell1) == (before, before + 1)  # prepared; the API never took it
+    g = InstanceGroup.get_by_uuid(ctx_of(topology.dbs), group)
+    g.name = "still dual-write"
+    g.save()  # the writer asks the API row: the mark is cleared, the plan holds
+    assert _cell_row(cell1) == (before, None)
+    assert name_of(topology.dbs.api, "api", group) == "still dual-write"
+    commands.status(topology.dbs)
+    assert _cell_row(topology.cell_engine("cell2")) == (before, None)
