@@ -221,6 +221,7 @@ def demo() -> None:
     run("db", "sync")
     for name in ("cell1", "cell2"):
         run("cell", "add", name, f"sqlite:///{DATA / (name + '.sqlite')}")
+    run("cell", "set-default", "cell1")
     run("db", "sync")
     print("\nLegacy data, as Nova left it in the cell databases:")
     legacy = seed_legacy(api_url)

@@ -179,6 +179,16 @@ def _cmd_cell_add(args: argparse.Namespace, settings: Settings, out: _Output) ->
     return ExitCode.OK
 
 
+def _cmd_cell_set_default(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    with connect(args.api_url, settings=settings) as dbs:
+        info = commands.set_default_cell(dbs, args.name)
+    if out.json:
+        out.emit_json(info)
+    else:
+        out.line(f"cell {info.name} is the default: new groups' cell copies go there")
+    return ExitCode.OK
+
+
 def _cells_table(out: _Output, cells: Sequence[commands.CellInfo]) -> None:
     out.table(
         None,
@@ -582,6 +592,11 @@ def _build_parser() -> _Parser:
     add.set_defaults(handler=_cmd_cell_add)
     lst = cell_sub.add_parser("list", help="list registered cells", parents=[common])
     lst.set_defaults(handler=_cmd_cell_list)
+    dflt = cell_sub.add_parser(
+        "set-default", help="write new groups' cell copies to this cell", parents=[common]
+    )
+    dflt.add_argument("name", help="cell name (never cell0)")
+    dflt.set_defaults(handler=_cmd_cell_set_default)
 
     st = sub.add_parser("status", help="show the phase and the cells", parents=[common])
     st.set_defaults(handler=_cmd_status)

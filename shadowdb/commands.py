@@ -18,7 +18,14 @@ import sqlalchemy as sa
 import structlog
 
 from shadowdb import diff, schema, urls
-from shadowdb.databases import Cell, Databases, database_errors, reader, writer
+from shadowdb.databases import (
+    CELL0_UUID,
+    Databases,
+    choose_default,
+    database_errors,
+    reader,
+    writer,
+)
 from shadowdb.errors import (
     CellExists,
     DatabaseUnreachable,
@@ -27,7 +34,7 @@ from shadowdb.errors import (
 )
 from shadowdb.fence import settle
 from shadowdb.models import api_cell_mappings, api_phase_history, api_state
-from shadowdb.phase import Phase, PhaseState, initialise_state, read_state
+from shadowdb.phase import Phase, initialise_state, read_state
 from shadowdb.switcher import Switcher, allowed_next
 
 __all__ = [
@@ -145,12 +152,6 @@ def _check_reachable(url: sa.URL, label: str, dbs: Databases) -> None:
         engine.dispose()
 
 
-def _default_cell_uuid(state: PhaseState, cells: list[CellInfo] | tuple[Cell, ...]) -> str | None:
-    if state.default_cell_uuid:
-        return state.default_cell_uuid
-    return cells[0].uuid if cells else None
-
-
 def add_cell(dbs: Databases, name: str, url: str, *, default: bool = False) -> CellInfo:
     """Register a cell in ``cell_mappings`` (as ``nova-manage cell_v2 create_cell``).
 
@@ -217,8 +218,32 @@ def list_cells(dbs: Databases) -> list[CellInfo]:
     with reader(dbs.api, dbs.api_label) as conn:
         state = read_state(conn)
     cells = dbs.refresh_cells()
-    default = _default_cell_uuid(state, cells)
+    chosen = choose_default(cells, state.default_cell_uuid)
+    default = None if chosen is None else chosen.uuid
     return [CellInfo(c.name, c.uuid, urls.mask(c.url), c.uuid == default) for c in cells]
+
+
+def set_default_cell(dbs: Databases, name: str) -> CellInfo:
+    """Make ``name`` the cell where new groups' cell copies are written.
+
+    Raises:
+        UnknownCell: no cell of that name is registered.
+        InvalidInput: the cell is cell0, which never holds groups.
+    """
+    dbs.refresh_cells()
+    cell = dbs.cell(name)
+    if cell.is_cell0:
+        raise InvalidInput(
+            f"cell {name} is cell0 ({CELL0_UUID}): Nova never looks for groups there; "
+            "choose another cell"
+        )
+    with writer(dbs.api, dbs.api_label) as conn:
+        read_state(conn, for_update=True)
+        conn.execute(
+            api_state.update().where(api_state.c.id == 1).values(default_cell_uuid=cell.uuid)
+        )
+    log.info("default_cell_set", cell=name, uuid=cell.uuid)
+    return next(info for info in list_cells(dbs) if info.uuid == cell.uuid)
 
 
 def status(dbs: Databases) -> Status:

@@ -16,7 +16,7 @@ import dataclasses
 import re
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,28 @@ class Cell:
     def label(self) -> str:
         """Name the cell in messages and logs."""
         return f"cell {self.name}"
+
+    @property
+    def is_cell0(self) -> bool:
+        """Whether this is Nova's cell0 (instances that never got a host; no groups)."""
+        return self.uuid == CELL0_UUID
+
+
+#: The uuid ``nova-manage cell_v2 map_cell0`` gives cell0, always the same.
+CELL0_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def choose_default(cells: Sequence[Cell], chosen_uuid: str | None) -> Cell | None:
+    """Return the cell new groups go to: the one chosen, else the only one besides cell0.
+
+    cell0 is never the default (Nova's services never look there for groups). ``None``
+    when nothing was chosen and several cells qualify, or none does.
+    """
+    usable = [c for c in cells if not c.is_cell0]
+    for cell in usable:
+        if cell.uuid == chosen_uuid:
+            return cell
+    return usable[0] if len(usable) == 1 else None
 
 
 #: Every MariaDB/MySQL connection: utf8mb4, and room for the lists the hot path's

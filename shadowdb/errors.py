@@ -43,6 +43,7 @@ __all__ = [
     "GuardRefused",
     "InvalidInput",
     "InvalidURL",
+    "NoDefaultCell",
     "NotFound",
     "ObjectActionError",
     "OperationalError",
@@ -170,6 +171,22 @@ class DatabaseUnreachable(OperationalError):
         self.database = database
         self.detail = detail
         super().__init__(f"{database} unreachable: {detail}")
+
+
+class NoDefaultCell(OperationalError):
+    """Report a write that needs the default cell when none can be chosen for it."""
+
+    def __init__(self, candidates: Sequence[str]) -> None:
+        self.candidates = tuple(candidates)
+        if not self.candidates:
+            detail = "no cell other than cell0 is registered (shadowdb cell add NAME URL)"
+        else:
+            detail = (
+                f"no default cell is set and several cells could take new groups "
+                f"({', '.join(self.candidates)}): choose one with "
+                "`shadowdb cell set-default NAME`"
+            )
+        super().__init__(detail)
 
 
 class SchemaError(OperationalError):

@@ -24,8 +24,8 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from shadowdb import signals
-from shadowdb.databases import Cell, Databases, database_errors, reader
-from shadowdb.errors import DatabaseUnreachable, OperationalError, ShadowDBError
+from shadowdb.databases import Cell, Databases, choose_default, database_errors, reader
+from shadowdb.errors import DatabaseUnreachable, NoDefaultCell, OperationalError, ShadowDBError
 from shadowdb.fence import CellBehind, EpochChanged, pin_api, pin_cell
 from shadowdb.phase import PhaseState, read_state
 from shadowdb.queries import API, CELL, GroupRecord, GroupTables
@@ -89,19 +89,16 @@ def copy_group(
 
 
 def default_cell(dbs: Databases, state: PhaseState) -> Cell:
-    """Return the cell where new groups' cell copies are written.
+    """Return the cell where new groups' cell copies are written (never cell0).
 
     Raises:
-        OperationalError: no cell is registered.
+        NoDefaultCell: no cell besides cell0 is registered, or several are and none was
+            chosen (``shadowdb cell set-default NAME``).
     """
-    cells = dbs.cells
-    if not cells:
-        raise OperationalError("no cell is registered (shadowdb cell add NAME URL)")
-    if state.default_cell_uuid:
-        for cell in cells:
-            if cell.uuid == state.default_cell_uuid:
-                return cell
-    return cells[0]
+    chosen = choose_default(dbs.cells, state.default_cell_uuid)
+    if chosen is None:
+        raise NoDefaultCell([c.name for c in dbs.cells if not c.is_cell0])
+    return chosen
 
 
 @dataclasses.dataclass(frozen=True)

@@ -132,7 +132,8 @@ def _server_topology(server: Server, settings: Settings) -> tuple[URL, dict[str,
         with connect(api_url.render_as_string(hide_password=False), settings=settings) as dbs:
             commands.sync_schema(dbs)
             for name in CELL_NAMES:
-                commands.add_cell(dbs, name, cell_urls[name].render_as_string(hide_password=False))
+                url = cell_urls[name].render_as_string(hide_password=False)
+                commands.add_cell(dbs, name, url, default=name == CELL_NAMES[0])
             commands.sync_schema(dbs)
         _synced[server.backend] = (api_url, cell_urls)
         return _synced[server.backend]
@@ -159,6 +160,12 @@ def empty_topology(api_url: URL, cell_urls: dict[str, URL], settings: Settings) 
                     .values(database_connection=url.render_as_string(hide_password=False))
                 )
             initialise_state(conn, "tests")
+            first = conn.scalar(
+                sa.select(models.api_cell_mappings.c.uuid).where(
+                    models.api_cell_mappings.c.name == CELL_NAMES[0]
+                )
+            )
+            conn.execute(models.api_state.update().values(default_cell_uuid=first))
     finally:
         api.dispose()
     for url in cell_urls.values():
@@ -188,7 +195,7 @@ def _sqlite_topology(
     with connect(str(api_url), settings=settings, create=True) as dbs:
         commands.sync_schema(dbs)
         for name in CELL_NAMES:
-            commands.add_cell(dbs, name, str(cell_urls[name]))
+            commands.add_cell(dbs, name, str(cell_urls[name]), default=name == CELL_NAMES[0])
         commands.sync_schema(dbs)
     return api_url, cell_urls
 

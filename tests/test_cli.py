@@ -96,9 +96,9 @@ def test_cell_add_and_list_round_trip(cli: Cli, fresh: FreshDatabases, spare: li
     second = cli.ok("cell", "add", "c2", typed[1], "--api-url", api, "--format", "json").json()
     assert second == {"name": "c2", "uuid": second["uuid"], "url": shown[1], "default": False}
     uuids.append(second["uuid"])
-    # The first cell added stays the default while no other is chosen.
+    # The only cell is the default; with two and none chosen, there is none.
     listed = cli.ok("cell", "list", "--api-url", api, "--format", "json").json()
-    assert [(c["name"], c["default"]) for c in listed] == [("c1", True), ("c2", False)]
+    assert [(c["name"], c["default"]) for c in listed] == [("c1", False), ("c2", False)]
 
     third = cli.ok("cell", "add", "c3", typed[2], "--default", "--api-url", api)
     match = re.fullmatch(r"cell c3 added: (\S+) (\S+) \(default\)\n", third.out)
@@ -167,6 +167,7 @@ def test_db_sync_is_idempotent_and_status_shows_cell_only(cli: Cli, fresh: Fresh
     }
     for name, url in fresh.cell_urls.items():
         cli.ok("cell", "add", name, text(url), "--api-url", api)
+    cli.ok("cell", "set-default", "cell1", "--api-url", api)
 
     # The cells registered since are brought up; the API database is left as it is.
     second = cli.ok("db", "sync", "--api-url", api)

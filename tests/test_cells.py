@@ -1,0 +1,157 @@
+"""Cells as Nova leaves them: cell0 mapped first, the default cell, ``cell set-default``.
+
+``nova-manage cell_v2 map_cell0`` runs before any other cell is mapped, so cell0 (uuid
+``00000000-0000-0000-0000-000000000000``) is the first row of ``cell_mappings``. Nova's
+services never look for groups there: shadowdb never writes one into it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from shadowdb import cli, commands, models
+from shadowdb.databases import CELL0_UUID, Databases, connect, reader
+from shadowdb.errors import InvalidInput, NoDefaultCell, UnknownCell
+from shadowdb.objects import InstanceGroup, RequestContext
+from shadowdb.phase import Phase, read_state
+from shadowdb.queries import CELL
+from tests.conftest import FreshDatabases
+from tests.helpers import put_in_phase
+
+
+def _text(url: sa.URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+def _map_cell0(dbs: Databases, url: sa.URL) -> None:
+    """Map cell0 the way ``nova-manage cell_v2 map_cell0`` does: its fixed uuid, first."""
+    now = dt.datetime(2026, 1, 1)
+    with dbs.api.begin() as conn:
+        conn.execute(
+            models.api_cell_mappings.insert().values(
+                created_at=now,
+                updated_at=now,
+                uuid=CELL0_UUID,
+                name="cell0",
+                transport_url="none:///",
+                database_connection=_text(url),
+                disabled=False,
+            )
+        )
+
+
+@pytest.fixture
+def nova_like(fresh: FreshDatabases) -> Iterator[tuple[Databases, FreshDatabases]]:
+    """cell0 mapped first (on the ``cell2`` database), then ``cell1``; both synced."""
+    dbs = connect(_text(fresh.api_url), create=True)
+    try:
+        commands.sync_schema(dbs)
+        _map_cell0(dbs, fresh.cell_urls["cell2"])
+        commands.add_cell(dbs, "cell1", _text(fresh.cell_urls["cell1"]))
+        commands.sync_schema(dbs)
+        yield dbs, fresh
+    finally:
+        dbs.dispose()
+
+
+def _groups_in(url: sa.URL) -> list[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            g = CELL.groups
+            return list(conn.scalars(sa.select(g.c.uuid).where(g.c.deleted == 0)))
+    finally:
+        engine.dispose()
+
+
+def test_cell0_is_never_the_default_and_never_receives_a_group(
+    nova_like: tuple[Databases, FreshDatabases],
+) -> None:
+    dbs, fresh = nova_like
+    listed = commands.list_cells(dbs)
+    assert [(c.name, c.default) for c in listed] == [("cell0", False), ("cell1", True)]
+    ctx = RequestContext(dbs, "p1", "u1")
+    made = {}
+    for phase in (
+        Phase.CELL_ONLY,
+        Phase.DUAL_WRITE_CELL_READS,
+        Phase.DUAL_WRITE_API_READS,
+    ):
+        if phase is not Phase.CELL_ONLY:
+            put_in_phase(dbs, phase)
+        g = InstanceGroup(ctx, name=f"new in {phase.value}", user_id="u1", project_id="p1")
+        g.create()
+        made[phase] = g.uuid
+    assert sorted(_groups_in(fresh.cell_urls["cell1"])) == sorted(made.values())
+    assert _groups_in(fresh.cell_urls["cell2"]) == []  # cell0
+
+
+def test_several_cells_and_none_chosen_refuse_a_create_until_set_default(
+    nova_like: tuple[Databases, FreshDatabases],
+) -> None:
+    dbs, fresh = nova_like
+    extra = fresh.server.create(f"{fresh.cell_urls['cell1'].database}_x".rsplit("/", 1)[-1])
+    try:
+        commands.add_cell(dbs, "cell3", _text(extra))
+        commands.sync_schema(dbs)
+        assert [c.default for c in commands.list_cells(dbs)] == [False, False, False]
+        ctx = RequestContext(dbs, "p1", "u1")
+        g = InstanceGroup(ctx, name="where?", user_id="u1", project_id="p1")
+        with pytest.raises(NoDefaultCell, match=r"cell set-default NAME") as err:
+            g.create()
+        assert "cell1, cell3" in str(err.value)
+        assert _groups_in(fresh.cell_urls["cell1"]) == [] and _groups_in(extra) == []
+        info = commands.set_default_cell(dbs, "cell3")
+        assert info.default and info.name == "cell3"
+        dbs.phases.invalidate()
+        g = InstanceGroup(ctx, name="here", user_id="u1", project_id="p1")
+        g.create()
+        assert _groups_in(extra) == [g.uuid]
+        commands.set_default_cell(dbs, "cell1")
+        dbs.phases.invalidate()
+        h = InstanceGroup(ctx, name="there", user_id="u1", project_id="p1")
+        h.create()
+        assert _groups_in(fresh.cell_urls["cell1"]) == [h.uuid]
+    finally:
+        dbs.dispose()
+        fresh.server.drop(str(extra.database))
+
+
+def _default_uuid(dbs: Databases) -> str | None:
+    with reader(dbs.api) as conn:
+        return read_state(conn).default_cell_uuid
+
+
+def test_set_default_refuses_cell0_and_unknown_cells_writing_nothing(
+    nova_like: tuple[Databases, FreshDatabases],
+) -> None:
+    dbs, fresh = nova_like
+    with pytest.raises(InvalidInput, match="cell0"):
+        commands.set_default_cell(dbs, "cell0")
+    with pytest.raises(UnknownCell):
+        commands.set_default_cell(dbs, "nowhere")
+    assert _default_uuid(dbs) is None
+    api = _text(fresh.api_url)
+    for name in ("cell0", "nowhere"):
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(["cell", "set-default", name, "--api-url", api], stdout=out, stderr=err)
+        assert code == 127, err.getvalue()
+        assert err.getvalue().count("\n") == 1 and name in err.getvalue()
+        assert out.getvalue() == ""
+    assert _default_uuid(dbs) is None
+    out = io.StringIO()
+    code = cli.main(
+        ["cell", "set-default", "cell1", "--api-url", api, "--format", "json"],
+        stdout=out,
+        stderr=io.StringIO(),
+    )
+    assert code == 0
+    shown = json.loads(out.getvalue())
+    assert (shown["name"], shown["default"]) == ("cell1", True)
+    assert _default_uuid(dbs) == dbs.cell("cell1").uuid
