@@ -45,12 +45,14 @@ from sqlalchemy.engine import Connection
 
 from shadowdb.databases import Cell, Databases, reader, writer
 from shadowdb.errors import DatabaseUnreachable, ShadowDBError
-from shadowdb.models import cell_state
+from shadowdb.models import api_cell_mappings, cell_state
 from shadowdb.phase import PhaseState, read_cell_state, read_state
 
 __all__ = [
     "CellBehind",
+    "CellsChanged",
     "EpochChanged",
+    "check_cells",
     "lagging",
     "pin_api",
     "pin_cell",
@@ -78,6 +80,32 @@ class EpochChanged(Exception):
             f"phase moved from {planned.phase.value} (epoch {planned.epoch}) to "
             f"{found.phase.value} (epoch {found.epoch})"
         )
+
+
+class CellsChanged(Exception):
+    """The registered cells differ from the ones this process knows: re-read, then retry."""
+
+    def __init__(self, known: Sequence[str], current: Sequence[str]) -> None:
+        self.known = tuple(known)
+        self.current = tuple(current)
+        super().__init__(f"cell_mappings changed: knew {len(known)} cells, now {len(current)}")
+
+
+def check_cells(conn: Connection, dbs: Databases) -> None:
+    """Refuse a write planned with a stale list of cells (one registered since, or gone).
+
+    Run in the API transaction of a write that located its group among the cells it
+    knows: a group in a cell registered after this process read ``cell_mappings`` would
+    otherwise be missed, and a second cell copy made elsewhere.
+
+    Raises:
+        CellsChanged: ``cell_mappings`` no longer lists exactly the known cells.
+    """
+    t = api_cell_mappings
+    current = tuple(conn.scalars(sa.select(t.c.uuid).order_by(t.c.id)))
+    known = tuple(c.uuid for c in dbs.cells)
+    if current != known:
+        raise CellsChanged(known, current)
 
 
 class CellBehind(Exception):

@@ -38,7 +38,7 @@ from shadowdb.errors import (
     ObjectActionError,
     OperationalError,
 )
-from shadowdb.fence import CellBehind, EpochChanged, settle_cell
+from shadowdb.fence import CellBehind, CellsChanged, EpochChanged, settle_cell
 from shadowdb.phase import PhaseState, utcnow
 from shadowdb.phases import strategy_for
 from shadowdb.phases.base import Lookup, Mutation, Written
@@ -155,6 +155,10 @@ def _write(
             # the new phase from its cell this way).
             state = changed.found
             ctx.dbs.phases.observe(state)
+        except CellsChanged as changed:
+            # A cell was registered (or removed) since this process read cell_mappings.
+            ctx.dbs.refresh_cells()
+            log.info("write_replanned", group_uuid=group_uuid, cells=len(changed.current))
         except CellBehind as behind:
             # The cell has not taken the API database's epoch yet, or holds a prepared
             # change (a phase change in flight or cut short): settle it, which asks the

@@ -72,8 +72,8 @@ from shadowdb.models import (
     cell_groups,
 )
 from shadowdb.phase import Phase, PhaseState, read_cell_state, read_state, utcnow
-from shadowdb.queries import API, CELL, GroupRecord, GroupTables
-from shadowdb.sync import commit, drain_journals, one_line, transaction
+from shadowdb.queries import API, CELL, GroupRecord, GroupTables, JournalEntry
+from shadowdb.sync import OUTBOX, commit, copy_group, drain_journals, one_line, transaction
 
 __all__ = [
     "GUARDS",
@@ -189,24 +189,45 @@ def _level(a: GroupRecord | None, b: GroupRecord | None) -> bool:
     return a.same_data(b)
 
 
+#: A group's copy on one side, or ``None``.
+Copy = GroupRecord | None
+
+#: Groups whose cell journal entries the record step replays itself, under the fence.
+_REPLAY_UNDER_LOCK = 100
+
+
 def _pending(
     side: GroupTables,
     conn: Connection,
     copies: Callable[[str], tuple[GroupRecord | None, GroupRecord | None]],
     *,
     purge: bool,
+    replay: Callable[[str, Copy, Copy, list[JournalEntry]], bool] | None = None,
 ) -> int:
     """Count ``side``'s journal entries whose two copies differ; with ``purge``, delete the rest.
 
     An entry whose copies are already level is moot: an outbox entry whose writer has not
-    deleted it yet, or a replay's leftover. It records nothing.
+    deleted it yet, or a replay's leftover. It records nothing. With ``replay``, an entry
+    whose copies differ is replayed (up to :data:`_REPLAY_UNDER_LOCK` groups) and deleted
+    when ``replay`` says it levelled them.
     """
     pending = 0
-    by_group: dict[str, list[int]] = {}
+    replayed = 0
+    by_group: dict[str, list[JournalEntry]] = {}
     for entry in side.journal_pending(conn):
-        by_group.setdefault(entry.group_uuid, []).append(entry.id)
-    for group_uuid, ids in by_group.items():
-        if _level(*copies(group_uuid)):
+        by_group.setdefault(entry.group_uuid, []).append(entry)
+    for group_uuid, entries in by_group.items():
+        ids = [e.id for e in entries]
+        here, there = copies(group_uuid)
+        if _level(here, there):
+            if purge:
+                side.journal_clear(conn, group_uuid, ids)
+        elif (
+            replay is not None
+            and replayed < _REPLAY_UNDER_LOCK
+            and replay(group_uuid, here, there, entries)
+        ):
+            replayed += 1
             if purge:
                 side.journal_clear(conn, group_uuid, ids)
         else:
@@ -220,9 +241,30 @@ def _pending_api(api: Connection, cells: Sequence[tuple[Cell, Connection]], *, p
 
 
 def _pending_cell(api: Connection, cell_conn: Connection, *, purge: bool) -> int:
-    """Count a cell journal's entries whose copies differ (:func:`_pending`)."""
+    """Count a cell journal's entries whose copies differ (:func:`_pending`).
+
+    With ``purge`` (under the fence, where no write is in flight), the outbox entries of
+    ``dual-write-cell-reads`` writes whose API half has not run (yet) and recorded no
+    failure are replayed here: the cell copy, the authority, is copied to the API
+    database on the locked connection. An entry that recorded a failure (for the
+    backfill to drain) and a group journaled on both sides are left, counted.
+    """
+
+    def replay(
+        group_uuid: str, cell_copy: Copy, api_copy: Copy, entries: list[JournalEntry]
+    ) -> bool:
+        if any(e.error != OUTBOX for e in entries) or API.journal_for(api, group_uuid):
+            return False  # a recorded failure (run backfill), or a conflict
+        if purge:  # the preview only asks whether the record step could replay it
+            copy_group(api, API, cell_copy, api_copy)
+        return True
+
     return _pending(
-        CELL, cell_conn, lambda g: (API.get(api, g), CELL.get(cell_conn, g)), purge=purge
+        CELL,
+        cell_conn,
+        lambda g: (CELL.get(cell_conn, g), API.get(api, g)),
+        purge=purge,
+        replay=replay,
     )
 
 
@@ -309,7 +351,10 @@ class CellJournalsEmpty:
     """Require every cell journal to hold no entry whose copies differ (API copies level).
 
     Exact: counted again under the fence (:meth:`check_locked`), where no write is in
-    flight, so an entry that appears while the guard scans refuses the change.
+    flight, so an entry that appears while the guard scans refuses the change. There the
+    outbox entries of writes whose API half has not run yet (a few, under live writes)
+    are replayed on the locked connections first; a backlog larger than
+    ``_REPLAY_UNDER_LOCK`` groups, or a group journaled on both sides, refuses.
     """
 
     name = "cell-journals-empty"

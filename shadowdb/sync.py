@@ -31,6 +31,7 @@ from shadowdb.phase import PhaseState, read_state
 from shadowdb.queries import API, CELL, GroupRecord, GroupTables
 
 __all__ = [
+    "OUTBOX",
     "DrainResult",
     "copy_group",
     "default_cell",
@@ -43,6 +44,11 @@ log = structlog.get_logger(__name__)
 
 #: The fields a copy carries over besides policies and members.
 _FIELDS = ("name", "user_id", "project_id", "created_at", "updated_at")
+
+#: The note of an outbox entry written with its write, before the other copy is tried:
+#: an entry still bearing it records no failure (its writer's second half is in flight,
+#: or its process died), so ``phase set`` may replay it under the fence.
+OUTBOX = "other copy not yet written"
 
 #: What a failed database call can raise: ours (translated) or the driver's.
 DB_FAILURES: tuple[type[BaseException], ...] = (
@@ -188,7 +194,7 @@ class DrainResult:
     errors: tuple[str, ...]
 
 
-def _replay(dbs: Databases, group_uuid: str, source: Cell | None, entry_ids: list[int]) -> str:
+def replay(dbs: Databases, group_uuid: str, source: Cell | None, entry_ids: list[int]) -> str:
     """Replay one group's journal: copy the journal side's state to the other side.
 
     ``source`` is the cell whose journal holds the entries, or ``None`` for the API
@@ -198,8 +204,10 @@ def _replay(dbs: Databases, group_uuid: str, source: Cell | None, entry_ids: lis
     """
     with reader(dbs.api, dbs.api_label) as conn:
         state = read_state(conn)  # not the cache: the replay is fenced at this epoch
-    where = locate(dbs, group_uuid)
-    cell = source or where.cell
+    cell = source
+    if cell is None:
+        where = locate(dbs, group_uuid)
+        cell = where.cell
     if cell is None:
         if where.unreachable:
             raise DatabaseUnreachable(where.unreachable[0].label, "cannot locate the group")
@@ -283,7 +291,7 @@ def drain_journals(dbs: Databases, *, limit: int | None = None) -> DrainResult:
     conflicts: list[str] = []
     for source, group_uuid, ids in pending:
         try:
-            outcome = _replay(dbs, group_uuid, source, ids)
+            outcome = replay(dbs, group_uuid, source, ids)
         except (CellBehind, EpochChanged) as err:
             # A phase change is in flight: the entry stays for the next run.
             errors.append(f"{group_uuid}: {err}; run again")

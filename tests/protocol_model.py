@@ -367,15 +367,18 @@ class Model:
             else:
                 yield from self._w_api_only(w, pid, proc, op)
             return
-        if pc == "cr-commit":  # dual-write-cell-reads: the cell commit, the ack
-            value, journal = proc[5], proc[6]
-            n = w.copy()
-            n.put(HOME, g, value, self.p)
-            if journal:
-                n.entry(HOME, g)
-            n.ack(g, value)
-            _done(n, pid)
-            yield f"{label} commits the cell (acknowledged)", n
+        if pc == "cr-replay":  # dual-write-cell-reads: the API half, a replay of its entry
+            entry = proc[5]
+            n2 = self.replay(w, pid, HOME, g, (entry,))
+            if n2 is not None:
+                n2.release(pid)
+                if w.settled(HOME):
+                    _done(n2, pid)
+                yield f"{label} replays its entry to the API", n2
+            if op.outage:
+                n = w.copy()
+                _done(n, pid)  # the API database failed: the entry stays for the drain
+                yield f"{label} API write fails", n
             return
         if pc == "ar-cell":  # dual-write-api-reads: level the cell copy
             value, entry, seen = proc[5], proc[6], proc[7]
@@ -450,30 +453,22 @@ class Model:
 
     def _w_cell_reads(self, w: World, pid: int, proc: Proc, op: Op) -> Iterator[Move]:
         g = op.group
-        if not (w.free(pid, HOME, g) and w.free(pid, "api", g)):
+        if not w.free(pid, HOME, g):
             return
         ok, instead = self._fenced(w, pid, proc, HOME)
         if not ok:
             yield from instead or ()
             return
-        if w.rows[HOME].get(g) is None:
-            n = w.copy()
+        n = w.copy()
+        if n.rows[HOME].get(g) is None:
             _done(n, pid)
             yield f"writer{pid} (cell reads): not found", n
             return
-        outcomes = [True, False] if op.outage else [True]
-        for reachable in outcomes:
-            n = w.copy()
-            n.pin(pid, HOME, g)
-            if reachable:
-                ok, instead = self._fenced(n, pid, proc, "api")
-                if not ok:
-                    yield from instead or ()
-                    continue
-                n.put("api", g, op.value, self.p)  # the API commits inside the cell txn
-            _set(n, pid, ("writer", "cr-commit", *proc[2:5], op.value, not reachable))
-            what = "copies to the API" if reachable else "finds the API unreachable"
-            yield f"writer{pid} (cell reads) {what}", n
+        n.put(HOME, g, op.value, self.p)
+        entry = n.entry(HOME, g)  # the outbox, in the authority's transaction
+        n.ack(g, op.value)
+        _set(n, pid, ("writer", "cr-replay", *proc[2:5], entry))
+        yield f"writer{pid} (cell reads) commits the cell with its entry (acknowledged)", n
 
     def _w_api_reads(self, w: World, pid: int, proc: Proc, op: Op) -> Iterator[Move]:
         g, p = op.group, self.p
@@ -811,7 +806,12 @@ class Model:
         for db in checks:
             live = []
             for g, _id in sorted(w.journal[db]):
-                if w.rows["api"].get(g) == w.rows[HOME].get(g) and purge:
+                level = w.rows["api"].get(g) == w.rows[HOME].get(g)
+                if purge and db != "api" and not level and not w.entries("api", g):
+                    # Under the fence, an outbox entry of dual-write-cell-reads is replayed.
+                    w.put("api", g, w.rows[db].get(g), self.p)
+                    level = True
+                if level and purge:
                     w.journal[db] = frozenset(e for e in w.journal[db] if e[0] != g)
                 else:
                     live.append(g)

@@ -13,6 +13,7 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,8 +35,9 @@ from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
 from shadowdb.switcher import Switcher
-from shadowdb.sync import drain_journals
-from tests.conftest import Topology
+from shadowdb.sync import OUTBOX, drain_journals
+from tests.backends import Server
+from tests.conftest import Topology, _db_name
 from tests.helpers import group_state, put_in_phase, seed_api_group, seed_cell_group
 from tests.proxy import Proxy
 from tests.test_faults import SERVERS
@@ -820,3 +822,148 @@ def test_a_change_that_never_reached_its_commit_point_leaves_nothing_behind(
     assert name_of(topology.dbs.api, "api", group) == "still dual-write"
     commands.status(topology.dbs)
     assert _cell_row(topology.cell_engine("cell2")) == (before, None)
+
+
+# --------------------------------------------------------------------------- found by attack
+
+
+def _server_id(dbapi_conn: Any) -> int:
+    if hasattr(dbapi_conn, "thread_id"):
+        return int(dbapi_conn.thread_id())  # PyMySQL
+    return int(dbapi_conn.info.backend_pid)  # psycopg
+
+
+def _kill_server_side(admin: sa.Engine, backend: str, sid: int) -> None:
+    with admin.connect() as conn:
+        if backend == "mysql":
+            conn.execute(sa.text(f"KILL {sid}"))
+        else:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": sid})
+            _until(
+                lambda: (
+                    not conn.scalar(
+                        sa.text("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = :p"), {"p": sid}
+                    )
+                ),
+                "the backend to go",
+            )
+        conn.commit()
+
+
+@contextlib.contextmanager
+def _killed_at_commit(engine: sa.Engine, admin: sa.Engine, backend: str) -> Iterator[list[int]]:
+    """Kill, server side, the first write connection of ``engine`` about to COMMIT.
+
+    SQLite has no server: its commit raises instead, as a crash there would.
+    """
+    killed: list[int] = []
+
+    def on_commit(conn: Any) -> None:
+        if killed or not conn.get_execution_options().get("shadowdb_write"):
+            return
+        if backend == "sqlite":
+            killed.append(0)
+            raise RuntimeError("the cell commit fails")
+        sid = _server_id(conn.connection.dbapi_connection)
+        killed.append(sid)
+        _kill_server_side(admin, backend, sid)
+
+    sa.event.listen(engine, "commit", on_commit)
+    try:
+        yield killed
+    finally:
+        sa.event.remove(engine, "commit", on_commit)
+
+
+@pytest.mark.parametrize("what", ["destroy", "rename"])
+def test_a_write_whose_cell_commit_fails_in_cell_reads_leaves_nothing_anywhere(
+    topology: Topology, what: str
+) -> None:
+    """The cell, the authority, commits first: a failed commit leaves no API copy ahead.
+
+    It once committed the API copy inside the cell transaction: a cell commit killed by
+    the server left the API copy holding a write nobody acknowledged, with no journal
+    entry, and the next move into dual-write-api-reads served it (a group whose destroy
+    failed vanished).
+    """
+    group = migrated(topology)
+    put_in_phase(topology.dbs, CR)
+    assert commands.diff_report(topology.dbs).clean  # the gate the move will use
+    with connect(topology.api_url_text, settings=topology.settings) as service:
+        g = InstanceGroup.get_by_uuid(ctx_of(service), group)
+        cell1 = service.cell("cell1").engine
+        with (
+            _killed_at_commit(cell1, topology.dbs.api, topology.backend) as killed,
+            pytest.raises(Exception),  # noqa: B017 - any failure: not acknowledged
+        ):
+            if what == "destroy":
+                g.destroy()
+            else:
+                g.name = "failed rename"
+                g.save()
+        assert killed
+    assert name_of(topology.dbs.api, "api", group) == "g"
+    with reader(topology.dbs.api) as conn:
+        assert API.tombstoned(conn, [group]) == set()
+    Switcher(topology.dbs).run(AR)
+    assert InstanceGroup.get_by_uuid(ctx_of(topology.dbs), group).name == "g"
+
+
+def test_cell_reads_writes_under_traffic_do_not_block_the_move_to_api_reads(
+    topology: Topology,
+) -> None:
+    """An outbox entry whose API half has not run yet is replayed by phase set itself."""
+    group = migrated(topology)
+    put_in_phase(topology.dbs, CR)
+    assert commands.diff_report(topology.dbs).clean
+    g = InstanceGroup.get_by_uuid(ctx_of(topology.dbs), group)
+    cell1 = topology.cell_engine("cell1")
+    with cell1.begin() as conn:  # a write acknowledged, its API half still to run
+        conn.execute(
+            models.cell_groups.update()
+            .where(models.cell_groups.c.uuid == group)
+            .values(name="acknowledged")
+        )
+        CELL.journal_add(conn, group, topology.dbs.phases.fresh().epoch, OUTBOX)
+    Switcher(topology.dbs).run(AR)
+    assert InstanceGroup.get_by_uuid(ctx_of(topology.dbs), group).name == "acknowledged"
+    with reader(cell1) as conn:
+        assert CELL.journal_pending(conn) == []
+    del g
+
+
+def test_a_process_that_missed_a_new_cell_re_reads_the_cells_before_it_writes(
+    topology: Topology, server: Server, tmp_path: Path
+) -> None:
+    """A cell registered while a service runs: the service must not copy a group twice.
+
+    A process's cell list was read once; writing, in dual-write-api-reads, a group of a
+    cell registered since, it missed the group's cell copy, inserted a second one in the
+    default cell, and after a destroy and the rollback the stale copy came back.
+    """
+    put_in_phase(topology.dbs, CR)
+    put_in_phase(topology.dbs, AR)
+    with connect(topology.api_url_text, settings=topology.settings) as service:
+        assert [c.name for c in service.cells] == ["cell1", "cell2"]  # a running service
+        if server.backend == "sqlite":
+            server = Server("sqlite", folder=tmp_path)
+        name = _db_name("cell3")
+        url = server.create(name)
+        try:
+            commands.add_cell(topology.dbs, "cell3", url.render_as_string(hide_password=False))
+            commands.sync_schema(topology.dbs)
+            cell3 = topology.dbs.cell("cell3").engine
+            group = seed_cell_group(cell3, name="g", policies=("affinity",))
+            seed_api_group(topology.dbs.api, uuid=group, name="g", policies=("affinity",))
+            g = InstanceGroup.get_by_uuid(ctx_of(service), group)
+            g.name = "renamed"
+            g.save()
+            assert group_state(topology.cell_engine("cell1"), "cell", group) is None
+            assert name_of(cell3, "cell", group) == "renamed"
+            InstanceGroup.get_by_uuid(ctx_of(topology.dbs), group).destroy()
+            Switcher(topology.dbs).run(CR)
+            with pytest.raises(GroupNotFound):
+                InstanceGroup.get_by_uuid(ctx_of(topology.dbs), group)
+        finally:
+            topology.dbs.dispose()
+            server.drop(name)

@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection
 from shadowdb import signals
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import DatabaseUnreachable, GroupNotFound
+from shadowdb.fence import check_cells
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
@@ -154,6 +155,9 @@ def _api_first(
     scope: Scope | None,
 ) -> Written:
     with api_transaction(dbs, state, group_uuid) as (aconn, arec):
+        # The group was located among the cells this process knows: refuse a stale list
+        # (a cell registered since may hold it), before anything is written.
+        check_cells(aconn, dbs)
         pending_api = API.journal_for(aconn, group_uuid)
         if pending_cell and pending_api:
             raise journal_conflict(dbs, group_uuid)

@@ -3,18 +3,20 @@
 Write order, for group G:
 
 1. The cell transaction (:func:`~shadowdb.phases.base.cell_transaction`): the cell's
-   phase row (shared), G's identity lock, G's cell row. The mutation is applied there.
-2. Inside it, the API transaction: the API phase row (shared), G's API row; the API copy
-   is made equal to the cell copy and committed. A caller-supplied uuid that the API
-   database already holds is refused (``GroupExists``): the API copy is never overwritten
-   by a create.
-3. The cell commits. If step 2 failed (the API database is out of reach), the cell write
-   commits *with* a cell journal entry, in the same transaction, and the caller's write
-   succeeds: the entry is replayed later (:func:`shadowdb.sync.drain_journals`).
+   phase row (shared), G's identity lock, G's cell row. A caller-supplied uuid that the
+   API database already holds is refused (``GroupExists``): the API copy is never
+   overwritten by a create. The mutation is applied there, with a cell journal entry
+   (an outbox) in the same transaction, and the cell commits: the write is acknowledged
+   from here on. A cell commit that fails leaves nothing anywhere.
+2. The entry is replayed (:func:`shadowdb.sync.replay`): under G's locks again, in the
+   same order, the cell copy's *current* state is copied to the API copy, the API
+   commits, then exactly this entry is deleted. If that fails (the API database is out
+   of reach, a phase change is in flight), the entry stays for the backfill's drain, and
+   the write is still acknowledged.
 
-A crash between the API commit and the cell commit leaves the API copy ahead of a cell
-copy that never changed and an unacknowledged write: the next write or the replay of the
-backfill's comparison brings the API copy back to the cell's (the authority's) state.
+So every way the API copy can differ from the authority's leaves a cell journal entry,
+written in the transaction of the authority's own write: the guards of the move into
+``dual-write-api-reads`` count them under the fence.
 
 Reads and lists come from the cells.
 """
@@ -23,15 +25,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from shadowdb.databases import Databases
-from shadowdb.errors import GroupExists
-from shadowdb.fence import EpochChanged
+import sqlalchemy as sa
+import structlog
+
+from shadowdb.databases import Cell, Databases, reader
+from shadowdb.errors import GroupExists, ShadowDBError
+from shadowdb.fence import CellBehind, EpochChanged
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
     Mutation,
     Written,
-    api_transaction,
     cell_transaction,
     check_scope,
     find_in_cells,
@@ -40,7 +44,9 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import API, CELL, GroupRecord, Scope
-from shadowdb.sync import DB_FAILURES, commit, copy_group, one_line
+from shadowdb.sync import DB_FAILURES, OUTBOX, commit, one_line, replay, transaction
+
+log = structlog.get_logger(__name__)
 
 
 class DualWriteCellReads:
@@ -69,25 +75,40 @@ class DualWriteCellReads:
         scope: Scope | None,
         create: bool = False,
     ) -> Written:
-        """Write the cell copy, then level the API copy (journaled in the cell on failure)."""
+        """Write the cell copy with its outbox entry, then level the API copy."""
         cell = target_cell(dbs, state, group_uuid, create)
-        failed: BaseException | None = None
         with cell_transaction(dbs, cell, state, group_uuid) as (cconn, crec):
+            if create and _api_holds(dbs, group_uuid):
+                raise GroupExists(group_uuid, dbs.api_label)
             value = mutation(CELL, cconn, check_scope(crec, scope))
             after = CELL.get(cconn, group_uuid)
-            try:
-                with api_transaction(dbs, state, group_uuid) as (aconn, arec):
-                    if create and arec is not None:
-                        raise GroupExists(group_uuid, dbs.api_label)
-                    copy_group(aconn, API, after, arec)
-                    commit(aconn, dbs.api_label)
-            except EpochChanged:
-                raise
-            except DB_FAILURES as err:
-                # The API copy lags: record it with the cell write, atomically.
-                CELL.journal_add(cconn, group_uuid, state.epoch, one_line(err))
-                failed = err
+            entry = CELL.journal_add(cconn, group_uuid, state.epoch, OUTBOX)
             commit(cconn, cell.label)
-        if failed is not None:
-            shadow_failed(dbs, state, group_uuid, dbs.api_label, failed, "cell")
+        # Acknowledged from here on: the cell copy is the authority.
+        try:
+            replay(dbs, group_uuid, cell, [entry])
+        except (ShadowDBError, sa.exc.DBAPIError, EpochChanged, CellBehind) as err:
+            _note_pending(dbs, cell, group_uuid, entry, err)
+            shadow_failed(dbs, state, group_uuid, dbs.api_label, err, "cell")
         return Written(value, after)
+
+
+def _note_pending(
+    dbs: Databases, cell: Cell, group_uuid: str, entry: int, err: BaseException
+) -> None:
+    """Record why the entry stays: from now on only a backfill's drain replays it."""
+    try:
+        with transaction(cell.engine, cell.label) as cconn:
+            CELL.journal_note(cconn, entry, one_line(err))
+            commit(cconn, cell.label)
+    except DB_FAILURES:
+        log.info("journal_note_failed", group_uuid=group_uuid)
+
+
+def _api_holds(dbs: Databases, group_uuid: str) -> bool:
+    """Whether the API database holds ``group_uuid`` (unknown, so false, if unreachable)."""
+    try:
+        with reader(dbs.api, dbs.api_label) as conn:
+            return bool(API.present(conn, [group_uuid]))
+    except DB_FAILURES:
+        return False
