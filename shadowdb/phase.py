@@ -97,6 +97,19 @@ def _locking(stmt: sa.Select[Any], for_update: bool, share: bool) -> sa.Select[A
     return stmt
 
 
+def _queue_fairly(conn: Connection, for_update: bool) -> None:
+    """On PostgreSQL, queue the exclusive locker of the phase row behind its writers fairly.
+
+    A row's ``FOR SHARE`` lockers there do not wait behind a waiting ``FOR UPDATE``: under
+    steady writes the changer of the phase could wait for ever. A table lock in
+    ``EXCLUSIVE`` mode (which plain reads pass, and ``FOR SHARE`` does not) is queued in
+    order: the writers in flight finish, the ones after it wait. MariaDB's row locks
+    queue in order already; SQLite serialises whole databases.
+    """
+    if for_update and conn.dialect.name == "postgresql":
+        conn.execute(sa.text("LOCK TABLE shadowdb_state IN EXCLUSIVE MODE"))
+
+
 def read_cell_state(
     conn: Connection, *, for_update: bool = False, share: bool = False
 ) -> PhaseState | None:
@@ -109,6 +122,7 @@ def read_cell_state(
     columns = (c.phase, c.epoch, c.changed_at, c.next_epoch)
     stmt = _locking(sa.select(*columns).where(c.id == 1), for_update, share)
     try:
+        _queue_fairly(conn, for_update)
         row = conn.execute(stmt).one_or_none()
     except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:
         if "shadowdb_state" in str(err.orig):
@@ -131,6 +145,7 @@ def read_state(conn: Connection, *, for_update: bool = False, share: bool = Fals
     """
     stmt = _locking(_SELECT_STATE, for_update, share)
     try:
+        _queue_fairly(conn, for_update)
         row = conn.execute(stmt).one_or_none()
     except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:
         if "shadowdb_state" in str(err.orig):

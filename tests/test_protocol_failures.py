@@ -612,7 +612,7 @@ def test_f6_an_api_journal_entry_of_a_write_in_flight_refuses_the_move_to_cell_r
             change = _Run(lambda: switcher.execute(steps))
             change.start()
             _until(
-                lambda: _lock_waits(topology.backend, topology.dbs.api, "%FOR UPDATE%") > 0,
+                lambda: _lock_waits(topology.backend, topology.dbs.api, "%shadowdb_state%") > 0,
                 "phase set to wait for the writer's fence",
             )
             release.set()

@@ -30,7 +30,7 @@ import structlog
 
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import GroupExists, ShadowDBError
-from shadowdb.fence import CellBehind, EpochChanged
+from shadowdb.fence import CellBehind, EpochChanged, settle_cell
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
@@ -47,6 +47,9 @@ from shadowdb.queries import API, CELL, GroupRecord, Scope
 from shadowdb.sync import DB_FAILURES, OUTBOX, commit, one_line, replay, transaction
 
 log = structlog.get_logger(__name__)
+
+#: Times the API half settles a cell a phase change left behind, then tries again.
+_SETTLE_RETRIES = 3
 
 
 class DualWriteCellReads:
@@ -85,12 +88,32 @@ class DualWriteCellReads:
             entry = CELL.journal_add(cconn, group_uuid, state.epoch, OUTBOX)
             commit(cconn, cell.label)
         # Acknowledged from here on: the cell copy is the authority.
+        _second_half(dbs, state, cell, group_uuid, entry)
+        return Written(value, after)
+
+
+def _second_half(
+    dbs: Databases, state: PhaseState, cell: Cell, group_uuid: str, entry: int
+) -> None:
+    """Replay the write's own entry; a phase change in flight is settled and retried."""
+    err: BaseException | None = None
+    for _ in range(_SETTLE_RETRIES):
         try:
             replay(dbs, group_uuid, cell, [entry])
-        except (ShadowDBError, sa.exc.DBAPIError, EpochChanged, CellBehind) as err:
-            _note_pending(dbs, cell, group_uuid, entry, err)
-            shadow_failed(dbs, state, group_uuid, dbs.api_label, err, "cell")
-        return Written(value, after)
+            return
+        except CellBehind as behind:
+            err = behind
+            try:
+                settle_cell(dbs, behind.cell)
+            except (ShadowDBError, sa.exc.DBAPIError) as failed:
+                err = failed
+                break
+        except (ShadowDBError, sa.exc.DBAPIError, EpochChanged) as failed:
+            err = failed
+            break
+    assert err is not None
+    _note_pending(dbs, cell, group_uuid, entry, err)
+    shadow_failed(dbs, state, group_uuid, dbs.api_label, err, "cell")
 
 
 def _note_pending(
