@@ -225,7 +225,7 @@ def build(backend: str, folder: Path) -> DataSet:
     with connect(api_url, settings=settings, create=True) as dbs:
         commands.sync_schema(dbs)
         for name, url in cell_urls.items():
-            commands.add_cell(dbs, name, url)
+            commands.add_cell(dbs, name, url, default=name == "cell1", create=True)
         commands.sync_schema(dbs)
         payload = _load(dbs, backend)
         _write_meta(dbs.api, payload)

@@ -162,8 +162,8 @@ def build(backend: str) -> Deployment:
     settings = Settings(actor="bench", phase_ttl=0.0, write_grace=0.0)
     dbs = connect(api_url, settings=settings, create=True)
     commands.sync_schema(dbs)
-    commands.add_cell(dbs, "cell1", cell1_url)
-    commands.add_cell(dbs, "cell2", cell2_url)
+    commands.add_cell(dbs, "cell1", cell1_url, default=True, create=True)
+    commands.add_cell(dbs, "cell2", cell2_url, create=True)
     commands.sync_schema(dbs)
     groups = _groups()
     cut = GROUPS * 2 // 3

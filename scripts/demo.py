@@ -220,7 +220,7 @@ def demo() -> None:
     api_url = f"sqlite:///{(DATA / 'api.sqlite').resolve()}"
     run("db", "sync")
     for name in ("cell1", "cell2"):
-        run("cell", "add", name, f"sqlite:///{DATA / (name + '.sqlite')}")
+        run("cell", "add", name, f"sqlite:///{DATA / (name + '.sqlite')}", "--create")
     run("cell", "set-default", "cell1")
     run("db", "sync")
     print("\nLegacy data, as Nova left it in the cell databases:")

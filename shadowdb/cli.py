@@ -168,7 +168,9 @@ def _cmd_db_sync(args: argparse.Namespace, settings: Settings, out: _Output) -> 
 def _cmd_cell_add(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
     urls.parse_url(args.db_url)  # bad input is refused before any database is opened
     with connect(args.api_url, settings=settings) as dbs:
-        info = commands.add_cell(dbs, args.name, args.db_url, default=args.default)
+        info = commands.add_cell(
+            dbs, args.name, args.db_url, default=args.default, create=args.create
+        )
     if out.json:
         out.emit_json(info)
     else:
@@ -589,6 +591,9 @@ def _build_parser() -> _Parser:
     add.add_argument("name", help="cell name")
     add.add_argument("db_url", metavar="DB_URL", help="cell database URL")
     add.add_argument("--default", action="store_true", help="write new groups' cell copies here")
+    add.add_argument(
+        "--create", action="store_true", help="create the SQLite file if it does not exist"
+    )
     add.set_defaults(handler=_cmd_cell_add)
     lst = cell_sub.add_parser("list", help="list registered cells", parents=[common])
     lst.set_defaults(handler=_cmd_cell_list)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import sqlite3
 import time
 import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -22,7 +24,9 @@ from shadowdb.databases import (
     CELL0_UUID,
     Databases,
     choose_default,
+    create_engine,
     database_errors,
+    database_identity,
     reader,
     writer,
 )
@@ -134,42 +138,61 @@ def sync_schema(dbs: Databases) -> SyncResult:
     return SyncResult(tuple(results), created)
 
 
-def _check_reachable(url: sa.URL, label: str, dbs: Databases) -> None:
-    if urls.backend_of(url) == "sqlite":
-        path = Path(url.database or "")
-        if url.database in (None, "", ":memory:"):
-            raise InvalidInput("a cell database cannot be in memory")
-        if not path.parent.is_dir():
-            raise DatabaseUnreachable(label, f"folder {path.parent} does not exist")
-        return
-    from shadowdb.databases import create_engine
-
-    engine = create_engine(url, dbs.settings)
+def _identity_of(url: sa.URL, label: str, dbs: Databases) -> tuple[Any, ...]:
+    """Connect to ``url`` and return what its server says it is (``database_identity``)."""
+    engine = create_engine(url, dbs.settings, must_exist=True)
     try:
         with reader(engine, label) as conn:
-            conn.execute(sa.text("SELECT 1"))
+            return database_identity(conn)
     finally:
         engine.dispose()
 
 
-def add_cell(dbs: Databases, name: str, url: str, *, default: bool = False) -> CellInfo:
+def _refuse_known_database(identity: tuple[Any, ...], dbs: Databases, name: str) -> None:
+    """Refuse the API database itself, or a database registered under another name."""
+    with reader(dbs.api, dbs.api_label) as conn:
+        if database_identity(conn) == identity:
+            raise InvalidInput(
+                f"cell {name}: that is the API database; a cell needs its own database"
+            )
+    for cell in dbs.refresh_cells():
+        try:
+            with reader(cell.engine, cell.label) as conn:
+                theirs = database_identity(conn)
+        except DatabaseUnreachable:
+            continue  # it cannot be this one: this one answered
+        if theirs == identity:
+            raise InvalidInput(
+                f"cell {name}: that database is already registered as cell {cell.name}"
+            )
+
+
+def add_cell(
+    dbs: Databases, name: str, url: str, *, default: bool = False, create: bool = False
+) -> CellInfo:
     """Register a cell in ``cell_mappings`` (as ``nova-manage cell_v2 create_cell``).
+
+    The URL is stored as given (a relative SQLite path made absolute), never rewritten.
 
     Args:
         name: unique cell name.
-        url: the cell database URL; relative SQLite paths are stored absolute.
+        url: the cell database URL.
         default: make it the cell where new groups' cell copies are written.
+        create: create the (SQLite) database file if it does not exist.
 
     Raises:
-        InvalidInput: empty or over-long name, or a malformed URL.
+        InvalidInput: empty or over-long name, a malformed URL, the API database itself,
+            a database already registered under another name, cell0 as the default.
         CellExists: a cell with that name is already registered.
-        DatabaseUnreachable: the cell database cannot be reached.
+        DatabaseUnreachable: the cell database cannot be reached, or its SQLite file does
+            not exist (without ``create``).
     """
     name = name.strip()
     if not name or len(name) > 255:
         raise InvalidInput("cell name must be 1 to 255 characters")
     parsed = urls.parse_url(url)
     label = f"cell {name} ({urls.mask(parsed)})"
+    stored = url.strip()
     with reader(dbs.api, dbs.api_label) as conn:
         read_state(conn)  # refuses an unsynced API database
         taken = conn.execute(
@@ -177,7 +200,27 @@ def add_cell(dbs: Databases, name: str, url: str, *, default: bool = False) -> C
         ).first()
     if taken:
         raise CellExists(name)
-    _check_reachable(parsed, label, dbs)
+    if urls.backend_of(parsed) == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise InvalidInput("a cell database cannot be in memory")
+        path = Path(parsed.database or "").resolve()
+        if not path.parent.is_dir():
+            raise DatabaseUnreachable(label, f"folder {path.parent} does not exist")
+        if not path.exists() and not create:
+            raise DatabaseUnreachable(
+                label, f"no such file {path} (pass --create to make an empty one)"
+            )
+        if not Path(sa.engine.make_url(stored).database or "").is_absolute():
+            # Relative to where the command ran: stored absolute, or it means nothing later.
+            parsed = parsed.set(database=str(path))
+            stored = parsed.render_as_string(hide_password=False)
+    new_file = Path(parsed.database or "")
+    if urls.backend_of(parsed) == "sqlite" and create and not new_file.exists():
+        _refuse_known_database(("sqlite", str(new_file.resolve())), dbs, name)
+        sqlite3.connect(new_file).close()  # an empty database, for `db sync` to build
+    else:
+        identity = _identity_of(parsed, label, dbs)
+        _refuse_known_database(identity, dbs, name)
     cell_uuid = str(uuidlib.uuid4())
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     with writer(dbs.api, dbs.api_label) as conn:
@@ -195,7 +238,7 @@ def add_cell(dbs: Databases, name: str, url: str, *, default: bool = False) -> C
                 uuid=cell_uuid,
                 name=name,
                 transport_url="none:///",
-                database_connection=parsed.render_as_string(hide_password=False),
+                database_connection=stored,
                 disabled=False,
             )
         )

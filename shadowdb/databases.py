@@ -38,6 +38,7 @@ __all__ = [
     "create_engine",
     "create_read_engine",
     "database_errors",
+    "database_identity",
     "read_session",
     "reader",
     "writer",
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-#: Nova's cell0 holds instances that failed to schedule; it is a cell like any other here.
+#: Nova's cell0 (its uuid is always this one, from ``nova-manage cell_v2 map_cell0``)
+#: holds instances that failed to schedule; never groups, never a default cell.
 CELL0_UUID = "00000000-0000-0000-0000-000000000000"
 
 
@@ -73,10 +75,6 @@ class Cell:
         return self.uuid == CELL0_UUID
 
 
-#: The uuid ``nova-manage cell_v2 map_cell0`` gives cell0, always the same.
-CELL0_UUID = "00000000-0000-0000-0000-000000000000"
-
-
 def choose_default(cells: Sequence[Cell], chosen_uuid: str | None) -> Cell | None:
     """Return the cell new groups go to: the one chosen, else the only one besides cell0.
 
@@ -98,7 +96,9 @@ _MYSQL_CONNECT_ARGS: dict[str, Any] = {
 }
 
 
-def create_engine(url: URL, settings: Settings, *, create_dirs: bool = False) -> Engine:
+def create_engine(
+    url: URL, settings: Settings, *, create_dirs: bool = False, must_exist: bool = False
+) -> Engine:
     """Create the engine for ``url`` with shadowdb's per-backend settings.
 
     SQLite runs in WAL mode with a busy timeout, and its transactions are begun by us so
@@ -117,6 +117,8 @@ def create_engine(url: URL, settings: Settings, *, create_dirs: bool = False) ->
             connect_args={"timeout": 30, "check_same_thread": False},
         )
         _make_sqlite_transactional(engine)
+        if must_exist and database and database != ":memory:":
+            _refuse_missing_file(engine, Path(database))
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": int(max(1, settings.connect_timeout))}
     # Pre-ping: a pooled connection the server killed while idle (or that a network cut
@@ -132,6 +134,43 @@ def create_engine(url: URL, settings: Settings, *, create_dirs: bool = False) ->
         connect_args.update(_MYSQL_CONNECT_ARGS)
         kwargs["isolation_level"] = "READ COMMITTED"
     return sa.create_engine(url, connect_args=connect_args, **kwargs)
+
+
+def _refuse_missing_file(engine: Engine, path: Path) -> None:
+    """Make connecting fail, not create an empty database, if the file has gone."""
+
+    @event.listens_for(engine, "do_connect")
+    def _check(*_args: Any) -> None:
+        if not path.exists():
+            import sqlite3
+
+            raise sqlite3.OperationalError(f"unable to open database file {path}: no such file")
+
+
+def database_identity(conn: Connection) -> tuple[Any, ...]:
+    """Name the database ``conn`` is connected to as its server sees it.
+
+    Two URLs that differ in text (a host name and its address, a driver spelled out or
+    not) but reach one database have one identity: MariaDB/MySQL by server host name,
+    port, data directory and schema; PostgreSQL by the cluster's system identifier and
+    the database; SQLite by the file's real path.
+    """
+    dialect = conn.dialect.name
+    if dialect in ("mysql", "mariadb"):
+        row = conn.execute(sa.text("SELECT @@hostname, @@port, @@datadir, DATABASE()")).one()
+        return ("mysql", *row)
+    if dialect == "postgresql":
+        try:
+            with conn.begin_nested():
+                cluster = conn.scalar(sa.text("SELECT system_identifier FROM pg_control_system()"))
+        except exc.DBAPIError:
+            # Not allowed to this role: the server's own address and port name it.
+            cluster = conn.execute(
+                sa.text("SELECT host(inet_server_addr()), inet_server_port()")
+            ).one()
+        return ("postgresql", str(cluster), conn.scalar(sa.text("SELECT current_database()")))
+    database = conn.engine.url.database or ""
+    return ("sqlite", str(Path(database).resolve()))
 
 
 #: Bytes of a SQLite database a hot-path read connection maps into memory.
@@ -397,7 +436,8 @@ class Databases:
                 key = url.render_as_string(hide_password=False)
                 engine = self._engines.get(key)
                 if engine is None:
-                    engine = create_engine(url, self.settings)
+                    # A registered cell is never created here: a missing file is an error.
+                    engine = create_engine(url, self.settings, must_exist=True)
                     self._engines[key] = engine
                 cells.append(Cell(row.id, row.uuid, row.name or row.uuid, url, engine))
             self._cells = tuple(cells)

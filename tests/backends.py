@@ -81,7 +81,11 @@ class Server:
     def create(self, name: str) -> URL:
         """Create database ``name`` empty (dropping any earlier one) and return its URL."""
         self.drop(name)
-        if self.backend == "mysql":
+        if self.backend == "sqlite":
+            import sqlite3
+
+            sqlite3.connect(str(self.url(name).database)).close()  # as CREATE DATABASE does
+        elif self.backend == "mysql":
             with self.admin.connect() as conn:
                 conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
         elif self.backend == "postgresql":

@@ -195,7 +195,9 @@ def _sqlite_topology(
     with connect(str(api_url), settings=settings, create=True) as dbs:
         commands.sync_schema(dbs)
         for name in CELL_NAMES:
-            commands.add_cell(dbs, name, str(cell_urls[name]), default=name == CELL_NAMES[0])
+            commands.add_cell(
+                dbs, name, str(cell_urls[name]), default=name == CELL_NAMES[0], create=True
+            )
         commands.sync_schema(dbs)
     return api_url, cell_urls
 

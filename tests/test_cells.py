@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -155,3 +156,85 @@ def test_set_default_refuses_cell0_and_unknown_cells_writing_nothing(
     shown = json.loads(out.getvalue())
     assert (shown["name"], shown["default"]) == ("cell1", True)
     assert _default_uuid(dbs) == dbs.cell("cell1").uuid
+
+
+# --------------------------------------------------------------------------- cell add refusals
+
+
+def _mappings(dbs: Databases) -> list[tuple[str, str]]:
+    with dbs.api.connect() as conn:
+        t = models.api_cell_mappings
+        return [tuple(r) for r in conn.execute(sa.select(t.c.name, t.c.database_connection))]
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _same_database_spelled_otherwise(url: sa.URL) -> str:
+    """Another URL text for the same database: the host by name, or a detour in the path."""
+    if url.get_backend_name() == "sqlite":
+        path = str(url.database)
+        parent, _, leaf = path.rpartition("/")
+        return f"sqlite:///{parent}/./{leaf}"
+    return _text(url.set(host="localhost"))
+
+
+def test_cell_add_refuses_the_api_database_and_one_registered_twice(
+    nova_like: tuple[Databases, FreshDatabases],
+) -> None:
+    dbs, fresh = nova_like
+    api = _text(fresh.api_url)
+    before = _mappings(dbs)
+    code, out, err = _cli("cell", "add", "api-again", api, "--api-url", api)
+    assert (code, out) == (127, "")
+    assert "that is the API database" in err and err.count("\n") == 1
+    twice = _same_database_spelled_otherwise(fresh.cell_urls["cell1"])
+    code, out, err = _cli("cell", "add", "cell1-again", twice, "--api-url", api)
+    assert (code, out) == (127, "")
+    assert "already registered as cell cell1" in err and err.count("\n") == 1
+    assert _mappings(dbs) == before
+
+
+def test_cell_add_stores_the_url_as_given(
+    nova_like: tuple[Databases, FreshDatabases],
+) -> None:
+    dbs, fresh = nova_like
+    extra = fresh.server.create(f"{fresh.cell_urls['cell1'].database}_g".rsplit("/", 1)[-1])
+    try:
+        given = _text(extra)
+        if extra.get_backend_name() == "mysql":
+            given = given.replace("mysql+pymysql://", "mysql://", 1)  # Nova's own spelling
+        commands.add_cell(dbs, "given", given)
+        assert ("given", given) in _mappings(dbs)
+    finally:
+        dbs.dispose()
+        fresh.server.drop(str(extra.database))
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_missing_sqlite_file_is_never_created_except_by_cell_add_create(
+    nova_like: tuple[Databases, FreshDatabases], tmp_path: Path
+) -> None:
+    dbs, fresh = nova_like
+    api = _text(fresh.api_url)
+    missing = tmp_path / "cell9.sqlite"
+    before = _mappings(dbs)
+    code, out, err = _cli("cell", "add", "cell9", f"sqlite:///{missing}", "--api-url", api)
+    assert (code, out) == (2, "")
+    assert "no such file" in err and "--create" in err and err.count("\n") == 1
+    assert not missing.exists() and _mappings(dbs) == before
+    code, out, err = _cli(
+        "cell", "add", "cell9", f"sqlite:///{missing}", "--create", "--api-url", api
+    )
+    assert code == 0, err
+    assert missing.exists()
+    # A registered cell whose file has gone: an error naming it, never an empty new file.
+    cell1 = Path(str(fresh.cell_urls["cell1"].database))
+    cell1.unlink()
+    code, out, err = _cli("db", "sync", "--api-url", api)
+    assert code == 2 and "cell cell1" in err, err
+    assert not cell1.exists()

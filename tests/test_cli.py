@@ -28,7 +28,7 @@ from shadowdb import commands, schema
 from shadowdb.cli import ExitCode
 from tests.backends import Server, worker_id
 from tests.cli_support import Cli, Run, table_rows, text
-from tests.conftest import FreshDatabases, Topology
+from tests.conftest import FreshDatabases, Topology, _db_name
 
 
 @pytest.fixture
@@ -134,22 +134,31 @@ def test_cell_add_and_list_round_trip(cli: Cli, fresh: FreshDatabases, spare: li
     ]
 
 
-def test_cell_names_up_to_255_characters_are_accepted(cli: Cli, topology: Topology) -> None:
+def test_cell_names_up_to_255_characters_are_accepted(
+    cli: Cli, topology: Topology, server: Server, tmp_path: Path
+) -> None:
     api = topology.api_url_text
-    # Two mappings may name one database (Nova allows it too); no need for another one.
-    target = text(topology.cell_urls["cell2"])
+    if server.backend == "sqlite":
+        server = Server("sqlite", folder=tmp_path)
     names = ["x" * 255, "cell with spaces", "セル"]
-    for name in names:
-        added = cli.ok("cell", "add", name, target, "--api-url", api, "--format", "json")
-        assert added.json()["name"] == name
-    listed = cli.ok("cell", "list", "--api-url", api, "--format", "json").json()
-    assert [c["name"] for c in listed] == ["cell1", "cell2", *names]
-    assert [c["default"] for c in listed] == [True, False, False, False, False]
-    assert [row[0] for row in table_rows(cli.ok("cell", "list", "--api-url", api).out)] == [
-        "cell1",
-        "cell2",
-        *names,
-    ]
+    made = [_db_name(f"named{i}") for i in range(len(names))]
+    try:
+        for name, db in zip(names, made, strict=True):
+            target = text(server.create(db))  # one database per mapping
+            added = cli.ok("cell", "add", name, target, "--api-url", api, "--format", "json")
+            assert added.json()["name"] == name
+        listed = cli.ok("cell", "list", "--api-url", api, "--format", "json").json()
+        assert [c["name"] for c in listed] == ["cell1", "cell2", *names]
+        assert [c["default"] for c in listed] == [True, False, False, False, False]
+        assert [row[0] for row in table_rows(cli.ok("cell", "list", "--api-url", api).out)] == [
+            "cell1",
+            "cell2",
+            *names,
+        ]
+    finally:
+        topology.dbs.dispose()
+        for db in made:
+            server.drop(db)
 
 
 # --------------------------------------------------------------------------- db sync, status
@@ -489,6 +498,7 @@ def test_console_script_and_python_m_run_shadowdb(tmp_path: Path) -> None:
         "add",
         "c1",
         "sqlite:///c1.sqlite",
+        "--create",
         "--format",
         "json",
         cwd=tmp_path,
