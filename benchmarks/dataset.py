@@ -360,7 +360,7 @@ def _insert_groups(
                     for u, proj, _, _ in part
                 ],
             )
-        ids = dict(conn.execute(sa.select(g.c.uuid, g.c.id)).tuples().all())
+        ids = {uuid: gid for uuid, gid in conn.execute(sa.select(g.c.uuid, g.c.id))}
         policies = [
             {"group_id": ids[u], "policy": pol, "created_at": NOW, **extra}
             for u, _, _, pol in specs

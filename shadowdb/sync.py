@@ -37,6 +37,7 @@ __all__ = [
     "default_cell",
     "drain_journals",
     "locate",
+    "note_entry",
     "one_line",
 ]
 
@@ -182,6 +183,23 @@ def commit(conn: Connection, label: str) -> None:
     """Commit ``conn``, translating driver errors."""
     with database_errors(label):
         conn.commit()
+
+
+def note_entry(
+    engine: sa.Engine,
+    label: str,
+    side: GroupTables,
+    group_uuid: str,
+    entry: int,
+    err: BaseException,
+) -> None:
+    """Record on a journal entry why it stays: from now on a backfill's drain replays it."""
+    try:
+        with transaction(engine, label) as conn:
+            side.journal_note(conn, entry, one_line(err))
+            commit(conn, label)
+    except DB_FAILURES:
+        log.info("journal_note_failed", group_uuid=group_uuid)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,7 +56,7 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import API, CELL, GroupRecord, Scope
-from shadowdb.sync import DB_FAILURES, commit, copy_group, one_line, transaction
+from shadowdb.sync import DB_FAILURES, commit, copy_group, note_entry, transaction
 
 log = structlog.get_logger(__name__)
 
@@ -188,7 +188,7 @@ def _api_first(
         CELL.journal_clear(cconn, group_uuid, pending_cell)
         commit(cconn, cell.label)
     except DB_FAILURES as err:
-        _note_pending(dbs, group_uuid, entry, err)
+        note_entry(dbs.api, dbs.api_label, API, group_uuid, entry, err)
         shadow_failed(dbs, state, group_uuid, cell.label, err, "api")
         return Written(value, after)
     try:
@@ -199,15 +199,6 @@ def _api_first(
         # Harmless: the entry replays to the same state.
         log.info("journal_clear_deferred", group_uuid=group_uuid)
     return Written(value, after)
-
-
-def _note_pending(dbs: Databases, group_uuid: str, entry: int, err: BaseException) -> None:
-    try:
-        with transaction(dbs.api, dbs.api_label) as aconn:
-            API.journal_note(aconn, entry, one_line(err))
-            commit(aconn, dbs.api_label)
-    except DB_FAILURES:
-        log.info("journal_note_failed", group_uuid=group_uuid)
 
 
 def _without_cell(

@@ -44,7 +44,7 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import API, CELL, GroupRecord, Scope
-from shadowdb.sync import DB_FAILURES, OUTBOX, commit, one_line, replay, transaction
+from shadowdb.sync import DB_FAILURES, OUTBOX, commit, note_entry, replay
 
 log = structlog.get_logger(__name__)
 
@@ -112,20 +112,8 @@ def _second_half(
             err = failed
             break
     assert err is not None
-    _note_pending(dbs, cell, group_uuid, entry, err)
+    note_entry(cell.engine, cell.label, CELL, group_uuid, entry, err)
     shadow_failed(dbs, state, group_uuid, dbs.api_label, err, "cell")
-
-
-def _note_pending(
-    dbs: Databases, cell: Cell, group_uuid: str, entry: int, err: BaseException
-) -> None:
-    """Record why the entry stays: from now on only a backfill's drain replays it."""
-    try:
-        with transaction(cell.engine, cell.label) as cconn:
-            CELL.journal_note(cconn, entry, one_line(err))
-            commit(cconn, cell.label)
-    except DB_FAILURES:
-        log.info("journal_note_failed", group_uuid=group_uuid)
 
 
 def _api_holds(dbs: Databases, group_uuid: str) -> bool:
