@@ -366,8 +366,9 @@ class InstanceGroup:
             project_id=values.get("project_id"),
             policies=tuple(dict.fromkeys(values.get("policies") or [])),
             members=tuple(dict.fromkeys(values.get("members") or [])),
-            created_at=utcnow(),
-            updated_at=None,
+            # Given timestamps are kept, as Nova's object kept them.
+            created_at=values.get("created_at") or utcnow(),
+            updated_at=values.get("updated_at"),
         )
 
         def create(side: GroupTables, conn: Connection, current: GroupRecord | None) -> None:

@@ -353,7 +353,7 @@ class GroupTables:
             "name": record.name,
             "user_id": record.user_id,
             "project_id": record.project_id,
-            "created_at": record.created_at or now,
+            "created_at": record.created_at,  # a legacy NULL stays NULL
             "updated_at": record.updated_at,
         }
         if self.soft_delete:
@@ -381,7 +381,7 @@ class GroupTables:
         self._bulk_groups.execute(
             conn,
             (
-                (r.uuid, r.name, r.user_id, r.project_id, r.created_at or now, r.updated_at)
+                (r.uuid, r.name, r.user_id, r.project_id, r.created_at, r.updated_at)
                 for r in records
             ),
             extra,
