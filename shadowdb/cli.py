@@ -181,6 +181,13 @@ def _cmd_cell_add(args: argparse.Namespace, settings: Settings, out: _Output) ->
     return ExitCode.OK
 
 
+def _cmd_cell_remove(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    with connect(args.api_url, settings=settings) as dbs:
+        commands.remove_cell(dbs, args.name)
+    out.line(f"cell {args.name} removed from cell_mappings")
+    return ExitCode.OK
+
+
 def _cmd_cell_set_default(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
     with connect(args.api_url, settings=settings) as dbs:
         info = commands.set_default_cell(dbs, args.name)
@@ -597,6 +604,11 @@ def _build_parser() -> _Parser:
     add.set_defaults(handler=_cmd_cell_add)
     lst = cell_sub.add_parser("list", help="list registered cells", parents=[common])
     lst.set_defaults(handler=_cmd_cell_list)
+    rm = cell_sub.add_parser(
+        "remove", help="delete a mapping that holds nothing (refused otherwise)", parents=[common]
+    )
+    rm.add_argument("name", help="cell name")
+    rm.set_defaults(handler=_cmd_cell_remove)
     dflt = cell_sub.add_parser(
         "set-default", help="write new groups' cell copies to this cell", parents=[common]
     )

@@ -32,13 +32,15 @@ from shadowdb.databases import (
 )
 from shadowdb.errors import (
     CellExists,
+    CellInUse,
     DatabaseUnreachable,
     InvalidInput,
     SchemaError,
 )
 from shadowdb.fence import settle
-from shadowdb.models import api_cell_mappings, api_phase_history, api_state
+from shadowdb.models import api_cell_mappings, api_instance_mappings, api_phase_history, api_state
 from shadowdb.phase import Phase, initialise_state, read_state
+from shadowdb.queries import CELL
 from shadowdb.switcher import Switcher, allowed_next
 
 __all__ = [
@@ -53,6 +55,8 @@ __all__ = [
     "diff_report",
     "list_cells",
     "phase_history",
+    "remove_cell",
+    "set_default_cell",
     "set_phase",
     "show_phase",
     "status",
@@ -264,6 +268,48 @@ def list_cells(dbs: Databases) -> list[CellInfo]:
     chosen = choose_default(cells, state.default_cell_uuid)
     default = None if chosen is None else chosen.uuid
     return [CellInfo(c.name, c.uuid, urls.mask(c.url), c.uuid == default) for c in cells]
+
+
+def remove_cell(dbs: Databases, name: str) -> None:
+    """Delete the ``cell_mappings`` row of a cell that holds nothing (a mistaken mapping).
+
+    Raises:
+        UnknownCell: no cell of that name is registered.
+        CellInUse: the cell holds live groups or journal entries, instances are mapped
+            to it, it is the chosen default, or it cannot be reached to prove it empty.
+    """
+    dbs.refresh_cells()
+    cell = dbs.cell(name)
+    reasons: list[str] = []
+    try:
+        with reader(cell.engine, cell.label) as conn:
+            g = CELL.groups
+            live = conn.scalar(sa.select(sa.func.count()).select_from(g).where(g.c.deleted == 0))
+            if live:
+                reasons.append(f"it holds {live} live group(s)")
+            try:
+                pending = CELL.journal_count(conn)
+            except sa.exc.DBAPIError:
+                pending = 0  # never synced by shadowdb: no journal
+            if pending:
+                reasons.append(f"its journal holds {pending} entr(y/ies)")
+    except DatabaseUnreachable as err:
+        reasons.append(f"it cannot be reached to show it is empty ({err})")
+    with writer(dbs.api, dbs.api_label) as conn:
+        state = read_state(conn, for_update=True)
+        m = api_instance_mappings
+        mapped = conn.scalar(
+            sa.select(sa.func.count()).select_from(m).where(m.c.cell_id == cell.id)
+        )
+        if mapped:
+            reasons.append(f"{mapped} instance(s) are mapped to it")
+        if state.default_cell_uuid == cell.uuid:
+            reasons.append("it is the default cell: choose another with `cell set-default`")
+        if reasons:
+            raise CellInUse(name, reasons)
+        conn.execute(api_cell_mappings.delete().where(api_cell_mappings.c.id == cell.id))
+    dbs.refresh_cells()
+    log.info("cell_removed", cell=name, uuid=cell.uuid)
 
 
 def set_default_cell(dbs: Databases, name: str) -> CellInfo:

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "CellExists",
+    "CellInUse",
     "CellUnavailable",
     "Conflict",
     "DatabaseUnreachable",
@@ -231,6 +232,15 @@ class GuardRefused(ShadowDBError):
         self.target = target
         self.reasons = tuple(reasons)
         super().__init__(f"refusing to enter {target}: " + "; ".join(self.reasons))
+
+
+class CellInUse(GuardRefused):
+    """Refuse to remove a cell mapping that still holds something."""
+
+    def __init__(self, cell: str, reasons: Sequence[str]) -> None:
+        self.target = f"cell remove {cell}"
+        self.reasons = tuple(reasons)
+        ShadowDBError.__init__(self, f"refusing to remove cell {cell}: " + "; ".join(reasons))
 
 
 class UnsupportedPolicy(ShadowDBError):

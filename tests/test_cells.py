@@ -238,3 +238,35 @@ def test_a_missing_sqlite_file_is_never_created_except_by_cell_add_create(
     code, out, err = _cli("db", "sync", "--api-url", api)
     assert code == 2 and "cell cell1" in err, err
     assert not cell1.exists()
+
+
+# --------------------------------------------------------------------------- cell remove
+
+
+def test_cell_remove_deletes_only_a_mapping_that_holds_nothing(
+    nova_like: tuple[Databases, FreshDatabases],
+) -> None:
+    dbs, fresh = nova_like
+    api = _text(fresh.api_url)
+    extra = fresh.server.create(f"{fresh.cell_urls['cell1'].database}_r".rsplit("/", 1)[-1])
+    try:
+        commands.add_cell(dbs, "mistake", _text(extra))
+        commands.sync_schema(dbs)
+        commands.set_default_cell(dbs, "cell1")
+        before = _mappings(dbs)
+        # cell1 holds a group, and is the default: refused, exit 3, nothing written.
+        InstanceGroup(
+            RequestContext(dbs, "p1", "u1"), name="g", user_id="u1", project_id="p1"
+        ).create()
+        code, out, err = _cli("cell", "remove", "cell1", "--api-url", api)
+        assert (code, out) == (3, "")
+        assert "1 live group" in err and "default cell" in err and err.count("\n") == 1
+        code, _out, err = _cli("cell", "remove", "nowhere", "--api-url", api)
+        assert code == 127 and "nowhere" in err
+        assert _mappings(dbs) == before
+        code, out, err = _cli("cell", "remove", "mistake", "--api-url", api)
+        assert code == 0, err
+        assert [name for name, _url in _mappings(dbs)] == ["cell0", "cell1"]
+    finally:
+        dbs.dispose()
+        fresh.server.drop(str(extra.database))
