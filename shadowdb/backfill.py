@@ -501,7 +501,7 @@ class Backfiller:
                         )
                     else:
                         todo.append(record)
-                API.insert_many(aconn, todo)
+                todo = self._insert_or_report(aconn, cell, todo)
                 if todo:
                     # Both transactions open, the copies not yet committed: a crash here
                     # must leave neither the copies nor a moved checkpoint behind.
@@ -516,6 +516,40 @@ class Backfiller:
             commit(cconn, cell.label)
         log.info("backfill_batch", cell=cell.name, found=found, done=len(todo))
         return found, len(todo)
+
+    def _insert_or_report(
+        self, aconn: Connection, cell: Cell, todo: list[GroupRecord]
+    ) -> list[GroupRecord]:
+        """Insert the batch; if the API database refuses a row, copy the others alone.
+
+        A legacy value the API database cannot store (a character its charset lacks, a
+        value too long, a constraint) is reported as a conflict of kind ``cannot-copy``
+        with the database's reason, and never blocks the rest of its batch.
+        """
+        if not todo:
+            return todo
+        refused = (sa.exc.DataError, sa.exc.IntegrityError)
+        try:
+            with aconn.begin_nested():
+                API.insert_many(aconn, todo)
+            return todo
+        except refused:
+            pass
+        copied: list[GroupRecord] = []
+        for record in todo:
+            try:
+                with aconn.begin_nested():
+                    API.insert_many(aconn, [record])
+                copied.append(record)
+            except refused as err:
+                self._conflict(
+                    aconn,
+                    record.uuid,
+                    cell,
+                    "cannot-copy",
+                    f"the API database refused the row: {one_line(err)}",
+                )
+        return copied
 
     def _conflict(
         self, conn: Connection, group_uuid: str, cell: Cell, kind: str, detail: str

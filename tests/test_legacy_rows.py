@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 import sqlalchemy as sa
 
 from shadowdb import commands, models
@@ -50,3 +51,30 @@ def test_create_keeps_the_timestamps_it_is_given(topology: Topology) -> None:
     assert _stamps(topology.cell_engine("cell1"), models.cell_groups, g.uuid) == (born, touched)
     assert _stamps(dbs.api, models.api_groups, g.uuid) == (born, touched)
     assert commands.diff_report(dbs).clean
+
+
+@pytest.mark.parametrize("backend", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)
+def test_a_name_the_api_charset_cannot_store_is_stuck_alone(topology: Topology) -> None:
+    """A utf8mb4 cell, Nova's utf8 API database: one row refused, its batch copied."""
+    dbs = topology.dbs
+    cell1 = topology.cell_engine("cell1")
+    with cell1.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE instance_groups CONVERT TO CHARACTER SET utf8mb4"))
+    try:
+        fine = [seed_cell_group(cell1, name=f"plain {i}") for i in range(3)]
+        rocket = seed_cell_group(cell1, name="rocket \U0001f680")
+        put_in_phase(dbs, Phase.DUAL_WRITE_CELL_READS)
+        result = backfill(dbs, batch_size=50)
+        assert sum(t.done for t in result.totals) == 3
+        (stuck,) = result.conflicts
+        assert (stuck.group_uuid, stuck.kind) == (rocket, "cannot-copy")
+        assert "Incorrect string value" in stuck.detail
+        with dbs.api.connect() as conn:
+            g = models.api_groups
+            copied = set(conn.scalars(sa.select(g.c.uuid)))
+        assert copied == set(fine)
+    finally:
+        with cell1.begin() as conn:
+            for table in (models.cell_members, models.cell_policies, models.cell_groups):
+                conn.execute(table.delete())
+            conn.execute(sa.text("ALTER TABLE instance_groups CONVERT TO CHARACTER SET utf8"))
