@@ -9,6 +9,7 @@ real write order and locks of :mod:`shadowdb.phases`, :mod:`shadowdb.sync`,
 * writers, each one operation (update or destroy) under the phase it cached, fenced by
   the phase row of every database it writes (re-planning, or settling a lagging cell);
   a writer may see its second database fail (an outage);
+  ``dual-write-cell-reads`` writes commit the cell with an outbox entry, then replay it;
 * the backfill (journal replay, then the forward copy), the reverse sync, the
   diff-report (two snapshots), and ``phase set`` (the guards' preview, the locks taken
   one by one, the exact checks under them, the API commit, then each cell's commit, the
@@ -26,6 +27,10 @@ second backfill with nothing to do.
 
 :class:`Protections` switches the protocol's protections off one by one; the tests show
 that each one is needed: without it the explorer finds a violation.
+
+Where the real code is more cautious than the model, the model explores the bolder
+protocol: under the fence it replays every cell journal entry, the code only those that
+recorded no failure (the others refuse the move until a backfill drains them).
 """
 
 from __future__ import annotations
@@ -433,42 +438,49 @@ class Model:
             return False, iter(moves)
         return True, None
 
-    def _w_cell_only(self, w: World, pid: int, proc: Proc, op: Op) -> Iterator[Move]:
-        g = op.group
-        if not w.free(pid, HOME, g):
-            return
+    def _begin_cell_write(
+        self, w: World, pid: int, proc: Proc, op: Op, label: str
+    ) -> Iterator[Move] | None:
+        """The cell transaction's start: the lock, the fence, the group found.
+
+        Returns the moves that replace the write (blocked: none; re-planned, settled or
+        not found), or ``None`` to go on.
+        """
+        if not w.free(pid, HOME, op.group):
+            return iter(())
         ok, instead = self._fenced(w, pid, proc, HOME)
         if not ok:
-            yield from instead or ()
+            return instead or iter(())
+        if w.rows[HOME].get(op.group) is None:
+            n = w.copy()
+            _done(n, pid)
+            return iter([(f"{label}: not found", n)])
+        return None
+
+    def _w_cell_only(self, w: World, pid: int, proc: Proc, op: Op) -> Iterator[Move]:
+        label = f"writer{pid} (cell-only)"
+        instead = self._begin_cell_write(w, pid, proc, op, label)
+        if instead is not None:
+            yield from instead
             return
         n = w.copy()
-        if n.rows[HOME].get(g) is None:
-            _done(n, pid)
-            yield f"writer{pid} (cell-only): not found", n
-            return
-        n.put(HOME, g, op.value, self.p)
-        n.ack(g, op.value)
+        n.put(HOME, op.group, op.value, self.p)
+        n.ack(op.group, op.value)
         _done(n, pid)
-        yield f"writer{pid} (cell-only) writes the cell (acknowledged)", n
+        yield f"{label} writes the cell (acknowledged)", n
 
     def _w_cell_reads(self, w: World, pid: int, proc: Proc, op: Op) -> Iterator[Move]:
-        g = op.group
-        if not w.free(pid, HOME, g):
-            return
-        ok, instead = self._fenced(w, pid, proc, HOME)
-        if not ok:
-            yield from instead or ()
+        label = f"writer{pid} (cell reads)"
+        instead = self._begin_cell_write(w, pid, proc, op, label)
+        if instead is not None:
+            yield from instead
             return
         n = w.copy()
-        if n.rows[HOME].get(g) is None:
-            _done(n, pid)
-            yield f"writer{pid} (cell reads): not found", n
-            return
-        n.put(HOME, g, op.value, self.p)
-        entry = n.entry(HOME, g)  # the outbox, in the authority's transaction
-        n.ack(g, op.value)
+        n.put(HOME, op.group, op.value, self.p)
+        entry = n.entry(HOME, op.group)  # the outbox, in the authority's transaction
+        n.ack(op.group, op.value)
         _set(n, pid, ("writer", "cr-replay", *proc[2:5], entry))
-        yield f"writer{pid} (cell reads) commits the cell with its entry (acknowledged)", n
+        yield f"{label} commits the cell with its entry (acknowledged)", n
 
     def _w_api_reads(self, w: World, pid: int, proc: Proc, op: Op) -> Iterator[Move]:
         g, p = op.group, self.p
