@@ -662,6 +662,10 @@ class Switcher:
         # A cell that cannot be settled (or reached) refuses the record step itself.
         state, _problems = settle(self.dbs)
         refusal = transition_refusal(state.phase, target)
+        if refusal is None and not [c for c in self.dbs.cells if not c.is_cell0]:
+            # Nothing to move and nowhere to write: a forgotten SHADOWDB_API_URL, most
+            # likely. Not a guard --force can override.
+            refusal = "no cell besides cell0 is registered (shadowdb cell add NAME URL)"
         if refusal is not None:
             self._refused(state, target, [refusal], force)
         guards = self.guards.get((state.phase, target), ())

@@ -270,3 +270,22 @@ def test_cell_remove_deletes_only_a_mapping_that_holds_nothing(
     finally:
         dbs.dispose()
         fresh.server.drop(str(extra.database))
+
+
+def test_every_phase_change_of_a_deployment_without_cells_is_refused(
+    fresh: FreshDatabases,
+) -> None:
+    api = _text(fresh.api_url)
+    with connect(api, create=True) as dbs:
+        commands.sync_schema(dbs)
+        for force in ((), ("--force",)):
+            code, out, err = _cli(
+                "phase", "set", "dual-write-cell-reads", *force, "--api-url", api
+            )
+            assert (code, out) == (3, ""), err
+            assert "no cell besides cell0 is registered" in err
+        _map_cell0(dbs, fresh.cell_urls["cell2"])  # cell0 alone is not a deployment
+        code, _out, err = _cli("phase", "set", "dual-write-cell-reads", "--api-url", api)
+        assert code == 3 and "no cell besides cell0" in err
+        with reader(dbs.api) as conn:
+            assert read_state(conn).phase is Phase.CELL_ONLY

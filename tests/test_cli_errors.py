@@ -147,7 +147,7 @@ CASES = [
     _bad("no-command", f"--api-url {API}", r"required: COMMAND$"),
     _bad("unknown-command", f"frobnicate --api-url {API}", r"invalid choice: 'frobnicate'"),
     _bad("no-action", f"cell --api-url {API}", r"^cell: .*required: ACTION$"),
-    _bad("unknown-action", f"cell remove cell1 --api-url {API}", r"invalid choice: 'remove'"),
+    _bad("unknown-action", f"cell rename cell1 --api-url {API}", r"invalid choice: 'rename'"),
     _bad(
         "missing-db-url",
         f"cell add cell3 --api-url {API}",
