@@ -53,12 +53,14 @@ __all__ = [
     "CellsChanged",
     "EpochChanged",
     "check_cells",
+    "describe_row",
     "lagging",
     "pin_api",
     "pin_cell",
     "prepare_cell",
     "settle",
     "settle_cell",
+    "settled_at",
     "write_cell_state",
 ]
 
@@ -232,6 +234,20 @@ def settle(dbs: Databases, cells: Sequence[Cell] | None = None) -> tuple[PhaseSt
     return state, problems
 
 
+def settled_at(found: PhaseState | None, epoch: int) -> bool:
+    """Whether a cell's row (``found``) has taken ``epoch``, with nothing prepared."""
+    return found is not None and found.epoch == epoch and found.next_epoch is None
+
+
+def describe_row(found: PhaseState | None) -> str:
+    """Say where a cell's row stands, for messages."""
+    if found is None:
+        return "no phase row"
+    if found.next_epoch is not None:
+        return f"epoch {found.epoch} with epoch {found.next_epoch} prepared"
+    return f"epoch {found.epoch}"
+
+
 def lagging(dbs: Databases, state: PhaseState) -> list[str]:
     """Return one line per cell not at ``state``'s epoch (unreachable ones included)."""
     problems: list[str] = []
@@ -242,12 +258,9 @@ def lagging(dbs: Databases, state: PhaseState) -> list[str]:
         except DatabaseUnreachable as err:
             problems.append(f"{cell.label}: unreachable ({err})")
             continue
-        if found is None or found.epoch != state.epoch or found.next_epoch is not None:
-            at = "no phase row" if found is None else f"epoch {found.epoch}"
-            if found is not None and found.next_epoch is not None:
-                at += f" with epoch {found.next_epoch} prepared"
+        if not settled_at(found, state.epoch):
             problems.append(
-                f"{cell.label} is at {at}, the API database at epoch {state.epoch} "
-                "(run `shadowdb status` to settle it)"
+                f"{cell.label} is at {describe_row(found)}, the API database at epoch "
+                f"{state.epoch} (run `shadowdb status` to settle it)"
             )
     return problems

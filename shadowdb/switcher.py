@@ -64,7 +64,7 @@ from sqlalchemy.engine import Connection
 from shadowdb import diff, signals
 from shadowdb.databases import Cell, Databases, database_errors, reader
 from shadowdb.errors import DatabaseUnreachable, GuardRefused, OperationalError, ShadowDBError
-from shadowdb.fence import prepare_cell, settle, settle_cell
+from shadowdb.fence import describe_row, prepare_cell, settle, settle_cell, settled_at
 from shadowdb.models import (
     api_groups,
     api_phase_history,
@@ -832,12 +832,10 @@ class Switcher:
         if tuple(c.uuid for c in cells) != t.cells:
             problems.append("the registered cells changed while the guards ran; run again")
         for cell, _conn, found in held:
-            if found is None or found.epoch != state.epoch or found.next_epoch is not None:
-                at = "no phase row" if found is None else f"epoch {found.epoch}"
-                if found is not None and found.next_epoch is not None:
-                    at += f" with epoch {found.next_epoch} prepared"
+            if not settled_at(found, state.epoch):
                 problems.append(
-                    f"{cell.label} is at {at}, not {state.epoch}: a change is half done; "
+                    f"{cell.label} is at {describe_row(found)}, not {state.epoch}: "
+                    "a change is half done; "
                     "run `shadowdb status` to settle it"
                 )
         if problems:
