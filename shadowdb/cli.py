@@ -491,6 +491,11 @@ def _render_diff(out: _Output, report: DiffReport) -> None:
         f"chunks differing: {rows.chunks_differing} of {rows.chunks}; "
         f"re-checked: {rows.rechecked} ({rows.cleared} were writes in flight)"
     )
+    if rows.legacy_duplicates:
+        out.line(
+            f"legacy duplicates: {rows.legacy_duplicates} groups hold duplicate live policy "
+            "or member rows (Nova allowed them); compared as sets, not a difference"
+        )
     if report.repaired or report.not_repaired:
         out.line(
             f"repair: {report.repaired} keys enqueued in their authoritative journal, "

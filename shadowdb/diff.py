@@ -82,8 +82,21 @@ database is still the cell's (the phase adopts cell copies it has not seen yet).
 journal, or the journal of the cell that holds the group (the default cell for a group no
 cell holds). The next ``shadowdb backfill`` replays it, copying the authoritative state to
 the other side under the lock. Keys with no authoritative copy (a uuid live in two cells,
-orphan rows) and duplicate rows on the authoritative side (a replay copies the set and
-would leave them) are reported and not enqueued.
+orphan rows) are reported and not enqueued.
+
+Duplicate rows
+==============
+
+Nova's tables have no unique constraint on a group's policies or members, and legacy
+cells hold groups with two live rows for one member. A group's policies and members are
+*sets*: every copy shadowdb writes holds each once, and two copies are compared as sets
+(:data:`shadowdb.queries.COMPARED_FIELDS`, the one definition backfill and the
+synchroniser use too). Duplicate rows are therefore not a difference and never block a
+phase change: the report counts the groups that hold them (``legacy_duplicates``) as
+legacy noise. The checksums still hash every row, so a chunk holding such a group is
+always compared row by row, where the sets decide; the cost is that chunk's rows.
+Nothing rewrites them in the cell: the reverse copy (``backfill --reverse``) writes the
+set, as any copy does.
 
 ``cell`` limits a run to one cell's groups: with the API holding every cell's groups, no
 checksum can stand for one cell's share, so that cell is compared row by row with the API
@@ -116,7 +129,7 @@ from shadowdb.errors import InvalidInput, OperationalError, ScanIncomplete, Shad
 from shadowdb.fence import lagging, settle
 from shadowdb.models import api_diff_results
 from shadowdb.phase import Phase, PhaseState, utcnow
-from shadowdb.queries import API, CELL, GroupTables
+from shadowdb.queries import API, CELL, COMPARED_FIELDS, GroupTables, to_second
 from shadowdb.sync import default_cell, one_line, transaction
 
 __all__ = [
@@ -170,8 +183,8 @@ class DiffKind(enum.Enum):
         return list(DiffKind).index(self)
 
 
-#: The scalar fields compared (``updated_at`` is not: each side stamps its own writes).
-FIELDS = ("name", "user_id", "project_id", "created_at")
+#: The scalar fields compared: the one definition (:data:`shadowdb.queries.COMPARED_FIELDS`).
+FIELDS = COMPARED_FIELDS
 
 
 def authority(phase: Phase, kind: DiffKind) -> str | None:
@@ -229,7 +242,9 @@ _SQLITE_STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{1,6})?")
 class Copy:
     """One live copy of a group, as compared: the per-database id left out.
 
-    ``policies`` and ``members`` are sorted multisets: a duplicate row shows.
+    ``policies`` and ``members`` are sorted sets (:data:`~shadowdb.queries.COMPARED_FIELDS`):
+    duplicate live rows, which Nova's tables allowed, are one policy or member, and
+    ``duplicates`` counts the rows beyond the first (not compared; the report notes them).
     ``created_at`` is kept to the second (the precision of Nova's MySQL columns).
     """
 
@@ -240,6 +255,7 @@ class Copy:
     created_at: dt.datetime | None
     policies: tuple[str, ...]
     members: tuple[str, ...]
+    duplicates: int = dataclasses.field(default=0, compare=False)
 
     def values(self) -> dict[str, Any]:
         """Return the compared data, JSON-ready."""
@@ -407,6 +423,8 @@ class RowCounts:
         chunks_differing: chunks whose checksums differed.
         rechecked: keys re-checked under the lock.
         cleared: re-checked keys that turned out level (writes in flight).
+        legacy_duplicates: groups read row by row whose copies hold duplicate live policy
+            or member rows (compared as sets: noted, not a difference).
     """
 
     api_hashed: int = 0
@@ -417,6 +435,7 @@ class RowCounts:
     chunks_differing: int = 0
     rechecked: int = 0
     cleared: int = 0
+    legacy_duplicates: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -574,18 +593,41 @@ def _chunked(values: Sequence[Any], size: int = _IN) -> Iterator[Sequence[Any]]:
         yield values[start : start + size]
 
 
+def _make_copy(
+    uuid: str,
+    name: str | None,
+    user: str | None,
+    project: str | None,
+    created: dt.datetime | None,
+    policies: Sequence[str],
+    members: Sequence[str],
+) -> Copy:
+    """Build the compared form of one copy from its rows (:class:`Copy`)."""
+    distinct_policies, distinct_members = sorted(set(policies)), sorted(set(members))
+    return Copy(
+        uuid=uuid,
+        name=name,
+        user_id=user,
+        project_id=project,
+        created_at=to_second(created),
+        policies=tuple(distinct_policies),
+        members=tuple(distinct_members),
+        duplicates=len(policies) - len(distinct_policies) + len(members) - len(distinct_members),
+    )
+
+
 def _build(
     rows: Iterable[sa.Row[Any]], policies: dict[int, list[str]], members: dict[int, list[str]]
 ) -> dict[str, Copy]:
     return {
-        row.uuid: Copy(
-            uuid=row.uuid,
-            name=row.name,
-            user_id=row.user_id,
-            project_id=row.project_id,
-            created_at=row.created_at.replace(microsecond=0) if row.created_at else None,
-            policies=tuple(sorted(policies.get(row.id, ()))),
-            members=tuple(sorted(members.get(row.id, ()))),
+        row.uuid: _make_copy(
+            row.uuid,
+            row.name,
+            row.user_id,
+            row.project_id,
+            row.created_at,
+            policies.get(row.id, ()),
+            members.get(row.id, ()),
         )
         for row in rows
     }
@@ -789,7 +831,7 @@ class _Stream:
                 out[copy.uuid] = copy
         if chunk == self.n:
             out = self._odd
-        return out, sum(1 + len(c.policies) + len(c.members) for c in out.values())
+        return out, sum(_rows_of(c) for c in out.values())
 
     def close(self) -> None:
         """Read to the end, check every row was delivered, release the snapshot."""
@@ -804,17 +846,13 @@ class _Stream:
             self._stack.close()
 
 
+def _rows_of(copy: Copy) -> int:
+    """Return the live rows one copy was read from."""
+    return 1 + len(copy.policies) + len(copy.members) + copy.duplicates
+
+
 def _copy(parts: list[Any]) -> Copy:
-    uuid, name, user, project, created, policies, members = parts
-    return Copy(
-        uuid=uuid,
-        name=name,
-        user_id=user,
-        project_id=project,
-        created_at=created.replace(microsecond=0) if created else None,
-        policies=tuple(sorted(policies)),
-        members=tuple(sorted(members)),
-    )
+    return _make_copy(*parts)
 
 
 class Differ:
@@ -858,6 +896,7 @@ class Differ:
         )
         self._seen: dict[str, _Seen] = {}
         self._orphans: list[_Orphan] = []
+        self._duplicated: set[str] = set()
 
     # ------------------------------------------------------------------ running
 
@@ -874,7 +913,7 @@ class Differ:
             self._run_all()
         findings = self._findings()
         findings.sort(key=lambda f: (f.kind.order, f.key))
-        return findings, RowCounts(**self._rows)
+        return findings, RowCounts(**self._rows, legacy_duplicates=len(self._duplicated))
 
     def _report(self, stage: str, done: int, total: int) -> None:
         if self._progress is not None:
@@ -1131,6 +1170,7 @@ class Differ:
         suspects: dict[str, tuple[str, ...]] = {}
         for uuid in sorted(set(api) | set(held)):
             here = tuple(held.get(uuid, ()))
+            self._note_duplicates(uuid, api.get(uuid), here)
             if self._classify(api.get(uuid), here):
                 suspects[uuid] = tuple(name for name, _ in here)
         return suspects
@@ -1164,11 +1204,12 @@ class Differ:
                 for uuid, copy in copies.items():
                     theirs = api_copies.get(uuid)
                     if theirs is not None:
-                        self._rows["api_compared"] += 1 + len(theirs.policies) + len(theirs.members)
+                        self._rows["api_compared"] += _rows_of(theirs)
                     # A twin's data does not matter here: being live twice is the finding,
                     # and the re-check reads every copy in full.
                     held = [(only.name, copy)] + [(name, copy) for name in twins.get(uuid, ())]
                     held.sort(key=self._cell_order)
+                    self._note_duplicates(uuid, theirs, held)
                     if self._classify(theirs, held):
                         suspects[uuid] = tuple(name for name, _ in held)
                 if len(suspects) >= self.chunk_size:
@@ -1179,6 +1220,12 @@ class Differ:
         with _snapshot(only.engine, only.label) as conn:
             self._orphans.extend(self._read_orphans(conn, CELL, only.name))
         self._recheck(suspects)
+
+    def _note_duplicates(
+        self, uuid: str, api: Copy | None, cells: Sequence[tuple[str, Copy]]
+    ) -> None:
+        if (api is not None and api.duplicates) or any(copy.duplicates for _, copy in cells):
+            self._duplicated.add(uuid)
 
     def _cell_order(self, held: tuple[str, Copy]) -> int:
         names = [c.name for c in self.cells]
@@ -1323,10 +1370,6 @@ def _norm(tally: list[int] | None) -> tuple[int, ...]:
     return (tally[0], tally[1], tally[2], tally[3] & _MASK)
 
 
-def _duplicates(values: Sequence[str]) -> bool:
-    return len(set(values)) != len(values)
-
-
 def _finding(phase: Phase, uuid: str, kind: DiffKind, seen: _Seen) -> Finding:
     api = seen.api
     cell = seen.cells[0][1] if seen.cells else None
@@ -1349,13 +1392,6 @@ def _finding(phase: Phase, uuid: str, kind: DiffKind, seen: _Seen) -> Finding:
         else:
             what = "policies" if kind is DiffKind.POLICY_MISMATCH else "members"
             detail = f"{what} differ"
-            dups = [
-                side
-                for side, copy in (("API", api), ("cell", cell))
-                if _duplicates(getattr(copy, what))
-            ]
-            if dups:
-                detail += f" (duplicate rows in the {' and '.join(dups)} copy)"
             keep = {what}
         api_values = {k: v for k, v in api.values().items() if k in keep}
         cell_values = {k: v for k, v in cell.values().items() if k in keep}
@@ -1381,14 +1417,6 @@ def _unrepairable(finding: Finding, seen: _Seen | None) -> str | None:
     """Say why a replay cannot level this key, or None if it can."""
     if finding.authoritative is None or seen is None:
         return "no authoritative copy"
-    source = (
-        seen.api if finding.authoritative == "api" else (seen.cells[0][1] if seen.cells else None)
-    )
-    if source is not None and (_duplicates(source.policies) or _duplicates(source.members)):
-        return (
-            "duplicate rows on the authoritative side: a replay copies the set and "
-            "leaves them; remove them by hand"
-        )
     return None
 
 

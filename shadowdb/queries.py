@@ -24,10 +24,36 @@ from sqlalchemy.engine import Connection
 from shadowdb import models
 from shadowdb.phase import utcnow
 
-__all__ = ["API", "CELL", "GroupRecord", "GroupTables", "JournalEntry", "Scope"]
+__all__ = [
+    "API",
+    "CELL",
+    "COMPARED_FIELDS",
+    "COPIED_FIELDS",
+    "GroupRecord",
+    "GroupTables",
+    "JournalEntry",
+    "Scope",
+    "to_second",
+]
 
 #: Most bound parameters one statement carries (SQLite's historic limit is 999).
 CHUNK = 500
+
+#: What makes two copies of a group the same group, besides its uuid and the *sets* of
+#: its live policies and members: backfill, the synchroniser, the switcher and the diff
+#: report all compare exactly these. ``created_at`` is compared to the second (the
+#: precision of Nova's MySQL columns); ``updated_at`` is not compared, since each side
+#: stamps its own writes. Duplicate policy or member rows, which Nova's tables allowed,
+#: are one policy or member: a copy is written as the set.
+COMPARED_FIELDS = ("name", "user_id", "project_id", "created_at")
+
+#: What a copy carries over besides policies and members.
+COPIED_FIELDS = (*COMPARED_FIELDS, "updated_at")
+
+
+def to_second(when: dt.datetime | None) -> dt.datetime | None:
+    """Return ``when`` as compared: to the second (``None`` stays ``None``)."""
+    return when.replace(microsecond=0) if when is not None else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +71,15 @@ class GroupRecord:
     updated_at: dt.datetime | None
 
     def same_data(self, other: GroupRecord) -> bool:
-        """Compare what a migration must preserve (everything but the per-database id)."""
+        """Say whether ``other`` is the same group (:data:`COMPARED_FIELDS`)."""
         return (
             self.uuid == other.uuid
-            and self.name == other.name
-            and self.user_id == other.user_id
-            and self.project_id == other.project_id
-            and sorted(self.policies) == sorted(other.policies)
-            and sorted(self.members) == sorted(other.members)
+            and all(
+                getattr(self, f) == getattr(other, f) for f in COMPARED_FIELDS if f != "created_at"
+            )
+            and to_second(self.created_at) == to_second(other.created_at)
+            and set(self.policies) == set(other.policies)
+            and set(self.members) == set(other.members)
         )
 
 
@@ -180,9 +207,7 @@ class GroupTables:
         self.member_col: sa.Column[Any] = members.c[member_column]
         self.soft_delete = soft_delete
         extra = ("deleted",) if soft_delete else ()
-        self._bulk_groups = _BulkInsert(
-            groups, ("uuid", "name", "user_id", "project_id", "created_at", "updated_at"), extra
-        )
+        self._bulk_groups = _BulkInsert(groups, ("uuid", *COPIED_FIELDS), extra)
         self._bulk_policies = _BulkInsert(policies, ("group_id", "policy"), ("created_at", *extra))
         self._bulk_members = _BulkInsert(
             members, ("group_id", member_column), ("created_at", *extra)

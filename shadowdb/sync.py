@@ -28,7 +28,7 @@ from shadowdb.databases import Cell, Databases, choose_default, database_errors,
 from shadowdb.errors import DatabaseUnreachable, NoDefaultCell, OperationalError, ShadowDBError
 from shadowdb.fence import CellBehind, EpochChanged, pin_api, pin_cell
 from shadowdb.phase import PhaseState, read_state
-from shadowdb.queries import API, CELL, GroupRecord, GroupTables
+from shadowdb.queries import API, CELL, COPIED_FIELDS, GroupRecord, GroupTables
 
 __all__ = [
     "OUTBOX",
@@ -42,9 +42,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-#: The fields a copy carries over besides policies and members.
-_FIELDS = ("name", "user_id", "project_id", "created_at", "updated_at")
 
 #: The note of an outbox entry written with its write, before the other copy is tried:
 #: an entry still bearing it records no failure (its writer's second half is in flight,
@@ -86,7 +83,7 @@ def copy_group(
         side.insert(conn, source)
         return True
     fields: dict[str, Any] = {
-        f: getattr(source, f) for f in _FIELDS if getattr(source, f) != getattr(current, f)
+        f: getattr(source, f) for f in COPIED_FIELDS if getattr(source, f) != getattr(current, f)
     }
     side.update_fields(conn, current.id, fields)
     changed = bool(fields)

@@ -143,6 +143,8 @@ class Injected:
 
     expected: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     keys: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: Groups given duplicate live rows (legacy noise: noted, never a difference).
+    duplicated: set[str] = dataclasses.field(default_factory=set)
 
     def add(self, key: str, kind: str) -> str:
         self.expected.add((key, kind))
@@ -196,7 +198,12 @@ def inject_policy_mismatch(topology: Topology, found: Injected) -> None:
 
 
 def inject_member_mismatches(topology: Topology, found: Injected, *, duplicate_in: str) -> None:
-    """One group whose member sets differ, one with a duplicate row on ``duplicate_in``."""
+    """Member sets that differ, and duplicate rows on ``duplicate_in``.
+
+    Three groups: one whose member sets differ; one whose copies hold the same set, one
+    member stored twice on ``duplicate_in`` (level: compared as sets); one with a
+    duplicate row *and* a member missing on the other side (a difference all the same).
+    """
     extra = new_uuid()
     uuid = seed_pair(topology, members=[new_uuid()])
     with topology.dbs.api.begin() as conn:
@@ -206,26 +213,35 @@ def inject_member_mismatches(topology: Topology, found: Injected, *, duplicate_i
             )
         )
     found.add(uuid, "member-mismatch")
-    member = new_uuid()
-    dup = seed_pair(topology, cell="cell2", members=[member, new_uuid()])
-    if duplicate_in == "api":
+    for also_differs in (False, True):
+        member = new_uuid()
+        dup = seed_pair(topology, cell="cell2", members=[member, new_uuid()])
+        _duplicate_member(topology, dup, member, duplicate_in)
+        found.duplicated.add(dup)
+        if also_differs:
+            _duplicate_member(topology, dup, new_uuid(), duplicate_in)
+            found.add(dup, "member-mismatch")
+
+
+def _duplicate_member(topology: Topology, uuid: str, member: str, side: str) -> None:
+    """Add a live member row for ``member`` to ``uuid``'s copy on ``side`` (cell2 or api)."""
+    if side == "api":
         with topology.dbs.api.begin() as conn:
             conn.execute(
                 models.api_members.insert().values(
-                    group_id=_api_group_id(topology, dup), instance_uuid=member
+                    group_id=_api_group_id(topology, uuid), instance_uuid=member
                 )
             )
     else:
         with topology.cell_engine("cell2").begin() as conn:
             conn.execute(
                 models.cell_members.insert().values(
-                    group_id=_cell_group_id(topology, "cell2", dup),
+                    group_id=_cell_group_id(topology, "cell2", uuid),
                     instance_id=member,
                     deleted=0,
                     created_at=NOW,
                 )
             )
-    found.add(dup, "member-mismatch")
 
 
 def inject_live_in_two_cells(topology: Topology, found: Injected) -> None:

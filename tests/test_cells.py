@@ -279,9 +279,7 @@ def test_every_phase_change_of_a_deployment_without_cells_is_refused(
     with connect(api, create=True) as dbs:
         commands.sync_schema(dbs)
         for force in ((), ("--force",)):
-            code, out, err = _cli(
-                "phase", "set", "dual-write-cell-reads", *force, "--api-url", api
-            )
+            code, out, err = _cli("phase", "set", "dual-write-cell-reads", *force, "--api-url", api)
             assert (code, out) == (3, ""), err
             assert "no cell besides cell0 is registered" in err
         _map_cell0(dbs, fresh.cell_urls["cell2"])  # cell0 alone is not a deployment
