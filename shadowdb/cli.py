@@ -24,8 +24,8 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from shadowdb import commands, errors, urls
-from shadowdb.databases import Databases, connect
+from shadowdb import commands, errors, novaconf, urls
+from shadowdb.databases import Databases, cell_url, connect
 from shadowdb.diff import DiffKind, DiffReport
 from shadowdb.phase import Phase
 from shadowdb.settings import Settings
@@ -166,7 +166,8 @@ def _cmd_db_sync(args: argparse.Namespace, settings: Settings, out: _Output) -> 
 
 
 def _cmd_cell_add(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
-    urls.parse_url(args.db_url)  # bad input is refused before any database is opened
+    # Bad input is refused before any database is opened.
+    cell_url(args.db_url, settings, args.name)
     with connect(args.api_url, settings=settings) as dbs:
         info = commands.add_cell(
             dbs, args.name, args.db_url, default=args.default, create=args.create
@@ -562,7 +563,12 @@ def _cmd_cleanup(args: argparse.Namespace, settings: Settings, out: _Output) -> 
 Handler = Callable[[argparse.Namespace, Settings, _Output], ExitCode]
 
 #: The common options' values when given nowhere on the command line.
-_OPTION_DEFAULTS: dict[str, Any] = {"api_url": None, "format": "text", "debug": False}
+_OPTION_DEFAULTS: dict[str, Any] = {
+    "api_url": None,
+    "config_file": None,
+    "format": "text",
+    "debug": False,
+}
 
 
 def _build_parser() -> _Parser:
@@ -573,6 +579,16 @@ def _build_parser() -> _Parser:
         "--api-url",
         metavar="URL",
         help="API database URL (default: $SHADOWDB_API_URL, else shadowdb-data/api.sqlite)",
+    )
+    common.add_argument(
+        "--config-file",
+        metavar="PATH",
+        action="append",
+        help=(
+            "a nova.conf to read [api_database] connection (the API URL) and [database] "
+            "connection (what templated cell URLs are filled from) from; repeatable, later "
+            "files win (default: $SHADOWDB_CONFIG_FILE, paths separated by ':')"
+        ),
     )
     common.add_argument("--format", choices=("text", "json"), help="output format")
     common.add_argument("--debug", action="store_true", help="log debug events and show tracebacks")
@@ -719,6 +735,36 @@ def _fail(code: ExitCode, message: str, stderr: TextIO) -> ExitCode:
     return code
 
 
+def _settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
+    """Build the process settings: the command line, then nova.conf, then the environment.
+
+    The API URL is the first of ``--api-url``, ``[api_database] connection`` of the
+    ``--config-file`` files, ``$SHADOWDB_API_URL``, that of the ``$SHADOWDB_CONFIG_FILE``
+    files, and the embedded SQLite file.
+    """
+    files: list[str] = list(args.config_file or [])
+    from_command_line = bool(files)
+    if not files and environ.get("SHADOWDB_CONFIG_FILE"):
+        files = [p for p in environ["SHADOWDB_CONFIG_FILE"].split(os.pathsep) if p]
+    conf = novaconf.read_config_files(files) if files else None
+    api_url = args.api_url
+    if (
+        conf is not None
+        and api_url is None
+        and (from_command_line or not environ.get("SHADOWDB_API_URL"))
+    ):
+        api_url = conf.api_connection
+    try:
+        return Settings.from_environ(
+            environ,
+            api_url=api_url,
+            cell_url_default=conf.database_connection if conf else None,
+            config_files=conf.files if conf else None,
+        )
+    except ValueError as err:
+        raise errors.InvalidInput(f"bad setting in the environment: {err}") from err
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -736,10 +782,7 @@ def main(
         parser = _build_parser()
         args = parser.parse_args(argv, namespace=argparse.Namespace(**_OPTION_DEFAULTS))
         _configure_logging(args.debug, stderr)
-        try:
-            settings = Settings.from_environ(environ, api_url=args.api_url)
-        except ValueError as err:
-            raise errors.InvalidInput(f"bad setting in the environment: {err}") from err
+        settings = _settings(args, environ)
         out = _Output(args.format, stdout)
         handler: Handler = args.handler
         return int(handler(args, settings, out))

@@ -19,10 +19,11 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from shadowdb import diff, schema, urls
+from shadowdb import diff, novaconf, schema, urls
 from shadowdb.databases import (
     CELL0_UUID,
     Databases,
+    cell_url,
     choose_default,
     create_engine,
     database_errors,
@@ -194,7 +195,7 @@ def add_cell(
     name = name.strip()
     if not name or len(name) > 255:
         raise InvalidInput("cell name must be 1 to 255 characters")
-    parsed = urls.parse_url(url)
+    parsed = cell_url(url, dbs.settings, name)
     label = f"cell {name} ({urls.mask(parsed)})"
     stored = url.strip()
     with reader(dbs.api, dbs.api_label) as conn:
@@ -214,7 +215,10 @@ def add_cell(
             raise DatabaseUnreachable(
                 label, f"no such file {path} (pass --create to make an empty one)"
             )
-        if not Path(sa.engine.make_url(stored).database or "").is_absolute():
+        if (
+            not novaconf.is_template(stored)
+            and not Path(sa.engine.make_url(stored).database or "").is_absolute()
+        ):
             # Relative to where the command ran: stored absolute, or it means nothing later.
             parsed = parsed.set(database=str(path))
             stored = parsed.render_as_string(hide_password=False)

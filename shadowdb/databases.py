@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, Engine
 
-from shadowdb import urls
+from shadowdb import novaconf, urls
 from shadowdb.errors import DatabaseUnreachable, OperationalError, UnknownCell
 from shadowdb.models import api_cell_mappings
 from shadowdb.packed import GROUP_CONCAT_MAX_LEN
@@ -432,7 +432,7 @@ class Databases:
         cells = []
         with self._lock:
             for row in rows:
-                url = urls.parse_url(row.database_connection)
+                url = cell_url(row.database_connection, self.settings, row.name or row.uuid)
                 key = url.render_as_string(hide_password=False)
                 engine = self._engines.get(key)
                 if engine is None:
@@ -494,6 +494,22 @@ class Databases:
 
     def __exit__(self, *_exc: object) -> None:
         self.dispose()
+
+
+def cell_url(stored: str, settings: Settings, name: str) -> URL:
+    """Return the URL a cell mapping's ``database_connection`` means for this process.
+
+    A template (``{scheme}://{username}:{password}@{hostname}/cell1``) is filled from
+    ``settings.cell_url_default`` (``[database] connection``), as Nova's services fill
+    it (:mod:`shadowdb.novaconf`).
+
+    Raises:
+        InvalidInput: a template with nothing to fill it from, or that cannot be filled.
+        InvalidURL: the (filled) URL cannot be parsed or names an unsupported backend.
+    """
+    if novaconf.is_template(stored):
+        stored = novaconf.fill_template(stored, settings.cell_url_default, name)
+    return urls.parse_url(stored)
 
 
 def connect(

@@ -35,6 +35,10 @@ class Settings:
         actor: who is acting, recorded in the phase history.
         diff_max_age: seconds a clean diff-report stays good enough for ``phase set``
             into ``dual-write-api-reads`` or ``api-only`` (counted from its start).
+        cell_url_default: what templated cell URLs are filled from: Nova's
+            ``[database] connection`` (:mod:`shadowdb.novaconf`); ``None``: a templated
+            cell URL is an error.
+        config_files: the ``nova.conf`` files these settings were read from.
     """
 
     api_url: str | None = None
@@ -44,6 +48,8 @@ class Settings:
     connect_timeout: float = 5.0
     actor: str = "shadowdb"
     diff_max_age: float = 3600.0
+    cell_url_default: str | None = dataclasses.field(default=None, repr=False)
+    config_files: tuple[str, ...] = ()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
