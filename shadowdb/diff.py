@@ -498,6 +498,9 @@ class StoredResult:
     cells: tuple[str, ...] = ()
     #: Differences no pending journal entry explained (None: not recorded).
     unexplained: int | None = None
+    #: Of those, in ``api-only``: cell groups the API database never had, with no
+    #: deletion on record (a cell registered late). ``dual-write-api-reads`` copies them.
+    never_copied: int | None = None
 
 
 def last_result(conn: Connection) -> StoredResult | None:
@@ -523,6 +526,7 @@ def last_result(conn: Connection) -> StoredResult | None:
         detail=row.detail,
         cells=tuple(c for c in (row.cells or "").split(",") if c),
         unexplained=row.unexplained,
+        never_copied=row.never_copied,
     )
 
 
@@ -1413,10 +1417,15 @@ def _finding(phase: Phase, uuid: str, kind: DiffKind, seen: _Seen) -> Finding:
 # --------------------------------------------------------------------------- repair
 
 
-def _unrepairable(finding: Finding, seen: _Seen | None) -> str | None:
+def _unrepairable(finding: Finding, seen: _Seen | None, phase: Phase) -> str | None:
     """Say why a replay cannot level this key, or None if it can."""
     if finding.authoritative is None or seen is None:
         return "no authoritative copy"
+    if finding.authoritative == "cell" and phase is Phase.API_ONLY:
+        return (
+            "api-only copies nothing from the cells; run `shadowdb phase set "
+            "dual-write-api-reads`, then `shadowdb backfill`"
+        )
     return None
 
 
@@ -1433,10 +1442,14 @@ def _repair(
     cell_keys: dict[str, list[str]] = {}
     for key, group in by_key.items():
         first = group[0]
-        why = _unrepairable(first, seen.get(key))
+        why = _unrepairable(first, seen.get(key), state.phase)
         if why is None:
             why = next(
-                (w for f in group[1:] if (w := _unrepairable(f, seen.get(key))) is not None),
+                (
+                    w
+                    for f in group[1:]
+                    if (w := _unrepairable(f, seen.get(key), state.phase)) is not None
+                ),
                 None,
             )
         if why is None and fresh.epoch != state.epoch:
@@ -1477,28 +1490,36 @@ def _repair(
     return out, enqueued, len(by_key) - enqueued
 
 
-def _tombstoned_are_api(dbs: Databases, findings: list[Finding]) -> list[Finding]:
-    """Make the API side authoritative for a cell copy whose group the API deleted.
+def _tombstoned_are_api(dbs: Databases, phase: Phase, findings: list[Finding]) -> list[Finding]:
+    """Decide, by its tombstone, who holds a group live in a cell and absent from the API.
 
-    ``dual-write-api-reads`` trusts a cell copy the API database lacks (not migrated
-    yet), unless the API database holds its tombstone: then the group was deleted there,
-    and the cell copy is a leftover to retire, never a group to bring back.
+    Every deletion from the API database leaves a tombstone in its transaction, so the
+    absence of a copy there means "deleted" only with one. ``dual-write-api-reads``
+    trusts such a cell copy (not migrated yet) unless the uuid is tombstoned: then the
+    group was deleted there, and the cell copy is a leftover to retire, never a group to
+    bring back. ``api-only`` trusts the API database, except for a copy it never had (no
+    tombstone): a cell registered after the cutover, for instance, whose groups must be
+    copied, never retired.
     """
-    keys = [
-        f.key for f in findings if f.kind is DiffKind.MISSING_IN_API and f.authoritative == "cell"
-    ]
-    if not keys:
+    keys = [f.key for f in findings if f.kind is DiffKind.MISSING_IN_API]
+    if not keys or phase not in (Phase.DUAL_WRITE_API_READS, Phase.API_ONLY):
         return findings
     with reader(dbs.api, dbs.api_label) as conn:
         buried = API.tombstoned(conn, keys)
-    return [
-        dataclasses.replace(
-            f, authoritative="api", detail=f"{f.detail} (deleted in the API database)"
-        )
-        if f.key in buried and f.kind is DiffKind.MISSING_IN_API
-        else f
-        for f in findings
-    ]
+    out = []
+    for f in findings:
+        if f.kind is DiffKind.MISSING_IN_API and f.key in buried:
+            f = dataclasses.replace(
+                f, authoritative="api", detail=f"{f.detail} (deleted in the API database)"
+            )
+        elif f.kind is DiffKind.MISSING_IN_API and phase is Phase.API_ONLY:
+            f = dataclasses.replace(
+                f,
+                authoritative="cell",
+                detail=f"{f.detail} (never copied there: no deletion on record)",
+            )
+        out.append(f)
+    return out
 
 
 def _journaled_in_cells(dbs: Databases, keys: list[str]) -> dict[str, str]:
@@ -1526,6 +1547,7 @@ def _record(
     detail: str | None,
     cells: Sequence[str] = (),
     unexplained: int | None = None,
+    never_copied: int | None = None,
 ) -> dt.datetime:
     finished = utcnow()
     with writer(dbs.api, dbs.api_label) as conn:
@@ -1546,6 +1568,7 @@ def _record(
                 detail=detail,
                 cells=",".join(cells),
                 unexplained=unexplained,
+                never_copied=never_copied,
             )
         )
     return finished
@@ -1610,9 +1633,17 @@ def run_diff(
         # command's canonical line, quiet unless debugging.
         log.info("diff_report", outcome="incomplete", scope=scope, error=one_line(err))
         raise
-    findings = _tombstoned_are_api(dbs, findings)
+    findings = _tombstoned_are_api(dbs, differ.state.phase, findings)
     counts = dict(Counter(f.kind.value for f in findings))
     unexplained = sum(1 for f in findings if not f.journal_pending)
+    never_copied = sum(
+        1
+        for f in findings
+        if not f.journal_pending
+        and f.kind is DiffKind.MISSING_IN_API
+        and f.authoritative == "cell"
+        and differ.state.phase is Phase.API_ONLY
+    )
     repaired = not_repaired = 0
     if repair and findings:
         findings, repaired, not_repaired = _repair(dbs, differ.state, findings, differ._seen)
@@ -1642,6 +1673,7 @@ def run_diff(
         detail=None,
         cells=compared,
         unexplained=unexplained,
+        never_copied=never_copied,
     )
     log.info(
         "diff_report",

@@ -229,6 +229,8 @@ api_diff_results = sa.Table(
     sa.Column("cells", sa.Text, nullable=True),
     # Differences with no pending journal entry to explain them (writes in flight).
     sa.Column("unexplained", sa.Integer, nullable=True),
+    # Of those, in api-only: cell groups the API database never had (no tombstone).
+    sa.Column("never_copied", sa.Integer, nullable=True),
     **_MYSQL,
 )
 

@@ -455,7 +455,9 @@ class CleanRecentDiff:
     1. completed, compared every cell registered now (not one ``--cell``) and found no
        difference; with ``explained``, differences are admitted if every one had a
        pending journal entry (the cells lagging behind ``api-only`` writes, each entry
-       replayed by the catch-up);
+       replayed by the catch-up) or is a cell group the API database never had (a cell
+       registered in ``api-only``: the phase entered reads it from its cell, and its
+       backfill copies it);
     2. started at most ``Settings.diff_max_age`` seconds ago;
     3. ran at the current epoch, with every database settled at it when it began (a run
        that began on a lagging cell is recorded incomplete by the diff itself).
@@ -480,7 +482,12 @@ class CleanRecentDiff:
         when = f"the last diff-report (started {last.started_at:%Y-%m-%d %H:%M:%S}Z)"
         if last.outcome == "incomplete":
             return [f"{when} did not complete; {run}"]
-        if last.outcome != "clean" and not (self.explained and last.unexplained == 0):
+        admitted = (
+            self.explained
+            and last.unexplained is not None
+            and last.unexplained - (last.never_copied or 0) == 0
+        )
+        if last.outcome != "clean" and not admitted:
             kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(last.counts.items()))
             return [
                 f"{when} found {_plural(last.differences, 'difference')} ({kinds}); "

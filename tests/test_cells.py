@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,13 +18,16 @@ import pytest
 import sqlalchemy as sa
 
 from shadowdb import cli, commands, models
+from shadowdb.backfill import backfill
+from shadowdb.cleanup import cleanup
 from shadowdb.databases import CELL0_UUID, Databases, connect, reader
-from shadowdb.errors import InvalidInput, NoDefaultCell, UnknownCell
+from shadowdb.errors import GuardRefused, InvalidInput, NoDefaultCell, UnknownCell
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase, read_state
 from shadowdb.queries import CELL
-from tests.conftest import FreshDatabases
-from tests.helpers import put_in_phase
+from tests.backends import Server, worker_id
+from tests.conftest import FreshDatabases, Topology
+from tests.helpers import new_uuid, put_in_phase, seed_cell_group
 
 
 def _text(url: sa.URL) -> str:
@@ -287,3 +291,65 @@ def test_every_phase_change_of_a_deployment_without_cells_is_refused(
         assert code == 3 and "no cell besides cell0" in err
         with reader(dbs.api) as conn:
             assert read_state(conn).phase is Phase.CELL_ONLY
+
+
+# --------------------------------------------------------------------------- late cells
+
+
+@pytest.fixture
+def late_cell(server: Server, tmp_path: Path) -> Iterator[sa.URL]:
+    """An empty database for a cell registered after the cutover started."""
+    if server.backend == "sqlite":
+        server = Server("sqlite", folder=tmp_path)
+    name = f"sdbtest_late_{os.getpid()}_{worker_id()}"
+    url = server.create(name)
+    yield url
+    server.drop(name)
+
+
+def test_a_cell_registered_in_api_only_is_copied_never_retired(
+    topology: Topology, late_cell: sa.URL
+) -> None:
+    """Its groups are a backlog every guard, the diff and cleanup see, until copied."""
+    dbs = topology.dbs
+    early = seed_cell_group(topology.cell_engine("cell1"), name="early")
+    commands.set_phase(dbs, "dual-write-cell-reads")
+    backfill(dbs, sleep=lambda _s: None)
+    assert commands.diff_report(dbs).clean
+    commands.set_phase(dbs, "dual-write-api-reads")
+    assert commands.diff_report(dbs).clean
+    commands.set_phase(dbs, "api-only")
+    commands.add_cell(dbs, "late", _text(late_cell))
+    commands.sync_schema(dbs)
+    late = seed_cell_group(dbs.cell("late").engine, name="forgotten", members=[new_uuid()])
+    # The diff sees it, trusts the only copy there is, and says how to copy it.
+    report = commands.diff_report(dbs, repair=True)
+    (finding,) = report.findings
+    assert (finding.key, finding.kind.value, finding.authoritative) == (
+        late,
+        "missing-in-api",
+        "cell",
+    )
+    assert "never copied there" in finding.detail
+    assert finding.repair is not None and "phase set dual-write-api-reads" in finding.repair
+    assert report.repaired == 0
+    with pytest.raises(GuardRefused, match="no pending API journal entry explains"):
+        cleanup(dbs)
+    # Back to the phase that copies, where it is read from its cell meanwhile.
+    commands.set_phase(dbs, "dual-write-api-reads")
+    ctx = RequestContext(dbs, "p1", "u1")
+    assert InstanceGroup.get_by_uuid(ctx, late).name == "forgotten"
+    with pytest.raises(
+        GuardRefused, match=r"1 live cell group not in the API database \(late: 1\)"
+    ):
+        commands.set_phase(dbs, "api-only")
+    backfill(dbs, sleep=lambda _s: None)
+    assert commands.diff_report(dbs).clean
+    commands.set_phase(dbs, "api-only")
+    result = cleanup(dbs)
+    assert result.kept == 0
+    dbs.phases.invalidate()
+    for uuid, name in ((early, "early"), (late, "forgotten")):
+        assert InstanceGroup.get_by_uuid(ctx, uuid).name == name
+    with reader(dbs.cell("late").engine) as conn:
+        assert CELL.uuids(conn) == set()  # its copy retired, after it was copied

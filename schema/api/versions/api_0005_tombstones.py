@@ -32,9 +32,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("cells", sa.Text, nullable=True))
         batch.add_column(sa.Column("unexplained", sa.Integer, nullable=True))
     with op.batch_alter_table("shadowdb_state") as batch:
-        batch.add_column(
-            sa.Column("cells_retired", sa.Boolean, nullable=False, server_default="0")
-        )
+        batch.add_column(sa.Column("cells_retired", sa.Boolean, nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
