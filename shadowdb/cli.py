@@ -228,6 +228,17 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: _Output) -> E
         f"since {result.changed_at:%Y-%m-%d %H:%M:%S}Z)"
     )
     _cells_table(out, result.cells)
+    if result.health:
+        out.table(
+            None,
+            ("Cell", "Reachable", "Not in the API database", "Journal"),
+            [
+                (h.name, "yes", str(h.backlog), str(h.journal))
+                if h.reachable
+                else (h.name, f"no: {h.error}", "?", "?")
+                for h in result.health
+            ],
+        )
     return ExitCode.OK
 
 

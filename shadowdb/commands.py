@@ -36,13 +36,15 @@ from shadowdb.errors import (
     CellInUse,
     DatabaseUnreachable,
     InvalidInput,
+    OperationalError,
     SchemaError,
 )
 from shadowdb.fence import settle
 from shadowdb.models import api_cell_mappings, api_instance_mappings, api_phase_history, api_state
 from shadowdb.phase import Phase, initialise_state, read_state
 from shadowdb.queries import CELL
-from shadowdb.switcher import Switcher, allowed_next
+from shadowdb.switcher import Switcher, allowed_next, uncopied
+from shadowdb.sync import one_line
 
 __all__ = [
     "CellInfo",
@@ -101,6 +103,25 @@ class CellInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class CellHealth:
+    """How one cell stands in the cutover.
+
+    Attributes:
+        name: the cell's name.
+        reachable: it answered.
+        error: why not, one line (None if it answered).
+        backlog: its live groups the API database lacks (None if unreachable).
+        journal: its pending journal entries (None if unreachable).
+    """
+
+    name: str
+    reachable: bool
+    error: str | None
+    backlog: int | None
+    journal: int | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Status:
     """The phase and the cells, at a glance."""
 
@@ -108,6 +129,7 @@ class Status:
     epoch: int
     changed_at: dt.datetime
     cells: tuple[CellInfo, ...]
+    health: tuple[CellHealth, ...] = ()
 
 
 def _sync_one(engine: sa.Engine, tree: str, label: str) -> DatabaseSync:
@@ -342,7 +364,21 @@ def set_default_cell(dbs: Databases, name: str) -> CellInfo:
 def status(dbs: Databases) -> Status:
     """Report the phase, its epoch and the cells; finish a half-done phase change."""
     state, _problems = settle(dbs)
-    return Status(state.phase.value, state.epoch, state.changed_at, tuple(list_cells(dbs)))
+    health = []
+    for cell in dbs.refresh_cells():
+        if cell.is_cell0:
+            continue  # never holds a group
+        try:
+            with reader(cell.engine, cell.label) as conn:
+                journal = CELL.journal_count(conn)
+            backlog = uncopied(dbs, cell)
+        except OperationalError as err:
+            health.append(CellHealth(cell.name, False, one_line(err), None, None))
+            continue
+        health.append(CellHealth(cell.name, True, None, backlog, journal))
+    return Status(
+        state.phase.value, state.epoch, state.changed_at, tuple(list_cells(dbs)), tuple(health)
+    )
 
 
 # --------------------------------------------------------------------------- phase

@@ -268,6 +268,23 @@ def _pending_cell(api: Connection, cell_conn: Connection, *, purge: bool) -> int
     )
 
 
+def uncopied(dbs: Databases, cell: Cell) -> int:
+    """Count the live groups of ``cell`` that the API database lacks: its backlog.
+
+    A cell copy of a group the API database deleted (its tombstone) is not counted: it
+    is a leftover awaiting its replay (a destroy whose cell half failed), not a group
+    left to copy.
+
+    Raises:
+        OperationalError: a database could not be read.
+    """
+    missing = UnmigratedCellGroups._missing(dbs, cell, None)
+    if missing:
+        with reader(dbs.api, dbs.api_label) as conn:
+            missing -= API.tombstoned(conn, missing)
+    return len(missing)
+
+
 class UnmigratedCellGroups:
     """Require every live cell group (``deleted = 0``) to have an API copy (same uuid)."""
 
@@ -279,7 +296,7 @@ class UnmigratedCellGroups:
         missing: dict[str, int] = {}
         for cell in dbs.refresh_cells():
             try:
-                count = self._count_missing(dbs, cell)
+                count = uncopied(dbs, cell)
             except OperationalError as err:
                 reasons.append(_unreachable(cell, err))
                 continue
@@ -293,16 +310,6 @@ class UnmigratedCellGroups:
                 f"({per_cell}); run backfill",
             )
         return reasons
-
-    @staticmethod
-    def _count_missing(dbs: Databases, cell: Cell) -> int:
-        missing = UnmigratedCellGroups._missing(dbs, cell, None)
-        if missing:
-            # A cell copy of a group the API database deleted is a leftover awaiting its
-            # replay (a destroy whose cell half failed), not a group left to migrate.
-            with reader(dbs.api, dbs.api_label) as conn:
-                missing -= API.tombstoned(conn, missing)
-        return len(missing)
 
     @staticmethod
     def _missing(dbs: Databases, cell: Cell, among: set[str] | None) -> set[str]:

@@ -322,6 +322,8 @@ def test_a_cell_registered_in_api_only_is_copied_never_retired(
     commands.add_cell(dbs, "late", _text(late_cell))
     commands.sync_schema(dbs)
     late = seed_cell_group(dbs.cell("late").engine, name="forgotten", members=[new_uuid()])
+    health = {h.name: h for h in commands.status(dbs).health}
+    assert (health["late"].backlog, health["cell1"].backlog) == (1, 0)
     # The diff sees it, trusts the only copy there is, and says how to copy it.
     report = commands.diff_report(dbs, repair=True)
     (finding,) = report.findings
@@ -353,3 +355,8 @@ def test_a_cell_registered_in_api_only_is_copied_never_retired(
         assert InstanceGroup.get_by_uuid(ctx, uuid).name == name
     with reader(dbs.cell("late").engine) as conn:
         assert CELL.uuids(conn) == set()  # its copy retired, after it was copied
+    assert [(h.name, h.backlog, h.journal) for h in commands.status(dbs).health] == [
+        ("cell1", 0, 0),
+        ("cell2", 0, 0),
+        ("late", 0, 0),
+    ]

@@ -220,7 +220,7 @@ def test_db_sync_is_idempotent_and_status_shows_cell_only(cli: Cli, fresh: Fresh
     cells = cli.ok("cell", "list", "--api-url", api, "--format", "json").json()
     assert table_rows(status.out) == [
         [c["name"], c["uuid"], c["url"], "yes" if c["default"] else ""] for c in cells
-    ]
+    ] + [[name, "yes", "0", "0"] for name in ("cell1", "cell2")]
     assert [(c["name"], c["default"]) for c in cells] == [("cell1", True), ("cell2", False)]
 
     as_json = cli.ok("status", "--api-url", api, "--format", "json").json()
@@ -229,6 +229,10 @@ def test_db_sync_is_idempotent_and_status_shows_cell_only(cli: Cli, fresh: Fresh
         "epoch": 0,
         "changed_at": changed_at.isoformat(),
         "cells": cells,
+        "health": [
+            {"name": name, "reachable": True, "error": None, "backlog": 0, "journal": 0}
+            for name in ("cell1", "cell2")
+        ],
     }
 
 
