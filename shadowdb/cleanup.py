@@ -21,6 +21,14 @@ The run first sets ``cells_retired`` on the API phase row, so ``api-only`` write
 journaling for a rollback, then retires the cells in batches (a group with its children
 in one transaction, fenced by the cell's phase row), then purges the API journal and the
 tombstones, which mean nothing once no cell copy is left to compare.
+
+A ``backfill --reverse`` started meanwhile (another operator preparing a rollback)
+clears ``cells_retired`` and rebuilds cell copies: every batch checks the flag, and the
+purge runs only if it is still set, read under the row's lock in the purge's own
+transaction; otherwise the run stops with everything kept (a tombstone purged while
+cells hold copies again would let a destroyed group look never copied). And because
+the cells' contents changed, the run records a diff-report result that gates nothing:
+leaving ``api-only`` afterwards needs a new diff-report of the rebuilt cells.
 """
 
 from __future__ import annotations
@@ -91,6 +99,15 @@ def _refusals(dbs: Databases) -> list[str]:
     with reader(dbs.api, dbs.api_label) as conn:
         last = diff.last_result(conn)
     run = "run `shadowdb diff-report`"
+    if (
+        last is not None
+        and state.cells_retired
+        and last.epoch == state.epoch
+        and (last.detail or "").startswith(_DONE)
+    ):
+        # A cleanup completed in this epoch and no rebuild ran since (the flag would be
+        # clear): running it again retires whatever is left, under the same guarantees.
+        return reasons
     if last is None:
         return [*reasons, f"no diff-report on record; {run}"]
     when = f"the newest diff-report (started {last.started_at:%Y-%m-%d %H:%M:%S}Z)"
@@ -111,6 +128,15 @@ def _refusals(dbs: Databases) -> list[str]:
             f"api-only (epoch {state.epoch}); {run}"
         )
     return reasons
+
+
+#: What a completed cleanup records as the newest diff-report result.
+_DONE = "cleanup retired the cell copies"
+
+_UNRETIRED = (
+    "a `backfill --reverse` rebuilt the cell copies while cleanup ran; nothing was purged: "
+    "run `shadowdb diff-report`, then cleanup again if api-only is to stay"
+)
 
 
 def _retire_groups(dbs: Databases, cell: Cell, state: PhaseState) -> tuple[CellCleanup, int]:
@@ -136,6 +162,8 @@ def _retire_groups(dbs: Databases, cell: Cell, state: PhaseState) -> tuple[CellC
             after = rows[-1].id
             uuids = [r.uuid for r in rows]
             with reader(dbs.api, dbs.api_label) as aconn:
+                if not read_state(aconn).cells_retired:
+                    raise GuardRefused("cleanup", [_UNRETIRED])
                 known = API.present(aconn, uuids) | API.tombstoned(aconn, uuids)
             ids = [r.id for r in rows if r.uuid in known]
             for row in rows:
@@ -206,8 +234,13 @@ def cleanup(dbs: Databases) -> CleanupResult:
             members=retired.members,
             kept=left,
         )
-    if kept == 0:
-        with writer(dbs.api, dbs.api_label) as conn:
+    with writer(dbs.api, dbs.api_label) as conn:
+        now = read_state(conn, for_update=True)
+        if not now.cells_retired or now.phase is not Phase.API_ONLY:
+            raise GuardRefused("cleanup", [_UNRETIRED])
+        if kept == 0:
             conn.execute(api_journal.delete())
             conn.execute(api_tombstones.delete())
+        # The cells changed under every recorded diff-report: none may gate a move now.
+        diff.record_superseded(conn, now, dbs.settings.actor, _DONE)
     return CleanupResult(tuple(done), kept)

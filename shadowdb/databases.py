@@ -16,9 +16,9 @@ import dataclasses
 import re
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from shadowdb.phase import PhaseStore
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 #: Nova's cell0 (its uuid is always this one, from ``nova-manage cell_v2 map_cell0``)
 #: holds instances that failed to schedule; never groups, never a default cell.
@@ -268,6 +270,26 @@ def database_errors(label: str) -> Iterator[None]:
         if err.connection_invalidated or _is_connection_error(err):
             raise DatabaseUnreachable(label, detail) from err
         raise OperationalError(f"{label}: {detail}") from err
+
+
+def read_again_once(read: Callable[[], T], label: str) -> T:
+    """Run a read; if it found its pooled connection dead, run it once more.
+
+    The hot-path engines check nothing out before use (no pre-ping round trip: see
+    :func:`create_read_engine`), so a connection the server or the network closed while
+    it sat in the pool is found dead by its first statement. SQLAlchemy then invalidates
+    the pool; a read has nothing to commit, so running it again on a new connection is
+    safe (SQLAlchemy's "optimistic" disconnect handling). A second failure, or any other
+    error, is the caller's: an outage is never hidden.
+    """
+    try:
+        return read()
+    except DatabaseUnreachable as err:
+        cause = err.__cause__
+        if not (isinstance(cause, exc.DBAPIError) and cause.connection_invalidated):
+            raise
+        log.info("read_retried", database=label, error=str(err))
+        return read()
 
 
 def _is_connection_error(err: exc.DBAPIError) -> bool:

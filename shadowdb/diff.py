@@ -1574,6 +1574,34 @@ def _record(
     return finished
 
 
+def record_superseded(conn: Connection, state: PhaseState, actor: str, why: str) -> None:
+    """Record, on ``conn``, a result that supersedes every earlier run and gates nothing.
+
+    For a step that changes what the last run compared (``cleanup``): the newest result
+    is then incomplete, so ``phase set`` and ``cleanup`` wait for a new run.
+    """
+    now = utcnow()
+    conn.execute(
+        api_diff_results.insert().values(
+            started_at=now,
+            finished_at=now,
+            phase=state.phase.value,
+            epoch=state.epoch,
+            scope="all",
+            outcome="incomplete",
+            differences=0,
+            counts="{}",
+            rows_api=0,
+            rows_cells=0,
+            repaired=0,
+            actor=actor,
+            detail=f"{why}; run `shadowdb diff-report` before the next move",
+            cells="",
+            unexplained=None,
+        )
+    )
+
+
 def run_diff(
     dbs: Databases,
     *,

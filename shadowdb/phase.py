@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
-from shadowdb.databases import reader
+from shadowdb.databases import read_again_once, reader
 from shadowdb.errors import DatabaseUnreachable, SchemaError, UnknownPhase
 from shadowdb.models import api_phase_history, api_state, cell_state
 
@@ -231,8 +231,12 @@ class PhaseStore:
     def fresh(self) -> PhaseState:
         """Read the phase from the API database and refresh the cache."""
         started = time.monotonic()
-        with reader(self._engine, self._label) as conn:
-            state = read_state(conn)
+
+        def read() -> PhaseState:
+            with reader(self._engine, self._label) as conn:
+                return read_state(conn)
+
+        state = read_again_once(read, self._label)
         with self._lock:
             self._cached = state
             self._read_at = started

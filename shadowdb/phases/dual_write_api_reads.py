@@ -37,7 +37,7 @@ from shadowdb import signals
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import DatabaseUnreachable, GroupNotFound
 from shadowdb.fence import check_cells
-from shadowdb.phase import Phase, PhaseState
+from shadowdb.phase import Phase, PhaseState, read_state
 from shadowdb.phases.base import (
     Lookup,
     Mutation,
@@ -109,7 +109,12 @@ class DualWriteApiReads:
         if only_cell:
             with reader(dbs.api, dbs.api_label) as conn:
                 buried = API.tombstoned(conn, only_cell)
-            in_cells = [r for r in in_cells if r.uuid not in buried]
+                # The phase row, read after the tombstones: while it still says this
+                # phase, nothing has purged them (cleanup runs in api-only only). Once
+                # it says api-only, the cell copies are stale for a reader whose cache
+                # lags, and their tombstones may be gone: none is served.
+                moved = read_state(conn).phase is Phase.API_ONLY
+            in_cells = [] if moved else [r for r in in_cells if r.uuid not in buried]
         return merge(in_api, in_cells, dbs)
 
     def write(
