@@ -26,7 +26,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, Engine
 
 from shadowdb import novaconf, urls
-from shadowdb.errors import DatabaseUnreachable, OperationalError, UnknownCell
+from shadowdb.errors import DatabaseUnreachable, OperationalError, TransientError, UnknownCell
 from shadowdb.models import api_cell_mappings
 from shadowdb.packed import GROUP_CONCAT_MAX_LEN
 from shadowdb.settings import Settings
@@ -269,7 +269,28 @@ def database_errors(label: str) -> Iterator[None]:
         detail = urls.mask_text(str(err.orig).strip().splitlines()[0] if err.orig else str(err))
         if err.connection_invalidated or _is_connection_error(err):
             raise DatabaseUnreachable(label, detail) from err
+        code = _transient_code(err)
+        if code is not None:
+            raise TransientError(label, code, detail) from err
         raise OperationalError(f"{label}: {detail}") from err
+
+
+#: Server errors after which the whole transaction is gone and nothing of it committed:
+#: MariaDB/MySQL deadlock (also Galera's certification conflict) and lock wait timeout
+#: (shadowdb rolls the rest back), PostgreSQL serialization failure and deadlock.
+_TRANSIENT_MYSQL = {1213: "1213", 1205: "1205"}
+_TRANSIENT_POSTGRESQL = {"40001", "40P01"}
+
+
+def _transient_code(err: exc.DBAPIError) -> str | None:
+    orig = err.orig
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):  # PyMySQL: (errno, message)
+        return _TRANSIENT_MYSQL.get(args[0])
+    sqlstate = getattr(orig, "sqlstate", None)  # psycopg
+    if isinstance(sqlstate, str) and sqlstate in _TRANSIENT_POSTGRESQL:
+        return sqlstate
+    return None
 
 
 def read_again_once(read: Callable[[], T], label: str) -> T:

@@ -165,6 +165,21 @@ class OperationalError(ShadowDBError):
     """Report a database that could not do what was asked."""
 
 
+class TransientError(OperationalError):
+    """Report a transaction the database rolled back whole: nothing of it committed.
+
+    A deadlock (MariaDB 1213, PostgreSQL 40P01), a lock wait timeout (MariaDB 1205), a
+    serialization failure (PostgreSQL 40001), a Galera certification conflict (1213 at
+    commit). The same work may run again in a new transaction; ``code`` is the server's.
+    """
+
+    def __init__(self, database: str, code: str, detail: str) -> None:
+        self.database = database
+        self.code = code
+        self.detail = detail
+        super().__init__(f"{database}: {detail}")
+
+
 class DatabaseUnreachable(OperationalError):
     """Report a database that cannot be connected to or went away mid-operation."""
 

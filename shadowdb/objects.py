@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import random
 import re
+import time
 import uuid as uuidlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -37,6 +39,7 @@ from shadowdb.errors import (
     InvalidInput,
     ObjectActionError,
     OperationalError,
+    TransientError,
 )
 from shadowdb.fence import CellBehind, CellsChanged, EpochChanged, settle_cell
 from shadowdb.phase import PhaseState, utcnow
@@ -55,6 +58,11 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 _MAX_LEN = 255
 #: How often a write is retried when the phase changes under it.
 _EPOCH_RETRIES = 10
+#: How often a write is run again after the database rolled it back whole (a deadlock,
+#: a lock wait timeout, a serialization failure, a Galera certification conflict), and
+#: the first pause between two runs (doubled each time, with jitter).
+_TRANSIENT_RETRIES = 5
+_TRANSIENT_PAUSE = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +107,9 @@ def _check_text(value: object, what: str) -> str | None:
         raise InvalidInput(f"{what} must be a string")
     if len(value) > _MAX_LEN:
         raise InvalidInput(f"{what} is {len(value)} characters long; at most {_MAX_LEN} allowed")
+    if "\x00" in value:
+        # PostgreSQL cannot store it and the others would: refused alike everywhere.
+        raise InvalidInput(f"{what} must not contain a NUL character")
     return value
 
 
@@ -135,7 +146,8 @@ def _write(
 ) -> tuple[Written, PhaseState]:
     """Run ``mutation`` through the phase's strategy, retrying if the phase moves."""
     state = ctx.dbs.phases.get()
-    for _ in range(_EPOCH_RETRIES):
+    transient = 0
+    for _ in range(_EPOCH_RETRIES + _TRANSIENT_RETRIES):
         try:
             strategy = strategy_for(state.phase)
             written = strategy.write(
@@ -166,6 +178,24 @@ def _write(
             settle_cell(ctx.dbs, behind.cell)
             state = ctx.dbs.phases.fresh()
             log.info("write_replanned", group_uuid=group_uuid, settled=behind.cell.name)
+        except TransientError as err:
+            # The database rolled the write's transaction back whole, before anything of
+            # the write committed: a phase strategy lets no error out once its first half
+            # has committed (the second half's failures are journaled). A commit that may
+            # have gone through raises DatabaseUnreachable instead, never retried here.
+            transient += 1
+            if transient > _TRANSIENT_RETRIES:
+                raise
+            pause = _TRANSIENT_PAUSE * 2 ** (transient - 1) * (0.5 + random.random())
+            log.warning(
+                "write_retried",
+                group_uuid=group_uuid,
+                database=err.database,
+                code=err.code,
+                attempt=transient,
+                pause_ms=int(pause * 1000),
+            )
+            time.sleep(pause)
     raise OperationalError(f"the phase kept changing under a write to group {group_uuid}")
 
 
