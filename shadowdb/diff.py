@@ -1551,27 +1551,62 @@ def _record(
 ) -> dt.datetime:
     finished = utcnow()
     with writer(dbs.api, dbs.api_label) as conn:
-        conn.execute(
-            api_diff_results.insert().values(
-                started_at=started,
-                finished_at=finished,
-                phase=state.phase.value,
-                epoch=state.epoch,
-                scope=scope,
-                outcome=outcome,
-                differences=sum(counts.values()),
-                counts=json.dumps(counts, sort_keys=True),
-                rows_api=rows.api_hashed + rows.api_compared,
-                rows_cells=rows.cells_hashed + rows.cells_compared,
-                repaired=repaired,
-                actor=dbs.settings.actor,
-                detail=detail,
-                cells=",".join(cells),
-                unexplained=unexplained,
-                never_copied=never_copied,
-            )
+        _insert_result(
+            conn,
+            started=started,
+            finished=finished,
+            state=state,
+            scope=scope,
+            outcome=outcome,
+            counts=counts,
+            rows=rows,
+            repaired=repaired,
+            actor=dbs.settings.actor,
+            detail=detail,
+            cells=cells,
+            unexplained=unexplained,
+            never_copied=never_copied,
         )
     return finished
+
+
+def _insert_result(
+    conn: Connection,
+    *,
+    started: dt.datetime,
+    finished: dt.datetime,
+    state: PhaseState,
+    scope: str,
+    outcome: str,
+    counts: dict[str, int],
+    rows: RowCounts,
+    repaired: int,
+    actor: str,
+    detail: str | None,
+    cells: Sequence[str],
+    unexplained: int | None,
+    never_copied: int | None,
+) -> None:
+    conn.execute(
+        api_diff_results.insert().values(
+            started_at=started,
+            finished_at=finished,
+            phase=state.phase.value,
+            epoch=state.epoch,
+            scope=scope,
+            outcome=outcome,
+            differences=sum(counts.values()),
+            counts=json.dumps(counts, sort_keys=True),
+            rows_api=rows.api_hashed + rows.api_compared,
+            rows_cells=rows.cells_hashed + rows.cells_compared,
+            repaired=repaired,
+            actor=actor,
+            detail=detail,
+            cells=",".join(cells),
+            unexplained=unexplained,
+            never_copied=never_copied,
+        )
+    )
 
 
 def record_superseded(conn: Connection, state: PhaseState, actor: str, why: str) -> None:
@@ -1581,24 +1616,21 @@ def record_superseded(conn: Connection, state: PhaseState, actor: str, why: str)
     is then incomplete, so ``phase set`` and ``cleanup`` wait for a new run.
     """
     now = utcnow()
-    conn.execute(
-        api_diff_results.insert().values(
-            started_at=now,
-            finished_at=now,
-            phase=state.phase.value,
-            epoch=state.epoch,
-            scope="all",
-            outcome="incomplete",
-            differences=0,
-            counts="{}",
-            rows_api=0,
-            rows_cells=0,
-            repaired=0,
-            actor=actor,
-            detail=f"{why}; run `shadowdb diff-report` before the next move",
-            cells="",
-            unexplained=None,
-        )
+    _insert_result(
+        conn,
+        started=now,
+        finished=now,
+        state=state,
+        scope="all",
+        outcome="incomplete",
+        counts={},
+        rows=RowCounts(),
+        repaired=0,
+        actor=actor,
+        detail=f"{why}; run `shadowdb diff-report` before the next move",
+        cells=(),
+        unexplained=None,
+        never_copied=None,
     )
 
 

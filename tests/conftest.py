@@ -26,6 +26,7 @@ from shadowdb.databases import Databases, connect, create_engine
 from shadowdb.phase import initialise_state
 from shadowdb.settings import Settings
 from tests.backends import BACKENDS, Server, worker_id
+from tests.cli_support import Cli
 from tests.proxy import Proxy, proxied
 
 CELL_NAMES = ("cell1", "cell2")
@@ -273,3 +274,15 @@ def cell_behind_proxy(topology: Topology) -> Iterator[tuple[Databases, Proxy]]:
         finally:
             cells[0].engine.dispose()
             dbs.dispose()
+
+
+@pytest.fixture
+def cli_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
+    """Run shadowdb's command line in-process from an empty folder; logging restored after."""
+    saved = structlog.get_config()
+    monkeypatch.delenv("FORCE_COLOR", raising=False)  # keep rich's output plain
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    yield Cli({"SHADOWDB_DATA_DIR": str(tmp_path / "data")})
+    structlog.configure(**saved)  # the command line configured logging for its stderr

@@ -315,3 +315,21 @@ def live_members(engine: sa.Engine, side: str, uuid: str) -> list[str] | None:
     assert len(live) == 1, f"{len(live)} live copies of {uuid} in one {side} database"
     rows = child_rows(engine, side, live[0]["id"])["members"]
     return [r["uuid"] for r in rows if not r.get("deleted")]
+
+
+def cutover_through(dbs: Databases, last: str = "api-only") -> None:
+    """Walk a deployment from ``cell-only`` through the real guards up to ``last``.
+
+    Each move as the runbook makes it: ``backfill`` in ``dual-write-cell-reads``, and a
+    clean ``diff-report`` before every move out of a dual-write phase and once in ``last``.
+    """
+    from shadowdb import commands
+    from shadowdb.backfill import backfill
+
+    for phase in ("dual-write-cell-reads", "dual-write-api-reads", "api-only"):
+        commands.set_phase(dbs, phase)
+        if phase == "dual-write-cell-reads":
+            backfill(dbs, sleep=lambda _s: None)
+        assert commands.diff_report(dbs).clean
+        if phase == last:
+            return

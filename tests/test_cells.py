@@ -27,7 +27,7 @@ from shadowdb.phase import Phase, read_state
 from shadowdb.queries import CELL
 from tests.backends import Server, worker_id
 from tests.conftest import FreshDatabases, Topology
-from tests.helpers import new_uuid, put_in_phase, seed_cell_group
+from tests.helpers import cutover_through, new_uuid, put_in_phase, seed_cell_group
 
 
 def _text(url: sa.URL) -> str:
@@ -313,12 +313,7 @@ def test_a_cell_registered_in_api_only_is_copied_never_retired(
     """Its groups are a backlog every guard, the diff and cleanup see, until copied."""
     dbs = topology.dbs
     early = seed_cell_group(topology.cell_engine("cell1"), name="early")
-    commands.set_phase(dbs, "dual-write-cell-reads")
-    backfill(dbs, sleep=lambda _s: None)
-    assert commands.diff_report(dbs).clean
-    commands.set_phase(dbs, "dual-write-api-reads")
-    assert commands.diff_report(dbs).clean
-    commands.set_phase(dbs, "api-only")
+    cutover_through(dbs)
     commands.add_cell(dbs, "late", _text(late_cell))
     commands.sync_schema(dbs)
     late = seed_cell_group(dbs.cell("late").engine, name="forgotten", members=[new_uuid()])

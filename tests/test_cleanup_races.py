@@ -25,21 +25,11 @@ from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
 from shadowdb.phase import PhaseState
 from shadowdb.phases import dual_write_api_reads as ar
 from tests.conftest import Topology
-from tests.helpers import seed_cell_group
+from tests.helpers import cutover_through, seed_cell_group
 
 
 def _no_sleep(_s: float) -> None:
     return None
-
-
-def _to_api_only(dbs: Databases) -> None:
-    commands.set_phase(dbs, "dual-write-cell-reads")
-    backfill(dbs, sleep=_no_sleep)
-    assert commands.diff_report(dbs).clean
-    commands.set_phase(dbs, "dual-write-api-reads")
-    assert commands.diff_report(dbs).clean
-    commands.set_phase(dbs, "api-only")
-    assert commands.diff_report(dbs).clean
 
 
 def _count(engine: sa.Engine, table: sa.Table, *where: Any) -> int:
@@ -53,7 +43,7 @@ def test_a_reverse_backfill_during_cleanup_keeps_every_tombstone(
     dbs = topology.dbs
     victim = seed_cell_group(topology.cell_engine("cell1"), name="victim")
     seed_cell_group(topology.cell_engine("cell2"), name="other")
-    _to_api_only(dbs)
+    cutover_through(dbs)
     other = connect(topology.api_url_text, settings=topology.settings)
     real = cleanup_mod._retire_groups
 
@@ -95,7 +85,7 @@ def test_leaving_api_only_after_cleanup_needs_a_diff_of_the_rebuilt_cells(
 ) -> None:
     dbs = topology.dbs
     uuids = [seed_cell_group(topology.cell_engine("cell1"), name=f"g{i}") for i in range(5)]
-    _to_api_only(dbs)
+    cutover_through(dbs)
     assert cleanup(dbs).kept == 0
     backfill(dbs, reverse=True, max_count=1, sleep=_no_sleep)  # a partial rebuild
     with pytest.raises(GuardRefused, match="diff-report"):
@@ -119,11 +109,7 @@ def test_a_lagging_reader_never_lists_a_group_destroyed_in_api_only(
 ) -> None:
     dbs = topology.dbs
     victim = seed_cell_group(topology.cell_engine("cell1"), name="victim")
-    commands.set_phase(dbs, "dual-write-cell-reads")
-    backfill(dbs, sleep=_no_sleep)
-    assert commands.diff_report(dbs).clean
-    commands.set_phase(dbs, "dual-write-api-reads")
-    assert commands.diff_report(dbs).clean
+    cutover_through(dbs, "dual-write-api-reads")
     lagging = connect(
         topology.api_url_text, settings=dataclasses.replace(topology.settings, phase_ttl=60.0)
     )

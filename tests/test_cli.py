@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.engine import URL
 
 from shadowdb import commands, schema
@@ -32,15 +31,9 @@ from tests.conftest import FreshDatabases, Topology, _db_name
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
-    """Run shadowdb in-process from an empty working folder; the data folder is unset."""
-    saved = structlog.get_config()
-    monkeypatch.delenv("FORCE_COLOR", raising=False)  # keep rich's output plain
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    yield Cli({"SHADOWDB_DATA_DIR": str(tmp_path / "data")})
-    structlog.configure(**saved)  # the CLI configured logging for its own stderr
+def cli(cli_here: Cli) -> Cli:
+    """Run shadowdb in-process from an empty working folder (``cli_here``)."""
+    return cli_here
 
 
 @pytest.fixture

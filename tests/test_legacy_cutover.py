@@ -10,11 +10,9 @@ is then checked field by field in the API database, its hosts through ``get_host
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import structlog
 
 from shadowdb import models
 from shadowdb.cli import ExitCode
@@ -32,14 +30,8 @@ SEED = 20261204
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
-    saved = structlog.get_config()
-    monkeypatch.delenv("FORCE_COLOR", raising=False)
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    yield Cli({"SHADOWDB_DATA_DIR": str(tmp_path / "data")})
-    structlog.configure(**saved)
+def cli(cli_here: Cli) -> Cli:
+    return cli_here
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import structlog
 
 from shadowdb import models
 from shadowdb.cli import ExitCode
@@ -115,14 +114,8 @@ def test_later_files_win_and_bad_files_are_one_line(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
-    saved = structlog.get_config()
-    monkeypatch.delenv("FORCE_COLOR", raising=False)
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    yield Cli({"SHADOWDB_DATA_DIR": str(tmp_path / "data")})
-    structlog.configure(**saved)
+def cli(cli_here: Cli) -> Cli:
+    return cli_here
 
 
 def test_the_config_file_gives_the_api_url_and_the_environment_names_it_too(

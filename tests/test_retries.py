@@ -95,15 +95,19 @@ def retried(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return seen
 
 
+def _group_in_cell_reads(topology: Topology) -> tuple[str, RequestContext]:
+    """A migrated group in ``dual-write-cell-reads`` (the cell writes first), a caller."""
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
+    return seed_pair(topology), RequestContext(topology.dbs, "p1", "u1")
+
+
 @pytest.mark.parametrize(("backend", "code"), CLASSES, indirect=["backend"])
 def test_a_write_rolled_back_whole_runs_again_with_backoff(
     topology: Topology, code: str, retried: list[dict[str, Any]]
 ) -> None:
     dbs = topology.dbs
-    put_in_phase(dbs, Phase.DUAL_WRITE_CELL_READS)
-    uuid = seed_pair(topology)
+    uuid, ctx = _group_in_cell_reads(topology)
     member = new_uuid()
-    ctx = RequestContext(dbs, "p1", "u1")
     with server_raises(topology.cell_engine("cell1"), code, times=2) as sent:
         InstanceGroup.add_members(ctx, uuid, [member])
     assert len(sent) == 3  # twice refused by the server, then written
@@ -116,9 +120,7 @@ def test_a_write_rolled_back_whole_runs_again_with_backoff(
 @pytest.mark.parametrize(("backend", "code"), CLASSES[:1] + CLASSES[2:3], indirect=["backend"])
 def test_retries_are_bounded(topology: Topology, code: str, retried: list[dict[str, Any]]) -> None:
     dbs = topology.dbs
-    put_in_phase(dbs, Phase.DUAL_WRITE_CELL_READS)
-    uuid = seed_pair(topology)
-    ctx = RequestContext(dbs, "p1", "u1")
+    uuid, ctx = _group_in_cell_reads(topology)
     cell1 = topology.cell_engine("cell1")
     with server_raises(cell1, code, times=100) as sent, pytest.raises(TransientError) as raised:
         InstanceGroup.add_members(ctx, uuid, [new_uuid()])
@@ -167,10 +169,8 @@ def test_an_error_after_the_first_commit_is_journaled_not_rerun(
     topology: Topology, server: Any, retried: list[dict[str, Any]]
 ) -> None:
     dbs = topology.dbs
-    put_in_phase(dbs, Phase.DUAL_WRITE_CELL_READS)
-    uuid = seed_pair(topology)
+    uuid, ctx = _group_in_cell_reads(topology)
     member = new_uuid()
-    ctx = RequestContext(dbs, "p1", "u1")
     code = "1213" if server.backend == "mysql" else "40P01"
     with server_raises(dbs.api, code, times=10) as sent:
         InstanceGroup.add_members(ctx, uuid, [member])  # acknowledged: the cell is the authority
