@@ -12,7 +12,7 @@ import datetime as dt
 import sqlite3
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,14 @@ import structlog
 from shadowdb import diff, novaconf, schema, urls
 from shadowdb.databases import (
     CELL0_UUID,
+    Cell,
     Databases,
     cell_url,
     choose_default,
     create_engine,
     database_errors,
     database_identity,
+    galera_node,
     reader,
     writer,
 )
@@ -40,7 +42,13 @@ from shadowdb.errors import (
     SchemaError,
 )
 from shadowdb.fence import settle
-from shadowdb.models import api_cell_mappings, api_instance_mappings, api_phase_history, api_state
+from shadowdb.models import (
+    api_cell_mappings,
+    api_instance_mappings,
+    api_phase_history,
+    api_state,
+    cell_state,
+)
 from shadowdb.phase import Phase, initialise_state, read_state
 from shadowdb.queries import CELL
 from shadowdb.switcher import Switcher, allowed_next, uncopied
@@ -160,9 +168,38 @@ def sync_schema(dbs: Databases) -> SyncResult:
     cells = dbs.refresh_cells()
     for cell in cells:
         results.append(_sync_one(cell.engine, "cell", cell.label))
+    _record_writer_nodes(dbs, cells)
     # Every cell takes the API database's phase row (the fence) before anything writes it.
     settle(dbs, cells)
+    _record_writer_nodes(dbs, cells)  # the cells whose phase row settle just created
     return SyncResult(tuple(results), created)
+
+
+def _record_writer_nodes(dbs: Databases, cells: Sequence[Cell]) -> None:
+    """On Galera, make the node this ``db sync`` runs through the one shadowdb writes through.
+
+    Each database's phase row records it; every write transaction's locking read of that
+    row refuses another node (:func:`shadowdb.phase.check_writer_node`). Off Galera this
+    writes nothing.
+    """
+    targets = [
+        (dbs.api, dbs.api_label, api_state),
+        *((c.engine, c.label, cell_state) for c in cells),
+    ]
+    for engine, label, table in targets:
+        if urls.backend_of(engine.url) != "mysql":
+            continue
+        with writer(engine, label) as conn:
+            node = galera_node(conn)
+            if node is None:
+                continue
+            done = conn.execute(
+                table.update()
+                .where(table.c.id == 1, table.c.writer_node.is_distinct_from(node))
+                .values(writer_node=node)
+            )
+            if done.rowcount:
+                log.warning("galera_writer_node", database=label, node=node)
 
 
 def _identity_of(url: sa.URL, label: str, dbs: Databases) -> tuple[Any, ...]:

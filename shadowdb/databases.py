@@ -135,7 +135,33 @@ def create_engine(
     if backend == "mysql":
         connect_args.update(_MYSQL_CONNECT_ARGS)
         kwargs["isolation_level"] = "READ COMMITTED"
-    return sa.create_engine(url, connect_args=connect_args, **kwargs)
+    engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
+    if backend == "mysql":
+        event.listen(engine, "connect", _probe_galera)
+    return engine
+
+
+#: The key of a connection's ``info`` where :func:`_probe_galera` leaves the node's name.
+GALERA_NODE = "shadowdb_galera_node"
+
+
+def _probe_galera(dbapi_connection: Any, record: Any) -> None:
+    """Note, once per connection, the Galera node it reached (nothing off Galera)."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SHOW VARIABLES LIKE 'wsrep_on'")
+        row = cursor.fetchone()
+        if row is not None and str(row[1]).upper() == "ON":
+            cursor.execute("SELECT @@wsrep_node_name")
+            record.info[GALERA_NODE] = str(cursor.fetchone()[0])
+    finally:
+        cursor.close()
+
+
+def galera_node(conn: Connection) -> str | None:
+    """Name the Galera node ``conn`` reached, or ``None`` off Galera (or not probed)."""
+    node = conn.info.get(GALERA_NODE)
+    return str(node) if node is not None else None
 
 
 def _refuse_missing_file(engine: Engine, path: Path) -> None:

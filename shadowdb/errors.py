@@ -189,6 +189,21 @@ class DatabaseUnreachable(OperationalError):
         super().__init__(f"{database} unreachable: {detail}")
 
 
+class NotTheWriterNode(OperationalError):
+    """Refuse a write through a Galera node that is not shadowdb's writer node."""
+
+    def __init__(self, database: str, node: str, recorded: str) -> None:
+        self.database, self.node, self.recorded = database, node, recorded
+        super().__init__(
+            f"{database}: this write reached Galera node {node!r}, and shadowdb writes only "
+            f"through node {recorded!r}: one writer "
+            "node is required (a second would let a write slip past a phase change); send "
+            "every shadowdb writer to one node (HAProxy: one active server, the others "
+            "backup), and after a failover, once the old node takes no writes, run "
+            "`shadowdb db sync` through the new one"
+        )
+
+
 class NoDefaultCell(OperationalError):
     """Report a write that needs the default cell when none can be chosen for it."""
 

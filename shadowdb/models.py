@@ -137,6 +137,8 @@ api_state = sa.Table(
     # Set by `cleanup` before it retires the cell copies: from then on api-only writers
     # stop journaling for a rollback, and rolling back needs a full reverse sync.
     sa.Column("cells_retired", sa.Boolean, nullable=False, server_default="0"),
+    # On Galera, the node every shadowdb write goes through (`db sync` records it).
+    sa.Column("writer_node", sa.String(length=255), nullable=True),
     **_MYSQL,
 )
 
@@ -381,6 +383,8 @@ cell_state = sa.Table(
     sa.Column("changed_at", sa.DateTime, nullable=False),
     # The epoch of a change prepared here but perhaps not committed in the API database.
     sa.Column("next_epoch", sa.Integer, nullable=True),
+    # On Galera, the node every shadowdb write goes through (`db sync` records it).
+    sa.Column("writer_node", sa.String(length=255), nullable=True),
     **_MYSQL,
 )
 

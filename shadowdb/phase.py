@@ -20,8 +20,8 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
-from shadowdb.databases import read_again_once, reader
-from shadowdb.errors import DatabaseUnreachable, SchemaError, UnknownPhase
+from shadowdb.databases import galera_node, read_again_once, reader
+from shadowdb.errors import DatabaseUnreachable, NotTheWriterNode, SchemaError, UnknownPhase
 from shadowdb.models import api_phase_history, api_state, cell_state
 
 log = structlog.get_logger(__name__)
@@ -86,7 +86,24 @@ _SELECT_STATE = sa.select(
     api_state.c.changed_at,
     api_state.c.default_cell_uuid,
     api_state.c.cells_retired,
+    api_state.c.writer_node,
 ).where(api_state.c.id == 1)
+
+
+def check_writer_node(conn: Connection, recorded: str | None, database: str) -> None:
+    """Refuse a write through a Galera node other than the one recorded by ``db sync``.
+
+    The fence rests on row locks, which Galera neither replicates nor certifies: a
+    writer on a second node could commit under a phase that a ``phase set`` through the
+    first has left. So every locking read (each write transaction's first statement)
+    checks the node it runs on.
+
+    Raises:
+        NotTheWriterNode: on Galera, through another node than the recorded one.
+    """
+    node = galera_node(conn)
+    if node is not None and recorded is not None and node != recorded:
+        raise NotTheWriterNode(database, node, recorded)
 
 
 def _locking(stmt: sa.Select[Any], for_update: bool, share: bool) -> sa.Select[Any]:
@@ -119,7 +136,7 @@ def read_cell_state(
         SchemaError: the cell database was never synced by shadowdb.
     """
     c = cell_state.c
-    columns = (c.phase, c.epoch, c.changed_at, c.next_epoch)
+    columns = (c.phase, c.epoch, c.changed_at, c.next_epoch, c.writer_node)
     stmt = _locking(sa.select(*columns).where(c.id == 1), for_update, share)
     try:
         _queue_fairly(conn, for_update)
@@ -130,6 +147,8 @@ def read_cell_state(
         raise
     if row is None:
         return None
+    if for_update or share:
+        check_writer_node(conn, row.writer_node, "cell database")
     return PhaseState(Phase(row.phase), row.epoch, row.changed_at, None, next_epoch=row.next_epoch)
 
 
@@ -153,6 +172,8 @@ def read_state(conn: Connection, *, for_update: bool = False, share: bool = Fals
         raise
     if row is None:
         raise SchemaError("API database", "not synced (run `shadowdb db sync`)")
+    if for_update or share:
+        check_writer_node(conn, row.writer_node, "API database")
     return PhaseState(
         Phase(row.phase),
         row.epoch,

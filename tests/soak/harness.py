@@ -210,7 +210,7 @@ class Soak:
         code = cli.main(list(argv), stdout=out, stderr=err, environ=self._env())
         text = out.getvalue() + err.getvalue()
         with open(self.workdir / "logs" / "driver.txt", "a", encoding="utf-8") as log:
-            log.write(f"$ shadowdb {' '.join(argv)} -> {code}\n{text}\n")
+            log.write(f"{time.time():.3f} $ shadowdb {' '.join(argv)} -> {code}\n{text}\n")
         return code, text
 
     # ------------------------------------------------------------------ faults

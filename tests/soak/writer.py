@@ -5,7 +5,7 @@ starts, and again when it ends with its outcome:
 
 * ``ack``: it returned; its effect must be in the final state;
 * ``failed``: it raised an error that guarantees nothing was written (the group was not
-  there, the input was refused);
+  there, the input was refused, a Galera node other than the writer node was reached);
 * ``unknown``: anything else (a database error, a lost connection): it may or may not
   have committed. An operation with a start line and no end line (the process was
   killed) is unknown too.
@@ -29,7 +29,7 @@ import uuid as uuidlib
 from typing import Any
 
 from shadowdb.databases import connect
-from shadowdb.errors import GroupNotFound, InvalidInput
+from shadowdb.errors import GroupNotFound, InvalidInput, NotTheWriterNode
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.settings import Settings
 
@@ -108,7 +108,7 @@ def run(argv: list[str]) -> int:
                 if result is not None:
                     end["result"] = result
                 _remember(entry, own, present, gone)
-            except (GroupNotFound, InvalidInput) as err:
+            except (GroupNotFound, InvalidInput, NotTheWriterNode) as err:
                 end["outcome"] = "failed"
                 end["error"] = f"{type(err).__name__}: {err}"[:300]
                 if op == "destroy" and isinstance(err, GroupNotFound):
