@@ -26,7 +26,8 @@ from tests.backends import worker_id
 
 ROOT = Path(__file__).resolve().parents[1]
 PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")
-PORTS = (13306, 13307, 13308)
+#: Ports of the test's own cluster (clear of scripts/galera's default, 13306).
+PORTS = (23306, 23307, 23308)
 
 pytestmark = [
     pytest.mark.slow,
@@ -41,7 +42,11 @@ def _url(port: int, database: str = "") -> sa.URL:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
     """The three-node cluster, started for this module and stopped after it."""
-    env = {**os.environ, "GALERA_DIR": f"/tmp/shadowdb-galera-test-{os.getpid()}"}
+    env = {
+        **os.environ,
+        "GALERA_DIR": f"/tmp/shadowdb-galera-test-{os.getpid()}",
+        "GALERA_BASE_PORT": str(PORTS[0]),
+    }
     subprocess.run([ROOT / "scripts" / "galera", "start"], check=True, env=env, capture_output=True)
     try:
         yield
