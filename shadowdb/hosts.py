@@ -42,7 +42,7 @@ import structlog
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
-from shadowdb.databases import Cell, Databases, reader
+from shadowdb.databases import Cell, Databases, read_again_once, reader
 from shadowdb.errors import CellUnavailable, ShadowDBError
 from shadowdb.packed import (
     PACKING_BACKENDS,
@@ -210,9 +210,12 @@ def _scatter(
     """Run ``ask`` on every routed cell, concurrently; return answers and failures."""
 
     def one(cell: Cell) -> tuple[Any, str | None]:
-        try:
+        def read() -> Any:
             with reader(dbs.read_engine(cell.engine), cell.label) as conn:
-                return ask(conn, routed[cell]), None
+                return ask(conn, routed[cell])
+
+        try:
+            return read_again_once(read, cell.label), None
         except (ShadowDBError, sa.exc.DBAPIError) as err:
             return None, (str(err).splitlines() or [type(err).__name__])[0]
 

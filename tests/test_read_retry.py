@@ -13,8 +13,12 @@ import sqlalchemy as sa
 
 from shadowdb import databases
 from shadowdb.errors import DatabaseUnreachable
+from shadowdb.objects import InstanceGroup, RequestContext
+from shadowdb.phase import Phase
 from tests.backends import Server
 from tests.conftest import Topology
+from tests.diff_support import seed_pair
+from tests.helpers import map_instance, new_uuid, put_in_phase, seed_instance
 from tests.proxy import Proxy
 
 SERVERS = [
@@ -67,3 +71,43 @@ def test_a_database_that_is_gone_is_still_an_outage(
             dbs.phases.fresh()  # type: ignore[attr-defined]
     finally:
         proxy.restore()
+
+
+def _pooled_id(engine: sa.Engine, backend: str) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.scalar(
+                sa.text(
+                    "SELECT CONNECTION_ID()" if backend == "mysql" else "SELECT pg_backend_pid()"
+                )
+            )
+        )
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_the_hot_path_reads_through_killed_pooled_connections(
+    topology: Topology, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lookup by uuid and a get_hosts, each after its pooled connection was killed."""
+    dbs = topology.dbs
+    put_in_phase(dbs, Phase.DUAL_WRITE_API_READS)
+    instance = new_uuid()
+    seed_instance(topology.cell_engine("cell1"), instance, host="compute-7")
+    map_instance(dbs, instance, "cell1")
+    uuid = seed_pair(topology, members=[instance])
+    ctx = RequestContext(dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, uuid)
+    assert set(group.get_hosts()) == {"compute-7"}  # every read engine has a pooled connection
+    cell_fast = dbs.read_engine(topology.cell_engine("cell1"))
+    for engine in (dbs.api_fast, cell_fast):
+        assert engine.pool.checkedin() >= 1
+    _kill(server, _pooled_id(dbs.api_fast, server.backend))
+    _kill(server, _pooled_id(cell_fast, server.backend))
+    retried: list[str] = []
+    monkeypatch.setattr(
+        databases.log, "info", lambda event, **kw: retried.append(event), raising=False
+    )
+    dbs.phases.observe(dbs.phases.get())  # keep the phase read out of it: cached
+    again = InstanceGroup.get_by_uuid(ctx, uuid)
+    assert set(again.get_hosts()) == {"compute-7"}
+    assert retried.count("read_retried") >= 2  # the group's lookup and the cell's hosts

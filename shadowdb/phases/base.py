@@ -17,6 +17,7 @@ that the argument for one phase reads in one file. What they share lives here:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -24,7 +25,7 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from shadowdb import lookups, signals
-from shadowdb.databases import Cell, Databases, reader
+from shadowdb.databases import Cell, Databases, read_again_once, reader
 from shadowdb.errors import DatabaseUnreachable, GroupExists, GroupNotFound, JournalConflict
 from shadowdb.fence import EpochChanged
 from shadowdb.phase import Phase, PhaseState
@@ -131,8 +132,12 @@ def _find_on(
 
 def find_in_api(dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord | None:
     """Look the group up in the API database (through its hot-path read engine)."""
-    with reader(dbs.api_fast, dbs.api_label) as conn:
-        return _find_on(conn, API, lookup, scope)
+
+    def read() -> GroupRecord | None:
+        with reader(dbs.api_fast, dbs.api_label) as conn:
+            return _find_on(conn, API, lookup, scope)
+
+    return read_again_once(read, dbs.api_label)
 
 
 def find_in_api_with_phase(
@@ -143,10 +148,14 @@ def find_in_api_with_phase(
     uuid and member lookups read the phase in the same statement; a name lookup does
     not (None): the caller reads it itself if it needs it.
     """
-    with reader(dbs.api_fast, dbs.api_label) as conn:
-        if lookup.kind == "name":
-            return _find_on(conn, API, lookup, scope), None
-        return lookups.find_with_phase(conn, lookup.kind, lookup.key, scope)
+
+    def read() -> tuple[GroupRecord | None, PhaseState | None]:
+        with reader(dbs.api_fast, dbs.api_label) as conn:
+            if lookup.kind == "name":
+                return _find_on(conn, API, lookup, scope), None
+            return lookups.find_with_phase(conn, lookup.kind, lookup.key, scope)
+
+    return read_again_once(read, dbs.api_label)
 
 
 def find_in_cells(dbs: Databases, lookup: Lookup, scope: Scope) -> tuple[GroupRecord, Cell] | None:
@@ -163,8 +172,9 @@ def find_in_cells(dbs: Databases, lookup: Lookup, scope: Scope) -> tuple[GroupRe
     candidates: list[tuple[GroupRecord, Cell]] = []
     for cell in dbs.cells:
         try:
-            with reader(dbs.read_engine(cell.engine), cell.label) as conn:
-                found = _find_on(conn, CELL, lookup, scope)
+            found = read_again_once(
+                functools.partial(_find_in, dbs, cell, lookup, scope), cell.label
+            )
         except DatabaseUnreachable:
             unreachable.append(cell.label)
             continue
@@ -179,6 +189,11 @@ def find_in_cells(dbs: Databases, lookup: Lookup, scope: Scope) -> tuple[GroupRe
     if not candidates:
         return None
     return min(candidates, key=lambda c: (c[0].created_at is None, c[0].created_at or 0))
+
+
+def _find_in(dbs: Databases, cell: Cell, lookup: Lookup, scope: Scope) -> GroupRecord | None:
+    with reader(dbs.read_engine(cell.engine), cell.label) as conn:
+        return _find_on(conn, CELL, lookup, scope)
 
 
 def list_api(dbs: Databases, scope: Scope) -> list[GroupRecord]:
