@@ -189,6 +189,13 @@ class DatabaseUnreachable(OperationalError):
         super().__init__(f"{database} unreachable: {detail}")
 
 
+class CommitUncertain(DatabaseUnreachable):
+    """Report a connection that died while committing: the transaction may have committed.
+
+    Never run again blindly; the caller hears that the outcome is unknown.
+    """
+
+
 class NotTheWriterNode(OperationalError):
     """Refuse a write through a Galera node that is not shadowdb's writer node."""
 

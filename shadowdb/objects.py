@@ -33,6 +33,8 @@ from shadowdb import hosts as hosts_mod
 from shadowdb import signals
 from shadowdb.databases import Databases
 from shadowdb.errors import (
+    CommitUncertain,
+    DatabaseUnreachable,
     GroupExists,
     GroupNotFound,
     GroupSaveError,
@@ -178,11 +180,15 @@ def _write(
             settle_cell(ctx.dbs, behind.cell)
             state = ctx.dbs.phases.fresh()
             log.info("write_replanned", group_uuid=group_uuid, settled=behind.cell.name)
-        except TransientError as err:
-            # The database rolled the write's transaction back whole, before anything of
-            # the write committed: a phase strategy lets no error out once its first half
-            # has committed (the second half's failures are journaled). A commit that may
-            # have gone through raises DatabaseUnreachable instead, never retried here.
+        except (TransientError, DatabaseUnreachable) as err:
+            # Nothing of the write committed: a phase strategy lets no error out once its
+            # first half has committed (the second half's failures are journaled), so
+            # what reaches here is the first half's. Run again: a transaction the
+            # database rolled back whole, or one whose connection died before its commit
+            # (found dead by a statement). Never a commit that may have gone through
+            # (CommitUncertain), nor a database that cannot be reached at all.
+            if isinstance(err, DatabaseUnreachable) and not _lost_before_commit(err):
+                raise
             transient += 1
             if transient > _TRANSIENT_RETRIES:
                 raise
@@ -191,12 +197,23 @@ def _write(
                 "write_retried",
                 group_uuid=group_uuid,
                 database=err.database,
-                code=err.code,
+                code=err.code if isinstance(err, TransientError) else "connection-lost",
                 attempt=transient,
                 pause_ms=int(pause * 1000),
             )
             time.sleep(pause)
     raise OperationalError(f"the phase kept changing under a write to group {group_uuid}")
+
+
+def _lost_before_commit(err: DatabaseUnreachable) -> bool:
+    """Say whether ``err`` is a connection lost mid-transaction, before any commit."""
+    if isinstance(err, CommitUncertain):
+        return False
+    cause = err.__cause__
+    # connection_invalidated: the driver found an open connection dead under a statement
+    # (a server-side kill, a network cut); a database that cannot be connected to at all
+    # is not retried (each try would wait the connect timeout).
+    return isinstance(cause, sa.exc.DBAPIError) and bool(cause.connection_invalidated)
 
 
 def _existing(record: GroupRecord | None, group_uuid: str) -> GroupRecord:

@@ -25,7 +25,13 @@ from sqlalchemy.engine import Connection
 
 from shadowdb import signals
 from shadowdb.databases import Cell, Databases, choose_default, database_errors, reader
-from shadowdb.errors import DatabaseUnreachable, NoDefaultCell, OperationalError, ShadowDBError
+from shadowdb.errors import (
+    CommitUncertain,
+    DatabaseUnreachable,
+    NoDefaultCell,
+    OperationalError,
+    ShadowDBError,
+)
 from shadowdb.fence import CellBehind, EpochChanged, pin_api, pin_cell
 from shadowdb.phase import PhaseState, read_state
 from shadowdb.queries import API, CELL, COPIED_FIELDS, GroupRecord, GroupTables
@@ -177,9 +183,18 @@ def api_transaction(
 
 
 def commit(conn: Connection, label: str) -> None:
-    """Commit ``conn``, translating driver errors."""
-    with database_errors(label):
-        conn.commit()
+    """Commit ``conn``, translating driver errors.
+
+    Raises:
+        CommitUncertain: the connection died during the commit, which may have happened.
+    """
+    try:
+        with database_errors(label):
+            conn.commit()
+    except CommitUncertain:
+        raise
+    except DatabaseUnreachable as err:
+        raise CommitUncertain(err.database, f"{err.detail} (while committing)") from err
 
 
 def note_entry(

@@ -22,7 +22,7 @@ from sqlalchemy import event
 from shadowdb import models, objects
 from shadowdb.backfill import backfill
 from shadowdb.databases import Databases
-from shadowdb.errors import DatabaseUnreachable, TransientError
+from shadowdb.errors import CommitUncertain, DatabaseUnreachable, TransientError
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from tests.conftest import Topology
@@ -155,13 +155,14 @@ def test_a_commit_that_may_have_gone_through_is_never_run_again(
     event.listen(service.api, "before_cursor_execute", count)
     event.listen(service.api, "commit", cut_before_commit)
     try:
-        with pytest.raises(DatabaseUnreachable):
+        with pytest.raises(DatabaseUnreachable) as raised:
             InstanceGroup.add_members(ctx, uuid, [new_uuid()])
     finally:
         event.remove(service.api, "commit", cut_before_commit)
         event.remove(service.api, "before_cursor_execute", count)
         proxy.restore()
     assert len(sent) == 1 and retried == []
+    assert isinstance(raised.value, CommitUncertain)
 
 
 @pytest.mark.parametrize("backend", SERVERS, indirect=True)
@@ -181,4 +182,42 @@ def test_an_error_after_the_first_commit_is_journaled_not_rerun(
         journal = conn.scalar(sa.select(sa.func.count()).select_from(models.cell_journal))
     assert journal == 1  # the API copy lags, on record
     backfill(dbs, sleep=lambda _s: None)
+    assert live_members(dbs.api, "api", uuid).count(member) == 1
+
+
+def _backend_id(dbapi_connection: Any) -> int:
+    if hasattr(dbapi_connection, "thread_id"):  # PyMySQL
+        return int(dbapi_connection.thread_id())
+    return int(dbapi_connection.info.backend_pid)  # psycopg
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_a_connection_killed_before_the_commit_runs_the_write_again(
+    topology: Topology, server: Any, retried: list[dict[str, Any]]
+) -> None:
+    """The server kills the writer's connection mid-transaction: nothing committed."""
+    dbs = topology.dbs
+    uuid, ctx = _group_in_cell_reads(topology)
+    member = new_uuid()
+    cell1 = topology.cell_engine("cell1")
+    killed: list[int] = []
+
+    def kill_first(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith(_MEMBER_INSERT) and not killed:
+            ident = _backend_id(conn.connection.dbapi_connection)
+            killed.append(ident)
+            with server.admin.connect() as admin:
+                if server.backend == "mysql":
+                    admin.execute(sa.text(f"KILL {ident}"))
+                else:
+                    admin.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": ident})
+
+    event.listen(cell1, "before_cursor_execute", kill_first)
+    try:
+        InstanceGroup.add_members(ctx, uuid, [member])
+    finally:
+        event.remove(cell1, "before_cursor_execute", kill_first)
+    assert len(killed) == 1
+    assert [r["code"] for r in retried] == ["connection-lost"]
+    assert live_members(cell1, "cell", uuid).count(member) == 1
     assert live_members(dbs.api, "api", uuid).count(member) == 1

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from shadowdb import cli, commands
+from shadowdb import cli, commands, models
 from shadowdb.databases import connect
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.settings import Settings
@@ -229,9 +229,12 @@ class Soak:
                     self.writers[victim].wait()
                     self.faults["writer SIGKILL"] += 1
                     self.start_writer(int(victim[1:].split(".")[0]))
-            elif roll < 0.75 and self.server.backend != "sqlite":
+            elif roll < 0.6 and self.server.backend != "sqlite":
                 with contextlib.suppress(sa.exc.DBAPIError):
                     self.kill_connections(rng)
+            elif roll < 0.75 and self.server.backend != "sqlite":
+                with contextlib.suppress(sa.exc.DBAPIError):
+                    self.provoke_deadlock(rng)
             elif self.proxy is not None:
                 self.proxy.cut()
                 self.faults["API cut off (one writer)"] += 1
@@ -254,6 +257,44 @@ class Soak:
             proc.send_signal(signal.SIGKILL)
             self.faults["backfill SIGKILL"] += 1
         proc.wait()
+
+    def provoke_deadlock(self, rng: random.Random) -> None:
+        """Lock a shared group's rows in the order writers never use: API, then cell.
+
+        A writer locks the cell row, then the API row. Holding the API row while asking
+        for the cell row closes a cycle with any writer in between: on MariaDB (the
+        databases share one server) InnoDB picks a victim (1213), which may be a writer,
+        whose write must then run again; elsewhere the lock wait of this session times
+        out. Either way this transaction writes nothing and rolls back.
+        """
+        uuid = rng.choice(self.shared)
+        api = sa.create_engine(self.urls["api"], poolclass=sa.pool.NullPool)
+        cell = sa.create_engine(self.urls["cell1"], poolclass=sa.pool.NullPool)
+        timeout = (
+            "SET SESSION innodb_lock_wait_timeout = 2"
+            if self.server.backend == "mysql"
+            else "SET lock_timeout = '2s'"
+        )
+        try:
+            with api.connect() as aconn, cell.connect() as cconn:
+                for conn in (aconn, cconn):
+                    conn.execute(sa.text(timeout))  # (this begins each transaction)
+                g, c = models.api_groups, models.cell_groups
+                aconn.execute(sa.select(g.c.id).where(g.c.uuid == uuid).with_for_update())
+                time.sleep(rng.uniform(0.05, 0.3))
+                self.faults["lock held against the writers' order"] += 1
+                with contextlib.suppress(sa.exc.DBAPIError):
+                    cconn.execute(
+                        sa.select(c.c.id)
+                        .where(c.c.uuid == uuid, c.c.deleted == 0)
+                        .with_for_update()
+                    )
+                    time.sleep(rng.uniform(0.05, 0.3))
+                aconn.rollback()
+                cconn.rollback()
+        finally:
+            api.dispose()
+            cell.dispose()
 
     def kill_connections(self, rng: random.Random) -> None:
         names = list(self.names.values())
