@@ -160,8 +160,8 @@ def _probe_galera(dbapi_connection: Any, record: Any) -> None:
 
 def galera_node(conn: Connection) -> str | None:
     """Name the Galera node ``conn`` reached, or ``None`` off Galera (or not probed)."""
-    node = conn.info.get(GALERA_NODE)
-    return str(node) if node is not None else None
+    node: str | None = conn.info.get(GALERA_NODE)
+    return node
 
 
 def _refuse_missing_file(engine: Engine, path: Path) -> None:
@@ -319,8 +319,18 @@ def _transient_code(err: exc.DBAPIError) -> str | None:
     return None
 
 
-def read_again_once(read: Callable[[], T], label: str) -> T:
-    """Run a read; if it found its pooled connection dead, run it once more.
+def found_dead(err: DatabaseUnreachable) -> bool:
+    """Say whether ``err`` is an open connection the driver found dead under a statement.
+
+    A server-side kill or a network cut, as opposed to a database that cannot be
+    connected to at all (retrying that would only wait out the connect timeout again).
+    """
+    cause = err.__cause__
+    return isinstance(cause, exc.DBAPIError) and bool(cause.connection_invalidated)
+
+
+def read_again_once(engine: Engine, label: str, read: Callable[[Connection], T]) -> T:
+    """Run ``read`` in a :func:`reader`; if it found its connection dead, run it once more.
 
     The hot-path engines check nothing out before use (no pre-ping round trip: see
     :func:`create_read_engine`), so a connection the server or the network closed while
@@ -330,13 +340,14 @@ def read_again_once(read: Callable[[], T], label: str) -> T:
     error, is the caller's: an outage is never hidden.
     """
     try:
-        return read()
+        with reader(engine, label) as conn:
+            return read(conn)
     except DatabaseUnreachable as err:
-        cause = err.__cause__
-        if not (isinstance(cause, exc.DBAPIError) and cause.connection_invalidated):
+        if not found_dead(err):
             raise
         log.info("read_retried", database=label, error=str(err))
-        return read()
+    with reader(engine, label) as conn:
+        return read(conn)
 
 
 def _is_connection_error(err: exc.DBAPIError) -> bool:

@@ -183,10 +183,6 @@ class DiffKind(enum.Enum):
         return list(DiffKind).index(self)
 
 
-#: The scalar fields compared: the one definition (:data:`shadowdb.queries.COMPARED_FIELDS`).
-FIELDS = COMPARED_FIELDS
-
-
 def authority(phase: Phase, kind: DiffKind) -> str | None:
     """Return the side ``phase`` trusts for a difference of ``kind``: "api", "cell" or None."""
     if kind in (DiffKind.LIVE_IN_TWO_CELLS, DiffKind.ORPHAN):
@@ -1250,7 +1246,7 @@ class Differ:
             # cell-only does not write the API database: its copies there are leftovers.
             return [] if self.state.phase is Phase.CELL_ONLY else [DiffKind.MISSING_IN_CELLS]
         kinds = []
-        if any(getattr(api, f) != getattr(cell, f) for f in FIELDS):
+        if any(getattr(api, f) != getattr(cell, f) for f in COMPARED_FIELDS):
             kinds.append(DiffKind.FIELD_MISMATCH)
         if api.policies != cell.policies:
             kinds.append(DiffKind.POLICY_MISMATCH)
@@ -1390,7 +1386,7 @@ def _finding(phase: Phase, uuid: str, kind: DiffKind, seen: _Seen) -> Finding:
     else:
         assert api is not None and cell is not None
         if kind is DiffKind.FIELD_MISMATCH:
-            fields = [f for f in FIELDS if getattr(api, f) != getattr(cell, f)]
+            fields = [f for f in COMPARED_FIELDS if getattr(api, f) != getattr(cell, f)]
             detail = f"{', '.join(fields)} differ{'s' if len(fields) == 1 else ''}"
             keep = set(fields)
         else:
@@ -1490,7 +1486,7 @@ def _repair(
     return out, enqueued, len(by_key) - enqueued
 
 
-def _tombstoned_are_api(dbs: Databases, phase: Phase, findings: list[Finding]) -> list[Finding]:
+def _authority_by_tombstone(dbs: Databases, phase: Phase, findings: list[Finding]) -> list[Finding]:
     """Decide, by its tombstone, who holds a group live in a cell and absent from the API.
 
     Every deletion from the API database leaves a tombstone in its transaction, so the
@@ -1693,7 +1689,7 @@ def run_diff(
         # command's canonical line, quiet unless debugging.
         log.info("diff_report", outcome="incomplete", scope=scope, error=one_line(err))
         raise
-    findings = _tombstoned_are_api(dbs, differ.state.phase, findings)
+    findings = _authority_by_tombstone(dbs, differ.state.phase, findings)
     counts = dict(Counter(f.kind.value for f in findings))
     unexplained = sum(1 for f in findings if not f.journal_pending)
     never_copied = sum(

@@ -210,12 +210,9 @@ def _scatter(
     """Run ``ask`` on every routed cell, concurrently; return answers and failures."""
 
     def one(cell: Cell) -> tuple[Any, str | None]:
-        def read() -> Any:
-            with reader(dbs.read_engine(cell.engine), cell.label) as conn:
-                return ask(conn, routed[cell])
-
         try:
-            return read_again_once(read, cell.label), None
+            engine = dbs.read_engine(cell.engine)
+            return read_again_once(engine, cell.label, lambda c: ask(c, routed[cell])), None
         except (ShadowDBError, sa.exc.DBAPIError) as err:
             return None, (str(err).splitlines() or [type(err).__name__])[0]
 

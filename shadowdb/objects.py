@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection
 
 from shadowdb import hosts as hosts_mod
 from shadowdb import signals
-from shadowdb.databases import Databases
+from shadowdb.databases import Databases, found_dead
 from shadowdb.errors import (
     CommitUncertain,
     DatabaseUnreachable,
@@ -187,7 +187,9 @@ def _write(
             # database rolled back whole, or one whose connection died before its commit
             # (found dead by a statement). Never a commit that may have gone through
             # (CommitUncertain), nor a database that cannot be reached at all.
-            if isinstance(err, DatabaseUnreachable) and not _lost_before_commit(err):
+            if isinstance(err, DatabaseUnreachable) and (
+                isinstance(err, CommitUncertain) or not found_dead(err)
+            ):
                 raise
             transient += 1
             if transient > _TRANSIENT_RETRIES:
@@ -203,17 +205,6 @@ def _write(
             )
             time.sleep(pause)
     raise OperationalError(f"the phase kept changing under a write to group {group_uuid}")
-
-
-def _lost_before_commit(err: DatabaseUnreachable) -> bool:
-    """Say whether ``err`` is a connection lost mid-transaction, before any commit."""
-    if isinstance(err, CommitUncertain):
-        return False
-    cause = err.__cause__
-    # connection_invalidated: the driver found an open connection dead under a statement
-    # (a server-side kill, a network cut); a database that cannot be connected to at all
-    # is not retried (each try would wait the connect timeout).
-    return isinstance(cause, sa.exc.DBAPIError) and bool(cause.connection_invalidated)
 
 
 def _existing(record: GroupRecord | None, group_uuid: str) -> GroupRecord:

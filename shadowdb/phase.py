@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
-from shadowdb.databases import galera_node, read_again_once, reader
+from shadowdb.databases import galera_node, read_again_once
 from shadowdb.errors import DatabaseUnreachable, NotTheWriterNode, SchemaError, UnknownPhase
 from shadowdb.models import api_phase_history, api_state, cell_state
 
@@ -252,12 +252,7 @@ class PhaseStore:
     def fresh(self) -> PhaseState:
         """Read the phase from the API database and refresh the cache."""
         started = time.monotonic()
-
-        def read() -> PhaseState:
-            with reader(self._engine, self._label) as conn:
-                return read_state(conn)
-
-        state = read_again_once(read, self._label)
+        state = read_again_once(self._engine, self._label, read_state)
         with self._lock:
             self._cached = state
             self._read_at = started

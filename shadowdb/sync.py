@@ -191,8 +191,6 @@ def commit(conn: Connection, label: str) -> None:
     try:
         with database_errors(label):
             conn.commit()
-    except CommitUncertain:
-        raise
     except DatabaseUnreachable as err:
         raise CommitUncertain(err.database, f"{err.detail} (while committing)") from err
 

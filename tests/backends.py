@@ -93,6 +93,15 @@ class Server:
                 conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
         return self.url(name)
 
+    def kill_connection(self, ident: int) -> None:
+        """End one server connection from the server side (MariaDB ``KILL``, PostgreSQL
+        ``pg_terminate_backend``), as an operator or a failing server would."""
+        with self.admin.connect() as conn:
+            if self.backend == "mysql":
+                conn.execute(sa.text(f"KILL {int(ident)}"))
+            else:
+                conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": ident})
+
     def drop(self, name: str) -> None:
         """Drop database ``name`` if it exists."""
         if self.backend == "sqlite":

@@ -27,14 +27,6 @@ SERVERS = [
 ]
 
 
-def _kill(server: Server, ident: int) -> None:
-    with server.admin.connect() as conn:
-        if server.backend == "mysql":
-            conn.execute(sa.text(f"KILL {int(ident)}"))
-        else:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": ident})
-
-
 @pytest.mark.parametrize("backend", SERVERS, indirect=True)
 def test_a_phase_read_on_a_killed_pooled_connection_is_read_again(
     topology: Topology, server: Server, monkeypatch: pytest.MonkeyPatch
@@ -49,7 +41,7 @@ def test_a_phase_read_on_a_killed_pooled_connection_is_read_again(
                 "SELECT CONNECTION_ID()" if server.backend == "mysql" else "SELECT pg_backend_pid()"
             )
         )
-    _kill(server, int(ident))
+    server.kill_connection(int(ident))
     retried: list[str] = []
     monkeypatch.setattr(
         databases.log, "info", lambda event, **kw: retried.append(event), raising=False
@@ -101,8 +93,8 @@ def test_the_hot_path_reads_through_killed_pooled_connections(
     cell_fast = dbs.read_engine(topology.cell_engine("cell1"))
     for engine in (dbs.api_fast, cell_fast):
         assert engine.pool.checkedin() >= 1
-    _kill(server, _pooled_id(dbs.api_fast, server.backend))
-    _kill(server, _pooled_id(cell_fast, server.backend))
+    server.kill_connection(_pooled_id(dbs.api_fast, server.backend))
+    server.kill_connection(_pooled_id(cell_fast, server.backend))
     retried: list[str] = []
     monkeypatch.setattr(
         databases.log, "info", lambda event, **kw: retried.append(event), raising=False

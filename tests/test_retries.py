@@ -206,11 +206,7 @@ def test_a_connection_killed_before_the_commit_runs_the_write_again(
         if statement.startswith(_MEMBER_INSERT) and not killed:
             ident = _backend_id(conn.connection.dbapi_connection)
             killed.append(ident)
-            with server.admin.connect() as admin:
-                if server.backend == "mysql":
-                    admin.execute(sa.text(f"KILL {ident}"))
-                else:
-                    admin.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": ident})
+            server.kill_connection(ident)
 
     event.listen(cell1, "before_cursor_execute", kill_first)
     try:

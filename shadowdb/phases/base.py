@@ -17,7 +17,6 @@ that the argument for one phase reads in one file. What they share lives here:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -132,12 +131,9 @@ def _find_on(
 
 def find_in_api(dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord | None:
     """Look the group up in the API database (through its hot-path read engine)."""
-
-    def read() -> GroupRecord | None:
-        with reader(dbs.api_fast, dbs.api_label) as conn:
-            return _find_on(conn, API, lookup, scope)
-
-    return read_again_once(read, dbs.api_label)
+    return read_again_once(
+        dbs.api_fast, dbs.api_label, lambda conn: _find_on(conn, API, lookup, scope)
+    )
 
 
 def find_in_api_with_phase(
@@ -149,13 +145,12 @@ def find_in_api_with_phase(
     not (None): the caller reads it itself if it needs it.
     """
 
-    def read() -> tuple[GroupRecord | None, PhaseState | None]:
-        with reader(dbs.api_fast, dbs.api_label) as conn:
-            if lookup.kind == "name":
-                return _find_on(conn, API, lookup, scope), None
-            return lookups.find_with_phase(conn, lookup.kind, lookup.key, scope)
+    def read(conn: Connection) -> tuple[GroupRecord | None, PhaseState | None]:
+        if lookup.kind == "name":
+            return _find_on(conn, API, lookup, scope), None
+        return lookups.find_with_phase(conn, lookup.kind, lookup.key, scope)
 
-    return read_again_once(read, dbs.api_label)
+    return read_again_once(dbs.api_fast, dbs.api_label, read)
 
 
 def find_in_cells(dbs: Databases, lookup: Lookup, scope: Scope) -> tuple[GroupRecord, Cell] | None:
@@ -173,7 +168,9 @@ def find_in_cells(dbs: Databases, lookup: Lookup, scope: Scope) -> tuple[GroupRe
     for cell in dbs.cells:
         try:
             found = read_again_once(
-                functools.partial(_find_in, dbs, cell, lookup, scope), cell.label
+                dbs.read_engine(cell.engine),
+                cell.label,
+                lambda conn: _find_on(conn, CELL, lookup, scope),
             )
         except DatabaseUnreachable:
             unreachable.append(cell.label)
@@ -189,11 +186,6 @@ def find_in_cells(dbs: Databases, lookup: Lookup, scope: Scope) -> tuple[GroupRe
     if not candidates:
         return None
     return min(candidates, key=lambda c: (c[0].created_at is None, c[0].created_at or 0))
-
-
-def _find_in(dbs: Databases, cell: Cell, lookup: Lookup, scope: Scope) -> GroupRecord | None:
-    with reader(dbs.read_engine(cell.engine), cell.label) as conn:
-        return _find_on(conn, CELL, lookup, scope)
 
 
 def list_api(dbs: Databases, scope: Scope) -> list[GroupRecord]:

@@ -298,8 +298,7 @@ class Soak:
 
     def kill_connections(self, rng: random.Random) -> None:
         names = list(self.names.values())
-        admin = self.server.admin
-        with admin.connect() as conn:
+        with self.server.admin.connect() as conn:
             if self.server.backend == "mysql":
                 ids = list(
                     conn.scalars(
@@ -310,12 +309,8 @@ class Soak:
                         {"names": names},
                     )
                 )
-                chosen = rng.sample(ids, min(len(ids), rng.randint(1, 4)))
-                for ident in chosen:
-                    with contextlib.suppress(sa.exc.DBAPIError):
-                        conn.execute(sa.text(f"KILL {int(ident)}"))
             else:
-                pids = list(
+                ids = list(
                     conn.scalars(
                         sa.text(
                             "SELECT pid FROM pg_stat_activity "
@@ -324,9 +319,10 @@ class Soak:
                         {"names": names},
                     )
                 )
-                chosen = rng.sample(pids, min(len(pids), rng.randint(1, 4)))
-                for pid in chosen:
-                    conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        chosen = rng.sample(ids, min(len(ids), rng.randint(1, 4)))
+        for ident in chosen:
+            with contextlib.suppress(sa.exc.DBAPIError):  # it may have ended meanwhile
+                self.server.kill_connection(ident)
         self.faults["server-side connection kill"] += len(chosen)
 
     # ------------------------------------------------------------------ the driver
