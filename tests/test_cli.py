@@ -41,7 +41,7 @@ def spare(server: Server, tmp_path: Path) -> Iterator[list[URL]]:
     """Two more empty databases to register as cells."""
     if server.backend == "sqlite":
         server = Server("sqlite", folder=tmp_path)
-    names = [f"sdbtest_{worker_id()}_cli_spare{i}" for i in (1, 2)]
+    names = [f"sdbtest_{os.getpid()}_{worker_id()}_cli_spare{i}" for i in (1, 2)]
     made = [server.create(name) for name in names]
     yield made
     for name in names:
@@ -301,8 +301,9 @@ def password_dbs(server: Server) -> Iterator[PasswordDatabases]:
     PostgreSQL runs with trust authentication here, so any password connects there; the
     MariaDB user really needs it.
     """
-    user = f"sdb_pw_{worker_id()}"
-    names = {r: f"sdbtest_{worker_id()}_pw_{r}" for r in ("api", "cell1", "cell2", "cell3")}
+    user = f"sdb_pw_{os.getpid()}_{worker_id()}"
+    prefix = f"sdbtest_{os.getpid()}_{worker_id()}_pw"
+    names = {r: f"{prefix}_{r}" for r in ("api", "cell1", "cell2", "cell3")}
     _drop_password_user(server, user, list(names.values()))
     with server.admin.connect() as conn:
         if server.backend == "mysql":
@@ -363,7 +364,7 @@ def test_passwords_never_reach_output_or_logs(cli: Cli, password_dbs: PasswordDa
     assert [c["default"] for c in listed] == [False, False, True]
 
     # Refusals and failures, each with a password somewhere on the command line.
-    missing = f"sdbtest_{worker_id()}_pw_missing"
+    missing = f"sdbtest_{os.getpid()}_{worker_id()}_pw_missing"
     expect(ExitCode.BAD_INPUT, "cell", "add", "cell1", cell1, "--api-url", api, "--debug")
     for url in (dbs.cells["cell1"].set(port=1), dbs.cells["cell1"].set(database=missing)):
         for extra in ([], ["--debug"]):

@@ -8,6 +8,7 @@ folder, before and after.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shlex
 import sqlite3
@@ -273,7 +274,7 @@ def test_cell_add_refuses_a_database_that_does_not_exist(
         missing = f"sqlite:///{tmp_path / 'nowhere' / 'cell3.sqlite'}"
         expected = r"unreachable: folder \S+/nowhere does not exist$"
     else:
-        missing = text(server.url(f"sdbtest_{worker_id()}_never_created"))
+        missing = text(server.url(f"sdbtest_{os.getpid()}_{worker_id()}_never_created"))
         expected = r"unreachable: .*(Unknown database|does not exist)"
     before = _topology_snapshot(topology, tmp_path)
     run = cli("cell", "add", "cell3", missing, "--api-url", topology.api_url_text)
