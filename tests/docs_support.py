@@ -93,8 +93,12 @@ def blocks(path: Path) -> list[Block]:
     return found
 
 
-def commands(block: Block) -> list[Command]:
+def commands(block: Block, *, only_shadowdb: bool = False) -> list[Command]:
     """Return the commands of an ``sh`` block.
+
+    Args:
+        only_shadowdb: skip the lines that are not ``shadowdb`` commands (for an
+            illustrative block) instead of refusing them.
 
     Raises:
         ValueError: a line that is not one ``shadowdb`` command.
@@ -108,6 +112,8 @@ def commands(block: Block) -> list[Command]:
         if text.endswith("\\"):
             raise ValueError(f"{where}: one command per line, no continuation: {text!r}")
         words = shlex.split(text, comments=True)
+        if only_shadowdb and (not words or words[0] != "shadowdb"):
+            continue
         if not words or words[0] != "shadowdb":
             raise ValueError(
                 f"{where}: a runnable sh line is one shadowdb command (mark the block "

@@ -11,6 +11,8 @@ groups), since it is about a cloud that already has one.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -20,9 +22,10 @@ import pytest
 import sqlalchemy as sa
 
 import shadowdb
+from shadowdb import cli
 from shadowdb.testing import write_legacy_cells
 from tests.cli_support import Cli
-from tests.docs_support import Block, blocks, commands
+from tests.docs_support import Block, Command, blocks, commands
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -85,6 +88,20 @@ def _run_block(block: Block, folder: Path) -> None:
         assert done.returncode == command.exit_code, _failure(where, done, command.exit_code)
 
 
+def _parses(command: Command) -> bool:
+    """Tell whether the command names an existing subcommand (its ``--help`` exits 0).
+
+    Nothing runs; options after the subcommand are not checked (``--help`` comes first).
+    """
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            code = cli.main([*command.args, "--help"], stdout=out, stderr=out, environ={})
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+    return code == 0
+
+
 def _expected(document: Path) -> tuple[list[str], list[str]]:
     runnable = [b for b in blocks(document) if b.lang in ("sh", "python")]
     return (
@@ -130,6 +147,15 @@ def test_every_runbook_command_works_as_written(tmp_path: Path) -> None:
     ran, skipped = _walk(RUNBOOK, tmp_path)
     assert (ran, skipped) == _expected(RUNBOOK)
     assert len(ran) >= 5 and len(skipped) >= 1, (ran, skipped)
+
+
+@pytest.mark.parametrize("document", [README, RUNBOOK], ids=["README", "runbook"])
+def test_the_shadowdb_commands_of_illustrative_blocks_exist(document: Path) -> None:
+    illustrative = [b for b in blocks(document) if b.lang == "sh" and b.illustrative]
+    lines = [(b.where, c) for b in illustrative for c in commands(b, only_shadowdb=True)]
+    assert lines, "no shadowdb command in an illustrative block"
+    unknown = [f"{where}: {c.text}" for where, c in lines if not _parses(c)]
+    assert not unknown, unknown
 
 
 def test_the_block_reader_takes_markers_exit_codes_and_refuses_other_lines(
