@@ -13,18 +13,16 @@ import dataclasses
 import datetime as dt
 import enum
 import json
-import logging
 import os
 import sys
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-import structlog
 from rich.console import Console
 from rich.table import Table
 
-from shadowdb import commands, errors, novaconf, urls
+from shadowdb import commands, errors, logs, novaconf, urls
 from shadowdb.databases import Databases, cell_url, connect
 from shadowdb.diff import DiffKind, DiffReport
 from shadowdb.phase import Phase
@@ -66,36 +64,6 @@ class _Parser(argparse.ArgumentParser):
         # "shadowdb: error: cell add: ..." rather than repeating the program's name.
         where = self.prog.removeprefix("shadowdb").strip()
         raise UsageError(f"{where}: {message}" if where else message)
-
-
-def _configure_logging(debug: bool, stream: TextIO) -> None:
-    level = logging.DEBUG if debug else logging.WARNING
-    renderer: Any
-    if stream.isatty():
-        renderer = structlog.dev.ConsoleRenderer()
-    else:
-        renderer = structlog.processors.JSONRenderer()
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _mask_passwords,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
-    )
-
-
-def _mask_passwords(
-    _logger: Any, _name: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = urls.mask_text(value)
-    return event
 
 
 def _jsonable(value: Any) -> Any:
@@ -792,7 +760,7 @@ def main(
     try:
         parser = _build_parser()
         args = parser.parse_args(argv, namespace=argparse.Namespace(**_OPTION_DEFAULTS))
-        _configure_logging(args.debug, stderr)
+        logs.configure_cli(args.debug, stderr)
         settings = _settings(args, environ)
         out = _Output(args.format, stdout)
         handler: Handler = args.handler
