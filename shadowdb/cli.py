@@ -191,22 +191,52 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: _Output) -> E
     if out.json:
         out.emit_json(result)
         return ExitCode.OK
+    out.line(f"API database: {result.api_database}")
     out.line(
         f"phase: {result.phase} (epoch {result.epoch}, "
         f"since {result.changed_at:%Y-%m-%d %H:%M:%S}Z)"
+        + (", cell copies retired" if result.cells_retired else "")
     )
     _cells_table(out, result.cells)
     if result.health:
         out.table(
             None,
-            ("Cell", "Reachable", "Not in the API database", "Journal"),
+            ("Cell", "Reachable", "Not in the API database", "Journal", "Conflicts"),
             [
-                (h.name, "yes", str(h.backlog), str(h.journal))
+                (h.name, "yes", str(h.backlog), str(h.journal), str(h.conflicts))
+                if h.reachable and h.synced
+                else (h.name, f"yes, not synced: {h.error}", "?", "?", str(h.conflicts))
                 if h.reachable
-                else (h.name, f"no: {h.error}", "?", "?")
+                else (h.name, f"no: {h.error}", "?", "?", str(h.conflicts))
                 for h in result.health
             ],
         )
+    out.line(
+        f"API journal: {result.api_journal}; groups journaled on both sides: "
+        f"{result.journal_conflicts}"
+    )
+    last = result.diff
+    if last is None:
+        out.line("last diff-report: none")
+    else:
+        found = (
+            "clean"
+            if last.clean
+            else "incomplete"
+            if last.outcome == "incomplete"
+            else f"{last.differences} differences ("
+            + ", ".join(f"{k}: {n}" for k, n in sorted(last.counts.items()))
+            + ")"
+        )
+        out.line(
+            f"last diff-report: {found}, started {last.started_at:%Y-%m-%d %H:%M:%S}Z "
+            f"({last.age_seconds}s ago) in {last.phase} at epoch {last.epoch}, "
+            f"scope {last.scope}; "
+            + ("admits the phase change" if last.gates else "admits no phase change: ")
+            + "; ".join(last.blockers)
+        )
+    out.line(f"next step: {result.next_step or 'none'}")
+    out.line(f"why: {result.reason}")
     return ExitCode.OK
 
 
