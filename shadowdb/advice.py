@@ -16,7 +16,8 @@ run next, or says why none can run. The rules, first match wins:
 4. in both dual-write phases: groups backfill cannot copy (a uuid live in two cells, a
    row the API database refuses) or a group journaled on both sides need an operator;
    a backlog or a pending journal entry: ``backfill`` (it copies and drains the
-   journals); an API copy backfill would not overwrite: ``diff-report --repair``; then
+   journals), or ``diff-report --repair`` for a backlog behind backfill's checkpoints;
+   an API copy backfill would not overwrite: ``diff-report --repair``; then
    the newest diff-report: missing, incomplete, partial, from another epoch or too old:
    ``diff-report``; unclean: ``diff-report --repair`` if a replay can level every
    difference, ``diff-report`` again after a replayed repair, an operator otherwise;
@@ -134,9 +135,10 @@ def _dual_write(dbs: Databases, status: Status, phase: Phase) -> Advice:
         )
     backlog = sum(h.backlog or 0 for h in cells)
     journal = sum(h.journal or 0 for h in cells) + status.api_journal
-    if backlog or journal:
+    reachable = sum(h.backlog or 0 for h in cells if h.unscanned)
+    if reachable or journal:
         parts = []
-        if backlog:
+        if reachable:
             per_cell = ", ".join(f"{h.name}: {h.backlog}" for h in cells if h.backlog)
             parts.append(
                 f"{_plural(backlog, 'live cell group')} not in the API database ({per_cell})"
@@ -144,6 +146,14 @@ def _dual_write(dbs: Databases, status: Status, phase: Phase) -> Advice:
         if journal:
             parts.append(f"{journal} journal {'entry' if journal == 1 else 'entries'} pending")
         return Advice(_BACKFILL, "; ".join(parts) + ": backfill copies them and drains journals")
+    if backlog:
+        per_cell = ", ".join(f"{h.name}: {h.backlog}" for h in cells if h.backlog)
+        return Advice(
+            _REPAIR,
+            f"{_plural(backlog, 'live cell group')} not in the API database ({per_cell}) "
+            "where backfill has already scanned (written to the cell outside shadowdb): "
+            f"--repair enqueues them, then `{_BACKFILL}` copies them",
+        )
     if status.conflicts:
         kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(status.conflicts.items()))
         return Advice(

@@ -44,11 +44,13 @@ from shadowdb.errors import (
 )
 from shadowdb.fence import settle
 from shadowdb.models import (
+    api_backfill_chunks,
     api_backfill_conflicts,
     api_cell_mappings,
     api_instance_mappings,
     api_phase_history,
     api_state,
+    cell_groups,
     cell_journal,
     cell_state,
 )
@@ -128,6 +130,9 @@ class CellHealth:
         journal: its pending journal entries (None if unreachable).
         conflicts: its groups backfill recorded as conflicts and would not copy.
         synced: its schema is at shadowdb's newest revision (``db sync`` brings it there).
+        unscanned: backfill has group ids of this cell left to scan (it scans each id
+            range once: a group that appears behind its checkpoints, written to the cell
+            outside shadowdb, is copied through ``diff-report --repair`` instead).
     """
 
     name: str
@@ -137,6 +142,7 @@ class CellHealth:
     journal: int | None
     conflicts: int = 0
     synced: bool = True
+    unscanned: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -492,6 +498,8 @@ def status(dbs: Databases) -> Status:
             sa.select(api_backfill_conflicts.c.cell_uuid, api_backfill_conflicts.c.kind)
         ).all()
         last = diff.last_result(conn)
+        c = api_backfill_chunks
+        chunks = conn.execute(sa.select(c.c.cell_uuid, c.c.done, c.c.end_id)).all()
     health = []
     both_sides: set[str] = set()
     head = schema.head_revision("cell")
@@ -510,6 +518,7 @@ def status(dbs: Databases) -> Status:
                     )
                     continue
                 journal = CELL.journal_count(conn)
+                top = conn.scalar(sa.select(sa.func.max(cell_groups.c.id))) or 0
                 if journal and api_journaled:
                     both_sides |= api_journaled & set(
                         conn.scalars(sa.select(cell_journal.c.group_uuid))
@@ -518,7 +527,13 @@ def status(dbs: Databases) -> Status:
         except OperationalError as err:
             health.append(CellHealth(cell.name, False, one_line(err), None, None, conflicts))
             continue
-        health.append(CellHealth(cell.name, True, None, backlog, journal, conflicts))
+        mine = [row for row in chunks if row.cell_uuid == cell.uuid]
+        unscanned = any(not row.done for row in mine) or top > max(
+            (row.end_id for row in mine), default=0
+        )
+        health.append(
+            CellHealth(cell.name, True, None, backlog, journal, conflicts, unscanned=unscanned)
+        )
     result = Status(
         phase=state.phase.value,
         epoch=state.epoch,
