@@ -165,6 +165,7 @@ class LastDiff:
         recent: it began at most ``diff_max_age`` seconds ago.
         gates: it admits the phase change it is needed for (``clean-recent-diff``).
         blockers: why not, one line each (empty when it gates).
+        detail: what cut an incomplete run short (or recorded it: ``cleanup``).
     """
 
     started_at: dt.datetime
@@ -182,6 +183,7 @@ class LastDiff:
     recent: bool
     gates: bool
     blockers: tuple[str, ...]
+    detail: str | None = None
 
     @property
     def clean(self) -> bool:
@@ -572,6 +574,7 @@ def _last_diff(dbs: Databases, state: PhaseState, last: diff.StoredResult) -> La
         recent=age <= dbs.settings.diff_max_age,
         gates=not blockers,
         blockers=blockers,
+        detail=last.detail,
     )
 
 
