@@ -191,7 +191,6 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: _Output) -> E
     if out.json:
         out.emit_json(result)
         return ExitCode.OK
-    out.line(f"API database: {result.api_database}")
     out.line(
         f"phase: {result.phase} (epoch {result.epoch}, "
         f"since {result.changed_at:%Y-%m-%d %H:%M:%S}Z)"
@@ -211,6 +210,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: _Output) -> E
                 for h in result.health
             ],
         )
+    out.line(f"API database: {result.api_database}")
     out.line(
         f"API journal: {result.api_journal}; groups journaled on both sides: "
         f"{result.journal_conflicts}"
