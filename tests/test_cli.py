@@ -242,8 +242,7 @@ def test_db_sync_is_idempotent_and_status_shows_cell_only(cli: Cli, fresh: Fresh
         "cells_retired": False,
         "diff": None,
         "next_step": "shadowdb phase set dual-write-cell-reads",
-        "reason": "the groups live in the cells only: start writing every group to both "
-        "databases",
+        "reason": "the groups live in the cells only: start writing every group to both databases",
     }
 
 
