@@ -23,8 +23,12 @@ from shadowdb.errors import (
     ShadowDBError,
     UnsupportedPolicy,
 )
+from shadowdb.logs import library_defaults
 from shadowdb.phase import Phase
 from shadowdb.settings import Settings
+
+# A library's events go to the host's logging, never to stdout (shadowdb.logs).
+library_defaults()
 
 if TYPE_CHECKING:
     from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext

@@ -47,7 +47,7 @@ from shadowdb.phase import Phase, PhaseState, read_state
 from shadowdb.queries import API, CELL
 from shadowdb.sync import commit, transaction
 
-__all__ = ["CleanupResult", "cleanup"]
+__all__ = ["CleanupResult", "cleanup", "completed", "refusals"]
 
 log = structlog.get_logger(__name__)
 
@@ -128,6 +128,21 @@ def _refusals(dbs: Databases) -> list[str]:
             f"api-only (epoch {state.epoch}); {run}"
         )
     return reasons
+
+
+def refusals(dbs: Databases) -> list[str]:
+    """Return every reason ``cleanup`` would be refused now (empty: it would run)."""
+    return _refusals(dbs)
+
+
+def completed(state: PhaseState, last: diff.StoredResult | None) -> bool:
+    """Tell whether a cleanup completed at ``state``'s epoch and nothing rebuilt the cells."""
+    return (
+        last is not None
+        and state.cells_retired
+        and last.epoch == state.epoch
+        and (last.detail or "").startswith(_DONE)
+    )
 
 
 #: What a completed cleanup records as the newest diff-report result.

@@ -13,18 +13,16 @@ import dataclasses
 import datetime as dt
 import enum
 import json
-import logging
 import os
 import sys
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-import structlog
 from rich.console import Console
 from rich.table import Table
 
-from shadowdb import commands, errors, novaconf, urls
+from shadowdb import commands, errors, logs, novaconf, urls
 from shadowdb.databases import Databases, cell_url, connect
 from shadowdb.diff import DiffKind, DiffReport
 from shadowdb.phase import Phase
@@ -66,36 +64,6 @@ class _Parser(argparse.ArgumentParser):
         # "shadowdb: error: cell add: ..." rather than repeating the program's name.
         where = self.prog.removeprefix("shadowdb").strip()
         raise UsageError(f"{where}: {message}" if where else message)
-
-
-def _configure_logging(debug: bool, stream: TextIO) -> None:
-    level = logging.DEBUG if debug else logging.WARNING
-    renderer: Any
-    if stream.isatty():
-        renderer = structlog.dev.ConsoleRenderer()
-    else:
-        renderer = structlog.processors.JSONRenderer()
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _mask_passwords,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
-    )
-
-
-def _mask_passwords(
-    _logger: Any, _name: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = urls.mask_text(value)
-    return event
 
 
 def _jsonable(value: Any) -> Any:
@@ -226,19 +194,49 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: _Output) -> E
     out.line(
         f"phase: {result.phase} (epoch {result.epoch}, "
         f"since {result.changed_at:%Y-%m-%d %H:%M:%S}Z)"
+        + (", cell copies retired" if result.cells_retired else "")
     )
     _cells_table(out, result.cells)
     if result.health:
         out.table(
             None,
-            ("Cell", "Reachable", "Not in the API database", "Journal"),
+            ("Cell", "Reachable", "Not in the API database", "Journal", "Conflicts"),
             [
-                (h.name, "yes", str(h.backlog), str(h.journal))
+                (h.name, "yes", str(h.backlog), str(h.journal), str(h.conflicts))
+                if h.reachable and h.synced
+                else (h.name, f"yes, not synced: {h.error}", "?", "?", str(h.conflicts))
                 if h.reachable
-                else (h.name, f"no: {h.error}", "?", "?")
+                else (h.name, f"no: {h.error}", "?", "?", str(h.conflicts))
                 for h in result.health
             ],
         )
+    out.line(f"API database: {result.api_database}")
+    out.line(
+        f"API journal: {result.api_journal}; groups journaled on both sides: "
+        f"{result.journal_conflicts}"
+    )
+    last = result.diff
+    if last is None:
+        out.line("last diff-report: none")
+    else:
+        found = (
+            "clean"
+            if last.clean
+            else f"incomplete ({last.detail or 'no detail'})"
+            if last.outcome == "incomplete"
+            else f"{last.differences} differences ("
+            + ", ".join(f"{k}: {n}" for k, n in sorted(last.counts.items()))
+            + ")"
+        )
+        out.line(
+            f"last diff-report: {found}, started {last.started_at:%Y-%m-%d %H:%M:%S}Z "
+            f"({last.age_seconds}s ago) in {last.phase} at epoch {last.epoch}, "
+            f"scope {last.scope}; "
+            + ("admits the phase change" if last.gates else "admits no phase change: ")
+            + "; ".join(last.blockers)
+        )
+    out.line(f"next step: {result.next_step or 'none'}")
+    out.line(f"why: {result.reason}")
     return ExitCode.OK
 
 
@@ -571,6 +569,53 @@ def _cmd_cleanup(args: argparse.Namespace, settings: Settings, out: _Output) -> 
     return ExitCode.OK
 
 
+def _cmd_demo(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+    import io
+    from pathlib import Path
+
+    from shadowdb import demo
+
+    if args.api_url is not None:
+        raise errors.InvalidInput("demo runs on its own embedded databases: drop --api-url")
+    # Each step runs as the command line runs it; under --format json only the report shows.
+    steps_out: TextIO = io.StringIO() if out.json else out.stream
+    extra = ["--debug"] if args.debug else []
+
+    def run(argv: list[str], environ: dict[str, str]) -> int:
+        return main([*argv, *extra], stdout=steps_out, environ=environ)
+
+    options = demo.DemoOptions(
+        groups=args.groups,
+        cells=args.cells,
+        data_dir=Path(args.data_dir) if args.data_dir else settings.data_dir,
+        writers=args.writers,
+    )
+    report = demo.run_demo(options, run, steps_out)
+    code = ExitCode.OK if report.ok else ExitCode.MORE
+    if out.json:
+        out.emit_json({**_jsonable(report), "ok": report.ok, "exit_code": int(code)})
+        return code
+    out.line()
+    out.table(
+        "Cutover under live traffic",
+        ("Phase", "Time"),
+        [(p.phase, f"{p.seconds:.1f}s") for p in report.phases],
+    )
+    out.line(f"rows moved by backfill: {report.rows_moved}")
+    out.line(f"fallback reads (dual-write-api-reads): {report.fallback_reads}")
+    out.line(f"shadow-write failures (journaled): {report.shadow_write_failures}")
+    out.line(f"final diff-report: {report.final_diff} ({report.final_differences} differing keys)")
+    out.line(
+        f"Live traffic: {report.writes} acknowledged writes, {report.lookups} scheduler "
+        f"lookups, {report.error_count} errors; {report.checked} groups checked in the API "
+        f"database: {report.missing} missing or stale."
+    )
+    for error in report.errors:
+        out.line(f"  error: {error}")
+    out.line("every acknowledged write is accounted for" if report.ok else "demo FAILED")
+    return code
+
+
 Handler = Callable[[argparse.Namespace, Settings, _Output], ExitCode]
 
 #: The common options' values when given nowhere on the command line.
@@ -711,6 +756,25 @@ def _build_parser() -> _Parser:
     cl.add_argument("--yes", action="store_true", help="confirm: this retires every cell copy")
     cl.set_defaults(handler=_cmd_cleanup)
 
+    dm = sub.add_parser(
+        "demo",
+        help="run a whole cutover on embedded SQLite under live writers and lookups",
+        parents=[common],
+    )
+    dm.add_argument(
+        "--groups", type=_positive_int, default=400, metavar="N", help="legacy groups in all"
+    )
+    dm.add_argument("--cells", type=_positive_int, default=2, metavar="K", help="cell databases")
+    dm.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="folder for its databases (default: $SHADOWDB_DATA_DIR, else ./shadowdb-data); "
+        "reset if an earlier demo made it, refused otherwise",
+    )
+    dm.add_argument("--writers", type=_positive_int, default=1, metavar="W", help="writer threads")
+    dm.set_defaults(handler=_cmd_demo)
+
     dr = sub.add_parser(
         "diff-report",
         help="compare every cell's groups with the API database's (exit 1 if they differ)",
@@ -792,7 +856,7 @@ def main(
     try:
         parser = _build_parser()
         args = parser.parse_args(argv, namespace=argparse.Namespace(**_OPTION_DEFAULTS))
-        _configure_logging(args.debug, stderr)
+        logs.configure_cli(args.debug, stderr)
         settings = _settings(args, environ)
         out = _Output(args.format, stdout)
         handler: Handler = args.handler

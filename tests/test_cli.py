@@ -213,7 +213,7 @@ def test_db_sync_is_idempotent_and_status_shows_cell_only(cli: Cli, fresh: Fresh
     cells = cli.ok("cell", "list", "--api-url", api, "--format", "json").json()
     assert table_rows(status.out) == [
         [c["name"], c["uuid"], c["url"], "yes" if c["default"] else ""] for c in cells
-    ] + [[name, "yes", "0", "0"] for name in ("cell1", "cell2")]
+    ] + [[name, "yes", "0", "0", "0"] for name in ("cell1", "cell2")]
     assert [(c["name"], c["default"]) for c in cells] == [("cell1", True), ("cell2", False)]
 
     as_json = cli.ok("status", "--api-url", api, "--format", "json").json()
@@ -223,9 +223,26 @@ def test_db_sync_is_idempotent_and_status_shows_cell_only(cli: Cli, fresh: Fresh
         "changed_at": changed_at.isoformat(),
         "cells": cells,
         "health": [
-            {"name": name, "reachable": True, "error": None, "backlog": 0, "journal": 0}
+            {
+                "name": name,
+                "reachable": True,
+                "error": None,
+                "backlog": 0,
+                "journal": 0,
+                "conflicts": 0,
+                "synced": True,
+                "unscanned": False,
+            }
             for name in ("cell1", "cell2")
         ],
+        "api_database": _shown(fresh.api_url),
+        "api_journal": 0,
+        "journal_conflicts": 0,
+        "conflicts": {},
+        "cells_retired": False,
+        "diff": None,
+        "next_step": "shadowdb phase set dual-write-cell-reads",
+        "reason": "the groups live in the cells only: start writing every group to both databases",
     }
 
 
