@@ -19,6 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
+from shadowdb import backfill as backfilling
+from shadowdb import cleanup as cleaning
 from shadowdb import diff, novaconf, schema, urls
 from shadowdb.databases import (
     CELL0_UUID,
@@ -55,7 +57,11 @@ from shadowdb.switcher import Switcher, allowed_next, uncopied
 from shadowdb.sync import one_line
 
 __all__ = [
+    "DEFAULT_BATCH",
+    "BackfillResult",
+    "BackfillStep",
     "CellInfo",
+    "CleanupResult",
     "DatabaseSync",
     "HistoryEntry",
     "PhaseChange",
@@ -63,6 +69,10 @@ __all__ = [
     "Status",
     "SyncResult",
     "add_cell",
+    "backfill",
+    "backfill_migrations",
+    "backfill_remaining",
+    "cleanup",
     "diff_report",
     "list_cells",
     "phase_history",
@@ -75,6 +85,12 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+#: Records per batch of a backfill run without ``--max-count`` (Nova's 50).
+DEFAULT_BATCH = backfilling.DEFAULT_BATCH
+BackfillResult = backfilling.BackfillResult
+BackfillStep = backfilling.Step
+CleanupResult = cleaning.CleanupResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -597,3 +613,49 @@ def diff_report(
         progress=progress,
         sleep=sleep,
     )
+
+
+# --------------------------------------------------------------------------- backfill, cleanup
+
+
+def backfill(
+    dbs: Databases,
+    *,
+    max_count: int | None = None,
+    cell: str | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    max_rate: float | None = None,
+    reverse: bool = False,
+    on_batch: Callable[[str, BackfillStep], None] | None = None,
+    on_start: Callable[[], None] | None = None,
+) -> BackfillResult:
+    """Copy legacy cell groups into the API database (or back, ``reverse``).
+
+    See :func:`shadowdb.backfill.backfill`: ``nova-manage db online_data_migrations``
+    semantics, resumable from its checkpoints after any interruption.
+    """
+    return backfilling.backfill(
+        dbs,
+        max_count=max_count,
+        cell=cell,
+        batch_size=batch_size,
+        max_rate=max_rate,
+        reverse=reverse,
+        on_batch=on_batch,
+        on_start=on_start,
+    )
+
+
+def backfill_migrations(dbs: Databases, *, reverse: bool = False) -> tuple[str, ...]:
+    """Name the migrations a backfill runs, in the order they run."""
+    return tuple(name for name, _ in backfilling.Backfiller(dbs, reverse=reverse).migrations)
+
+
+def backfill_remaining(dbs: Databases, *, cell: str | None = None, reverse: bool = False) -> int:
+    """Count exactly what a backfill has left to copy (a progress bar's total)."""
+    return backfilling.Backfiller(dbs, cell=cell, reverse=reverse).remaining()
+
+
+def cleanup(dbs: Databases) -> CleanupResult:
+    """Soft-delete the legacy cell copies (see :func:`shadowdb.cleanup.cleanup`)."""
+    return cleaning.cleanup(dbs)

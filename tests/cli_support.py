@@ -43,9 +43,20 @@ class Run:
         """Return the message of the single stderr line, checking there is nothing else."""
         lines = self.err.splitlines()
         assert len(lines) == 1, f"{self.argv}: expected one stderr line, got {self.err!r}"
-        assert lines[0].startswith(ERROR_PREFIX), lines[0]
         assert self.out == "", f"{self.argv}: nothing expected on stdout, got {self.out!r}"
+        if _json_requested(self.argv):
+            # --format json: the error is a JSON object too, with the exit code.
+            error = json.loads(lines[0])
+            assert error == {"error": error["error"], "exit_code": self.code}, lines[0]
+            assert isinstance(error["error"], str)
+            return error["error"]
+        assert lines[0].startswith(ERROR_PREFIX), lines[0]
         return lines[0][len(ERROR_PREFIX) :]
+
+
+def _json_requested(argv: Sequence[str]) -> bool:
+    pairs = zip(argv, [*argv[1:], ""], strict=True)
+    return "--format=json" in argv or any(a == "--format" and b == "json" for a, b in pairs)
 
 
 @dataclasses.dataclass
