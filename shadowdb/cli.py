@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
+import itertools
 import json
 import logging
 import os
@@ -600,7 +601,7 @@ def _fail(code: ExitCode, message: str, stderr: TextIO, as_json: bool) -> int:
 
 def _wants_json(argv: Sequence[str]) -> bool:
     """Tell whether ``--format json`` is on a command line that may not parse."""
-    pairs = zip(argv, [*argv[1:], ""], strict=True)
+    pairs = itertools.pairwise(argv)
     return "--format=json" in argv or any(a == "--format" and b == "json" for a, b in pairs)
 
 

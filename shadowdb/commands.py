@@ -63,6 +63,8 @@ __all__ = [
     "CellInfo",
     "CleanupResult",
     "DatabaseSync",
+    "DiffKind",
+    "DiffReport",
     "HistoryEntry",
     "PhaseChange",
     "PhaseInfo",
@@ -89,6 +91,8 @@ log = structlog.get_logger(__name__)
 #: Records per batch of a backfill run without ``--max-count`` (Nova's 50).
 DEFAULT_BATCH = backfilling.DEFAULT_BATCH
 BackfillResult = backfilling.BackfillResult
+DiffKind = diff.DiffKind
+DiffReport = diff.DiffReport
 BackfillStep = backfilling.Step
 CleanupResult = cleaning.CleanupResult
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shadowdb import commands
-from shadowdb.diff import DiffKind, DiffReport
+from shadowdb.commands import DiffKind, DiffReport
 
 __all__ = [
     "BackfillProgress",
@@ -31,6 +31,10 @@ __all__ = [
     "diff_report",
     "jsonable",
 ]
+
+
+#: A uuid's length: the widest value a table keeps on one line.
+_UUID_WIDTH = 36
 
 
 def jsonable(value: Any) -> Any:
@@ -79,13 +83,22 @@ class Output:
     ) -> None:
         """Print a table; on a terminal the ``keep`` columns are never wrapped or cut."""
         cells = [["" if v is None else str(v) for v in row] for row in rows]
+        natural = [max((len(r[i]) for r in cells), default=0) for i in range(len(columns))]
+        natural = [max(n, len(c)) for n, c in zip(natural, columns, strict=True)]
+        # A value the operator acts on (a uuid, a cell name) stays on one line up to a
+        # uuid's length, so that it can be copied whole; the other columns share what is
+        # left of the terminal, and their values wrap (fold): nothing is cut with "…".
+        kept = {i: min(natural[i], _UUID_WIDTH) for i, c in enumerate(columns) if c in keep}
+        caps = _share(
+            self.console.width - 3 * len(columns) - 1 - sum(kept.values()),
+            {i: n for i, n in enumerate(natural) if i not in kept},
+        )
         table = Table(title=title, title_justify="left")
         for i, column in enumerate(columns):
-            if column in keep:
-                # The widest value on one line: a uuid split over two lines cannot be
-                # copied, and one cut with "…" is worse.
-                widest = max((len(row[i]) for row in cells), default=0)
-                table.add_column(column, min_width=max(widest, len(column)), no_wrap=True)
+            if i in kept:
+                table.add_column(column, overflow="fold", min_width=kept[i])
+            elif self.terminal:
+                table.add_column(column, overflow="fold", max_width=caps[i])
             else:
                 table.add_column(column, overflow="fold")
         for row in cells:
@@ -93,9 +106,23 @@ class Output:
         if not self.terminal:
             # Nor is any cell cut with "…", however wide the table: it may be parsed too.
             wide = self.console.options.update_width(1_000_000)
-            natural = self.console.measure(table, options=wide).maximum
-            self.console.width = max(self.console.width, natural)
+            whole = self.console.measure(table, options=wide).maximum
+            self.console.width = max(self.console.width, whole)
         self.console.print(table)
+
+
+def _share(width: int, wants: dict[int, int]) -> dict[int, int]:
+    """Split ``width`` columns among ``wants`` (index -> natural width), narrowest first.
+
+    A column that needs less than an even share takes only what it needs; the rest go to
+    the wider ones. Every column gets at least 4.
+    """
+    caps: dict[int, int] = {}
+    left = width
+    for n, i in enumerate(sorted(wants, key=wants.__getitem__)):
+        caps[i] = max(4, min(wants[i], left // (len(wants) - n)))
+        left -= caps[i]
+    return caps
 
 
 def cells_table(out: Output, cells: Sequence[commands.CellInfo]) -> None:
@@ -104,7 +131,7 @@ def cells_table(out: Output, cells: Sequence[commands.CellInfo]) -> None:
         None,
         ("Name", "UUID", "Database", "Default"),
         [(c.name, c.uuid, c.url, "yes" if c.default else "") for c in cells],
-        keep=("Name", "UUID"),
+        keep=("UUID",),
     )
 
 
