@@ -276,7 +276,6 @@ _BACKFILL_EXIT = {
 
 
 def _cmd_backfill(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
-    failures: list[str] = []
     with connect(args.api_url, settings=settings) as dbs:
         progress: render.BackfillProgress | None = None
 
@@ -294,8 +293,6 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings, out: _Output) ->
                 progress.advance(name, step)
             elif step.found and not out.json:
                 out.line(f"{step.found} rows matched query {name}, {step.done} migrated")
-            if step.error:
-                failures.append(f"Error attempting to run {name}: {step.error}")
 
         try:
             result = commands.backfill(
@@ -324,7 +321,7 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings, out: _Output) ->
         failed = dict.fromkeys(e.partition(": ")[2] for e in result.errors)
         names = ", ".join(dict.fromkeys(e.partition(": ")[0] for e in result.errors))
         raise errors.OperationalError(f"backfill failed ({names}): {'; '.join(failed)}")
-    render.backfill_summary(out, result, migrations, failures)
+    render.backfill_summary(out, result, migrations)
     return code
 
 

@@ -139,7 +139,6 @@ def backfill_summary(
     out: Output,
     result: commands.BackfillResult,
     migrations: Sequence[str],
-    failures: Sequence[str],
 ) -> None:
     """Print the totals of a backfill run, one row per migration, then what went wrong.
 
@@ -157,8 +156,9 @@ def backfill_summary(
     skipped = [name for name in migrations if name not in totals]
     if skipped:
         out.line(f"not reached within --max-count {result.max_count}: {', '.join(skipped)}")
-    for failure in dict.fromkeys(failures):
-        out.line(failure)
+    for error in dict.fromkeys(result.errors):  # one line per distinct failure, masked
+        name, _, detail = error.partition(": ")
+        out.line(f"Error attempting to run {name}: {detail}")
     for conflict in result.conflicts:
         out.line(
             f"conflict: group {conflict.group_uuid} in {conflict.cell}: "
