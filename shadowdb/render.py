@@ -97,7 +97,7 @@ class Output:
         for i, column in enumerate(columns):
             if i in kept:
                 table.add_column(column, overflow="fold", min_width=kept[i])
-            elif self.terminal:
+            elif self.terminal and kept:
                 table.add_column(column, overflow="fold", max_width=caps[i])
             else:
                 table.add_column(column, overflow="fold")
