@@ -139,6 +139,22 @@ class BackfillResult:
 Migration = Callable[[int], Step]
 
 
+def _wrong_phase(phase: Phase, reverse: bool) -> str:
+    """Say which phases the backfill runs in, and what to run in ``phase`` instead."""
+    if reverse:
+        text = "backfill --reverse runs in api-only and dual-write-api-reads; "
+        text += f"the phase is {phase.value}"
+        if phase is Phase.DUAL_WRITE_CELL_READS:
+            text += ": the cells are the authority, run `shadowdb backfill`"
+        return text
+    text = f"backfill runs in the dual-write phases; the phase is {phase.value}"
+    if phase is Phase.API_ONLY:
+        text += ": to copy the API groups back to the cells, run `shadowdb backfill --reverse`"
+    elif phase is Phase.CELL_ONLY:
+        text += ": run `shadowdb phase set dual-write-cell-reads` first"
+    return text
+
+
 class Backfiller:
     """Run the backfill's migrations on one deployment (optionally one cell)."""
 
@@ -231,14 +247,7 @@ class Backfiller:
         state, _problems = settle(self.dbs, self.cells)
         allowed = _REVERSE_PHASES if self.reverse else _FORWARD_PHASES
         if state.phase not in allowed:
-            what = "reverse backfill" if self.reverse else "backfill"
-            raise GuardRefused(
-                state.phase.value,
-                [
-                    f"{what} runs in {' or '.join(p.value for p in allowed)}, "
-                    f"not {state.phase.value}"
-                ],
-            )
+            raise GuardRefused(state.phase.value, [_wrong_phase(state.phase, self.reverse)])
         if self.reverse and state.phase is Phase.API_ONLY and state.cells_retired:
             # Rebuilding retired cells: api-only writers journal again from this commit
             # on, and this run's full pass copies whatever they wrote before it.
@@ -296,7 +305,8 @@ class Backfiller:
     def _cell_down(self, cell: Cell, err: BaseException) -> None:
         if cell.uuid not in self._down:
             self._down[cell.uuid] = f"{cell.label}: {one_line(err)}"
-            log.error("backfill_cell_unreachable", cell=cell.name, error=one_line(err))
+            # Reported in the result (the CLI's one error line); the detail stays in the log.
+            log.info("backfill_cell_unreachable", cell=cell.name, error=one_line(err))
 
     def _claim(self, conn: Connection) -> Any:
         """Lock and return one pending chunk of our cells, skipping those others hold."""
@@ -343,7 +353,7 @@ class Backfiller:
                     batch=count,
                 )
         except (ShadowDBError, sa.exc.DBAPIError) as err:
-            log.error("backfill_failed", migration="migrate_instance_groups", error=one_line(err))
+            log.info("backfill_failed", migration="migrate_instance_groups", error=one_line(err))
             return Step(found, done, "; ".join([*self._down.values(), one_line(err)]))
         return Step(found, done, "; ".join(self._down.values()) or None)
 
@@ -783,7 +793,7 @@ def backfill(
             total[1] += step.done
             if step.error:
                 errors.append(f"{name}: {step.error}")
-                log.error("migration_failed", migration=name, error=step.error)
+                log.info("migration_failed", migration=name, error=step.error)
             if on_batch is not None:
                 on_batch(name, step)
             ran += step.done

@@ -1,31 +1,28 @@
 """Parse the command line, call one command, render its result, map errors to exit codes.
 
-Human output goes to stdout; logs (structlog) go to stderr, pretty on a terminal and JSON
-otherwise. Every failure ends in one line on stderr and an exit code from
-:class:`ExitCode`; ``--debug`` adds the traceback.
+Human output goes to stdout (rendered by :mod:`shadowdb.render`); logs (structlog) go to
+stderr, pretty on a terminal and JSON otherwise. Every failure ends in one line on stderr
+(a JSON object with ``--format json``) and an exit code from :class:`ExitCode`;
+``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import datetime as dt
 import enum
+import itertools
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-from rich.console import Console
-from rich.table import Table
-
-from shadowdb import commands, errors, logs, novaconf, urls
-from shadowdb.databases import Databases, cell_url, connect
-from shadowdb.diff import DiffKind, DiffReport
+from shadowdb import __version__, commands, errors, logs, render, urls
+from shadowdb.databases import cell_url, connect
 from shadowdb.phase import Phase
+from shadowdb.render import Output as _Output
+from shadowdb.render import cells_table as _cells_table
 from shadowdb.settings import Settings
 
 __all__ = ["ExitCode", "main", "main_entry"]
@@ -39,10 +36,16 @@ class ExitCode(enum.IntEnum):
     MORE = 1
     #: a database unreachable, a migration or a write failed.
     OPERATIONAL = 2
-    #: refused by a guard (``phase set``, ``cleanup``).
+    #: refused by a guard (``phase set``, ``cleanup``), or a command run in the wrong phase.
     REFUSED = 3
     #: bad input: usage, malformed URL, unknown cell or phase, invalid value.
     BAD_INPUT = 127
+    #: interrupted (Ctrl-C, SIGINT): what was committed stays, the next run resumes.
+    INTERRUPTED = 130
+
+
+class CommandRefused(errors.ShadowDBError):
+    """Refuse a command in a phase it does not run in; the message says what it needs."""
 
 
 #: Which exit code each error class maps to; the first match in order wins.
@@ -50,6 +53,7 @@ _ERROR_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (errors.InvalidInput, ExitCode.BAD_INPUT),
     (errors.CellExists, ExitCode.BAD_INPUT),
     (errors.GuardRefused, ExitCode.REFUSED),
+    (CommandRefused, ExitCode.REFUSED),
     (errors.OperationalError, ExitCode.OPERATIONAL),
     (errors.ShadowDBError, ExitCode.OPERATIONAL),
 )
@@ -64,56 +68,6 @@ class _Parser(argparse.ArgumentParser):
         # "shadowdb: error: cell add: ..." rather than repeating the program's name.
         where = self.prog.removeprefix("shadowdb").strip()
         raise UsageError(f"{where}: {message}" if where else message)
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    return value
-
-
-class _Output:
-    """Render results on stdout as text (rich) or JSON."""
-
-    def __init__(self, fmt: str, stream: TextIO) -> None:
-        self.fmt = fmt
-        self.stream = stream
-        # Off a terminal nothing is cut to 80 columns: the output may be parsed.
-        width = None if stream.isatty() else 400
-        self.console = Console(file=stream, highlight=False, soft_wrap=True, width=width)
-
-    @property
-    def json(self) -> bool:
-        return self.fmt == "json"
-
-    def emit_json(self, value: Any) -> None:
-        self.stream.write(json.dumps(_jsonable(value), indent=2, sort_keys=True) + "\n")
-
-    def line(self, text: str = "") -> None:
-        self.console.print(text, markup=False)
-
-    def table(
-        self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
-        table = Table(title=title, title_justify="left")
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*("" if v is None else str(v) for v in row))
-        if not self.stream.isatty():
-            # Nor is any cell cut with "…", however wide the table: it may be parsed too.
-            wide = self.console.options.update_width(1_000_000)
-            natural = self.console.measure(table, options=wide).maximum
-            self.console.width = max(self.console.width, natural)
-        self.console.print(table)
 
 
 # --------------------------------------------------------------------------- commands
@@ -165,14 +119,6 @@ def _cmd_cell_set_default(args: argparse.Namespace, settings: Settings, out: _Ou
     else:
         out.line(f"cell {info.name} is the default: new groups' cell copies go there")
     return ExitCode.OK
-
-
-def _cells_table(out: _Output, cells: Sequence[commands.CellInfo]) -> None:
-    out.table(
-        None,
-        ("Name", "UUID", "Database", "Default"),
-        [(c.name, c.uuid, c.url, "yes" if c.default else "") for c in cells],
-    )
 
 
 def _cmd_cell_list(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
@@ -327,30 +273,26 @@ _BACKFILL_EXIT = {
 
 
 def _cmd_backfill(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
-    from shadowdb import backfill as backfill_mod
-
     with connect(args.api_url, settings=settings) as dbs:
-        progress: _BackfillProgress | None = None
+        progress: render.BackfillProgress | None = None
 
         def on_start() -> None:
             nonlocal progress
             if not out.json and args.max_count is None:
                 out.line(f"Running batches of {args.batch_size} until complete")
-            if not out.json and out.stream.isatty():
-                progress = _BackfillProgress(out, dbs, args)
+            if not out.json and out.terminal:
+                total = commands.backfill_remaining(dbs, cell=args.cell, reverse=args.reverse)
+                progress = render.BackfillProgress(out, total)
 
-        def on_batch(name: str, step: backfill_mod.Step) -> None:
+        def on_batch(name: str, step: commands.BackfillStep) -> None:
             if progress is not None:
+                # The bar says it all: lines printed under it would scroll it away.
                 progress.advance(name, step)
-            if out.json:
-                return
-            if step.found:
+            elif step.found and not out.json:
                 out.line(f"{step.found} rows matched query {name}, {step.done} migrated")
-            if step.error:
-                out.line(f"Error attempting to run {name}: {step.error}")
 
         try:
-            result = backfill_mod.backfill(
+            result = commands.backfill(
                 dbs,
                 max_count=args.max_count,
                 cell=args.cell,
@@ -360,75 +302,24 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings, out: _Output) ->
                 on_batch=on_batch,
                 on_start=on_start,
             )
+        except errors.GuardRefused as err:
+            # Say what backfill needs, not which phase it "refuses to enter".
+            raise CommandRefused("; ".join(err.reasons)) from err
         finally:
             if progress is not None:
                 progress.stop()
+        migrations = commands.backfill_migrations(dbs, reverse=args.reverse)
     code = _BACKFILL_EXIT[result.outcome]
     if out.json:
-        out.emit_json({**_jsonable(result), "exit_code": int(code)})
+        out.emit_json({**render.jsonable(result), "exit_code": int(code)})
         return code
-    out.table(
-        None,
-        ("Migration", "Total Needed", "Completed"),
-        [(t.migration, t.found, t.done) for t in result.totals],
-    )
-    for conflict in result.conflicts:
-        out.line(
-            f"conflict: group {conflict.group_uuid} in {conflict.cell}: "
-            f"{conflict.kind} ({conflict.detail}); not copied"
-        )
-    if result.stuck:
-        out.line(
-            "Some records were found but could not be migrated (stuck): "
-            + ", ".join(result.stuck)
-            + ". Resolve the conflicts above, then run backfill again."
-        )
-    elif result.outcome == "error":
-        out.line("Some migrations failed unexpectedly. Check the errors above and the logs.")
-    elif result.outcome == "more":
-        out.line("More work may remain: run backfill again.")
+    if result.outcome == "error" and not any(t.done for t in result.totals):
+        # Nothing moved: one line says why (the details are in the log at --debug).
+        failed = dict.fromkeys(e.partition(": ")[2] for e in result.errors)
+        names = ", ".join(dict.fromkeys(e.partition(": ")[0] for e in result.errors))
+        raise errors.OperationalError(f"backfill failed ({names}): {'; '.join(failed)}")
+    render.backfill_summary(out, result, migrations)
     return code
-
-
-class _BackfillProgress:
-    """Show a progress bar with rate and ETA, from an exact count of what is left."""
-
-    def __init__(self, out: _Output, dbs: Databases, args: argparse.Namespace) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        from shadowdb.backfill import Backfiller
-
-        total = Backfiller(dbs, cell=args.cell, reverse=args.reverse).remaining()
-        self._progress = Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=out.console,
-        )
-        self._task = self._progress.add_task("groups", total=total, rate="")
-        self._started = time.monotonic()
-        self._done = 0
-        self._progress.start()
-
-    def advance(self, name: str, step: Any) -> None:
-        """Count the groups a migration call completed."""
-        if name.endswith("instance_groups") and step.done:
-            self._done += step.done
-            elapsed = max(1e-6, time.monotonic() - self._started)
-            rate = f"{self._done / elapsed:,.0f} groups/s"
-            self._progress.update(self._task, advance=step.done, rate=rate)
-
-    def stop(self) -> None:
-        """Leave the bar at its final state."""
-        self._progress.stop()
 
 
 def _cmd_diff_report(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
@@ -442,8 +333,8 @@ def _cmd_diff_report(args: argparse.Namespace, settings: Settings, out: _Output)
             target = _Output(out.fmt, handle)
         dbs = stack.enter_context(connect(args.api_url, settings=settings))
         # A bar only on a terminal, and never mixed into JSON on it.
-        bar = out.stream.isatty() and (args.output is not None or not out.json)
-        with _DiffProgress(out) if bar else contextlib.nullcontext() as progress:
+        bar = out.terminal and (args.output is not None or not out.json)
+        with render.DiffProgress(out) if bar else contextlib.nullcontext() as progress:
             report = commands.diff_report(
                 dbs,
                 cell=args.cell,
@@ -454,109 +345,22 @@ def _cmd_diff_report(args: argparse.Namespace, settings: Settings, out: _Output)
             )
         code = ExitCode.OK if report.clean else ExitCode.MORE
         if target.json:
-            target.emit_json({**_jsonable(report), "exit_code": int(code)})
+            target.emit_json({**render.jsonable(report), "exit_code": int(code)})
         else:
-            _render_diff(target, report)
+            render.diff_report(target, report)
     return code
 
 
-def _render_diff(out: _Output, report: DiffReport) -> None:
-    scope = "every cell" if report.scope == "all" else f"cell {report.scope}"
-    where = f"phase {report.phase}, epoch {report.epoch}, {scope}"
-    rows = report.rows
-    if report.clean:
-        out.line(f"clean: the API database and {scope} hold the same groups ({where})")
-    else:
-        kinds = ", ".join(
-            f"{kind.value}: {report.counts[kind.value]}"
-            for kind in DiffKind
-            if kind.value in report.counts
-        )
-        out.line(f"{report.total} differing keys ({kinds}) ({where})")
-        columns = ["Kind", "Key", "Authoritative", "Cells", "Detail"]
-        if not report.keys_only:
-            columns += ["API", "Cell"]
-        if report.repaired or report.not_repaired:
-            columns.append("Repair")
-        table_rows = []
-        for f in report.findings:
-            row: list[Any] = [
-                f.kind.value,
-                f.key,
-                f.authoritative or "none",
-                ", ".join(f.cells),
-                f.detail,
-            ]
-            if not report.keys_only:
-                row += [_compact(f.api), _compact(f.cell)]
-            if report.repaired or report.not_repaired:
-                row.append(f.repair)
-            table_rows.append(row)
-        out.table(None, columns, table_rows)
-        if len(report.findings) < report.total:
-            out.line(f"showing the first {len(report.findings)} of {report.total} (--limit)")
-    out.line(
-        f"rows checksummed: API {rows.api_hashed}, cells {rows.cells_hashed}; "
-        f"compared row by row: API {rows.api_compared}, cells {rows.cells_compared}; "
-        f"chunks differing: {rows.chunks_differing} of {rows.chunks}; "
-        f"re-checked: {rows.rechecked} ({rows.cleared} were writes in flight)"
-    )
-    if rows.legacy_duplicates:
-        out.line(
-            f"legacy duplicates: {rows.legacy_duplicates} groups hold duplicate live policy "
-            "or member rows (Nova allowed them); compared as sets, not a difference"
-        )
-    if report.repaired or report.not_repaired:
-        out.line(
-            f"repair: {report.repaired} keys enqueued in their authoritative journal, "
-            f"{report.not_repaired} left; run `shadowdb backfill` to replay them, then "
-            "diff-report again"
-        )
-
-
-def _compact(value: Any) -> str:
-    return "" if value is None else json.dumps(value, sort_keys=True)
-
-
-class _DiffProgress:
-    """Show one progress bar per stage of a diff (checksums, compare, recheck)."""
-
-    def __init__(self, out: _Output) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self._progress = Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=out.console,
-            transient=True,
-        )
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _DiffProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._progress.stop()
-
-    def update(self, stage: str, done: int, total: int) -> None:
-        """Move the bar of ``stage`` to ``done`` of ``total``."""
-        task = self._tasks.get(stage)
-        if task is None:
-            task = self._tasks[stage] = self._progress.add_task(stage, total=total)
-        self._progress.update(task, completed=done, total=total)
-
-
 def _cmd_cleanup(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
-    from shadowdb.cleanup import cleanup
-
     if not args.yes:
         raise errors.InvalidInput(
             "cleanup soft-deletes every cell copy of every group: pass --yes to go ahead"
         )
     with connect(args.api_url, settings=settings) as dbs:
-        result = cleanup(dbs)
+        try:
+            result = commands.cleanup(dbs)
+        except errors.GuardRefused as err:
+            raise CommandRefused("; ".join(err.reasons)) from err
     if out.json:
         out.emit_json(result)
         return ExitCode.OK
@@ -564,6 +368,7 @@ def _cmd_cleanup(args: argparse.Namespace, settings: Settings, out: _Output) -> 
         None,
         ("Cell", "Groups", "Policies", "Members"),
         [(c.cell, c.groups, c.policies, c.members) for c in result.cells],
+        keep=("Cell",),
     )
     out.line(f"{result.total} cell rows soft-deleted; the API database holds every group.")
     return ExitCode.OK
@@ -593,7 +398,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings, out: _Output) -> Exi
     report = demo.run_demo(options, run, steps_out)
     code = ExitCode.OK if report.ok else ExitCode.MORE
     if out.json:
-        out.emit_json({**_jsonable(report), "ok": report.ok, "exit_code": int(code)})
+        out.emit_json({**render.jsonable(report), "ok": report.ok, "exit_code": int(code)})
         return code
     out.line()
     out.table(
@@ -627,6 +432,40 @@ _OPTION_DEFAULTS: dict[str, Any] = {
 }
 
 
+_CUTOVER = """\
+  shadowdb db sync                          adopt Nova's tables, add shadowdb's
+  shadowdb cell add NAME URL                register each cell (if not yet mapped)
+  shadowdb phase set dual-write-cell-reads  every write now reaches both databases
+  shadowdb backfill                         copy the legacy groups (resumable)
+  shadowdb diff-report                      prove the copies equal
+  shadowdb phase set dual-write-api-reads   the API database becomes the authority
+  shadowdb diff-report
+  shadowdb phase set api-only               the cells are no longer read or written
+  shadowdb cleanup --yes                    retire the cell copies"""
+
+_ENVIRONMENT = """\
+  SHADOWDB_API_URL       the API database URL (--api-url wins)
+  SHADOWDB_CONFIG_FILE   nova.conf files to read, separated by ':' (--config-file wins)
+  SHADOWDB_DATA_DIR      folder of the embedded SQLite databases (./shadowdb-data)
+  SHADOWDB_PHASE_TTL     seconds a cached phase may serve reads (2)
+  SHADOWDB_DIFF_MAX_AGE  seconds a clean diff-report admits a phase change (3600)"""
+
+_EPILOG = f"""\
+cutover order:
+{_CUTOVER}
+
+environment:
+{_ENVIRONMENT}
+
+exit codes:
+  0    success; for backfill, nothing left to do
+  1    more to do (backfill) or differences found (diff-report)
+  2    operational: a database unreachable, a migration or a write failed
+  3    refused by a guard, or the command does not run in this phase
+  127  bad input: usage, malformed URL, unknown cell or phase, bad value
+  130  interrupted (Ctrl-C): what was committed stays; run it again to resume"""
+
+
 def _build_parser() -> _Parser:
     # Options may come before or after each subcommand, so no parser has defaults for them
     # (a subparser's default would overwrite a value given before it): see _OPTION_DEFAULTS.
@@ -652,8 +491,11 @@ def _build_parser() -> _Parser:
     parser = _Parser(
         prog="shadowdb",
         description="Move Nova instance groups from cell databases to the API database.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"shadowdb {__version__}")
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
@@ -665,7 +507,7 @@ def _build_parser() -> _Parser:
     sync = db_sub.add_parser(
         "sync", help="bring the API and every cell database to the latest schema", parents=[common]
     )
-    sync.set_defaults(handler=_cmd_db_sync)
+    sync.set_defaults(handler=_cmd_db_sync, creates_api=True)
 
     cell = sub.add_parser("cell", help="register and list cells", parents=[common])
     cell_sub = cell.add_subparsers(
@@ -736,7 +578,11 @@ def _build_parser() -> _Parser:
     )
     bf.add_argument("--cell", default=None, metavar="NAME", help="only this cell")
     bf.add_argument(
-        "--batch-size", type=_positive_int, default=50, metavar="N", help="records per batch"
+        "--batch-size",
+        type=_positive_int,
+        default=commands.DEFAULT_BATCH,
+        metavar="N",
+        help="records per batch (default: %(default)s)",
     )
     bf.add_argument(
         "--max-rate",
@@ -803,39 +649,47 @@ def _build_parser() -> _Parser:
     return parser
 
 
-def _fail(code: ExitCode, message: str, stderr: TextIO) -> ExitCode:
+def _fail(code: ExitCode, message: str, stderr: TextIO, as_json: bool) -> int:
     # One line: a driver error's SQL and parameters stay out (--debug shows them, masked).
-    first = (message.strip().splitlines() or [""])[0]
-    stderr.write(f"shadowdb: error: {urls.mask_text(first)}\n")
-    return code
+    first = urls.mask_text((message.strip().splitlines() or [""])[0])
+    if as_json:
+        stderr.write(json.dumps({"error": first, "exit_code": int(code)}) + "\n")
+    else:
+        stderr.write(f"shadowdb: error: {first}\n")
+    return int(code)
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Tell whether ``--format json`` is on a command line that may not parse."""
+    pairs = itertools.pairwise(argv)
+    return "--format=json" in argv or any(a == "--format" and b == "json" for a, b in pairs)
+
+
+def _refuse_missing_default(args: argparse.Namespace, settings: Settings) -> None:
+    """Refuse the embedded API database before it exists, unless the command creates it.
+
+    Without a URL, commands fall back to ``<data_dir>/api.sqlite``: when that file does
+    not exist yet, the likeliest cause is a forgotten ``SHADOWDB_API_URL``, and a cutover
+    run on an empty deployment would look clean.
+    """
+    if args.api_url is not None or settings.api_url is not None:
+        return
+    if getattr(args, "creates_api", False) or getattr(args, "create", False):
+        return  # db sync creates it; cell add --create says why it needs db sync first
+    path = settings.data_dir / "api.sqlite"
+    if not path.exists():
+        raise errors.InvalidInput(
+            f"no API database: SHADOWDB_API_URL is not set and {path.resolve()} does not "
+            "exist; set SHADOWDB_API_URL (or --api-url), or run `shadowdb db sync` to "
+            "create the embedded one"
+        )
 
 
 def _settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
-    """Build the process settings: the command line, then nova.conf, then the environment.
-
-    The API URL is the first of ``--api-url``, ``[api_database] connection`` of the
-    ``--config-file`` files, ``$SHADOWDB_API_URL``, that of the ``$SHADOWDB_CONFIG_FILE``
-    files, and the embedded SQLite file.
-    """
-    files: list[str] = list(args.config_file or [])
-    from_command_line = bool(files)
-    if not files and environ.get("SHADOWDB_CONFIG_FILE"):
-        files = [p for p in environ["SHADOWDB_CONFIG_FILE"].split(os.pathsep) if p]
-    conf = novaconf.read_config_files(files) if files else None
-    api_url = args.api_url
-    if (
-        conf is not None
-        and api_url is None
-        and (from_command_line or not environ.get("SHADOWDB_API_URL"))
-    ):
-        api_url = conf.api_connection
+    if args.api_url is not None and not args.api_url.strip():
+        raise errors.InvalidInput("--api-url is empty: give the API database URL")
     try:
-        return Settings.from_environ(
-            environ,
-            api_url=api_url,
-            cell_url_default=conf.database_connection if conf else None,
-            config_files=conf.files if conf else None,
-        )
+        return Settings.from_command_line(environ, args.api_url, args.config_file or [])
     except ValueError as err:
         raise errors.InvalidInput(f"bad setting in the environment: {err}") from err
 
@@ -853,14 +707,27 @@ def main(
     environ = dict(os.environ if environ is None else environ)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    as_json = _wants_json(argv)
+    parser = _build_parser()
+    if not argv:
+        stderr.write(parser.format_help())
+        return int(ExitCode.BAD_INPUT)
     try:
-        parser = _build_parser()
-        args = parser.parse_args(argv, namespace=argparse.Namespace(**_OPTION_DEFAULTS))
+        try:
+            with contextlib.redirect_stdout(stdout):  # --help and --version
+                args = parser.parse_args(argv, namespace=argparse.Namespace(**_OPTION_DEFAULTS))
+        except SystemExit as done:
+            return int(done.code or 0)
         logs.configure_cli(args.debug, stderr)
         settings = _settings(args, environ)
+        _refuse_missing_default(args, settings)
         out = _Output(args.format, stdout)
         handler: Handler = args.handler
         return int(handler(args, settings, out))
+    except KeyboardInterrupt:
+        # Every unit of work is a transaction or a checkpoint: the next run resumes.
+        message = "interrupted: what was committed stays; run the command again to resume"
+        return _fail(ExitCode.INTERRUPTED, message, stderr, as_json)
     except Exception as err:  # the one place errors become exit codes
         if debug:
             import traceback
@@ -869,8 +736,9 @@ def main(
             stderr.write(urls.mask_text(traceback.format_exc()))
         for cls, code in _ERROR_CODES:
             if isinstance(err, cls):
-                return int(_fail(code, str(err), stderr))
-        return int(_fail(ExitCode.OPERATIONAL, f"unexpected {type(err).__name__}: {err}", stderr))
+                return _fail(code, str(err), stderr, as_json)
+        message = f"unexpected {type(err).__name__}: {err}"
+        return _fail(ExitCode.OPERATIONAL, message, stderr, as_json)
 
 
 def main_entry() -> None:

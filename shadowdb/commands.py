@@ -21,6 +21,8 @@ import sqlalchemy as sa
 import structlog
 
 from shadowdb import advice, diff, novaconf, schema, urls
+from shadowdb import backfill as backfilling
+from shadowdb import cleanup as cleaning
 from shadowdb.databases import (
     CELL0_UUID,
     Cell,
@@ -61,9 +63,15 @@ from shadowdb.switcher import CleanRecentDiff, Switcher, allowed_next, uncopied
 from shadowdb.sync import one_line
 
 __all__ = [
+    "DEFAULT_BATCH",
+    "BackfillResult",
+    "BackfillStep",
     "CellHealth",
     "CellInfo",
+    "CleanupResult",
     "DatabaseSync",
+    "DiffKind",
+    "DiffReport",
     "HistoryEntry",
     "LastDiff",
     "PhaseChange",
@@ -71,6 +79,10 @@ __all__ = [
     "Status",
     "SyncResult",
     "add_cell",
+    "backfill",
+    "backfill_migrations",
+    "backfill_remaining",
+    "cleanup",
     "diff_report",
     "list_cells",
     "phase_history",
@@ -83,6 +95,14 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+#: Records per batch of a backfill run without ``--max-count`` (Nova's 50).
+DEFAULT_BATCH = backfilling.DEFAULT_BATCH
+BackfillResult = backfilling.BackfillResult
+DiffKind = diff.DiffKind
+DiffReport = diff.DiffReport
+BackfillStep = backfilling.Step
+CleanupResult = cleaning.CleanupResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -757,3 +777,49 @@ def diff_report(
         progress=progress,
         sleep=sleep,
     )
+
+
+# --------------------------------------------------------------------------- backfill, cleanup
+
+
+def backfill(
+    dbs: Databases,
+    *,
+    max_count: int | None = None,
+    cell: str | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    max_rate: float | None = None,
+    reverse: bool = False,
+    on_batch: Callable[[str, BackfillStep], None] | None = None,
+    on_start: Callable[[], None] | None = None,
+) -> BackfillResult:
+    """Copy legacy cell groups into the API database (or back, ``reverse``).
+
+    See :func:`shadowdb.backfill.backfill`: ``nova-manage db online_data_migrations``
+    semantics, resumable from its checkpoints after any interruption.
+    """
+    return backfilling.backfill(
+        dbs,
+        max_count=max_count,
+        cell=cell,
+        batch_size=batch_size,
+        max_rate=max_rate,
+        reverse=reverse,
+        on_batch=on_batch,
+        on_start=on_start,
+    )
+
+
+def backfill_migrations(dbs: Databases, *, reverse: bool = False) -> tuple[str, ...]:
+    """Name the migrations a backfill runs, in the order they run."""
+    return tuple(name for name, _ in backfilling.Backfiller(dbs, reverse=reverse).migrations)
+
+
+def backfill_remaining(dbs: Databases, *, cell: str | None = None, reverse: bool = False) -> int:
+    """Count exactly what a backfill has left to copy (a progress bar's total)."""
+    return backfilling.Backfiller(dbs, cell=cell, reverse=reverse).remaining()
+
+
+def cleanup(dbs: Databases) -> CleanupResult:
+    """Soft-delete the legacy cell copies (see :func:`shadowdb.cleanup.cleanup`)."""
+    return cleaning.cleanup(dbs)

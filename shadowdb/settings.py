@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from shadowdb import novaconf
 
 __all__ = ["DEFAULT_DATA_DIR", "Settings"]
 
@@ -62,7 +65,7 @@ class Settings:
         if environ.get("SHADOWDB_API_URL"):
             values["api_url"] = environ["SHADOWDB_API_URL"]
         if environ.get("SHADOWDB_DATA_DIR"):
-            values["data_dir"] = Path(environ["SHADOWDB_DATA_DIR"])
+            values["data_dir"] = _folder(environ, "SHADOWDB_DATA_DIR")
         if environ.get("SHADOWDB_PHASE_TTL"):
             values["phase_ttl"] = _seconds(environ, "SHADOWDB_PHASE_TTL")
         if environ.get("SHADOWDB_DIFF_MAX_AGE"):
@@ -72,6 +75,53 @@ class Settings:
             values["actor"] = user
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_command_line(
+        cls, environ: Mapping[str, str], api_url: str | None, config_files: Sequence[str]
+    ) -> Settings:
+        """Build settings from a command line's options, nova.conf, then the environment.
+
+        The API URL is the first of ``api_url`` (``--api-url``), ``[api_database]
+        connection`` of the ``config_files`` (``--config-file``), ``$SHADOWDB_API_URL``,
+        that of the ``$SHADOWDB_CONFIG_FILE`` files, and the embedded SQLite file.
+
+        Raises:
+            ValueError: a ``SHADOWDB_*`` variable holds a value that is not allowed.
+            InvalidInput: a nova.conf file cannot be read.
+        """
+        files = list(config_files)
+        from_command_line = bool(files)
+        if not files and environ.get("SHADOWDB_CONFIG_FILE"):
+            files = [p for p in environ["SHADOWDB_CONFIG_FILE"].split(os.pathsep) if p]
+        conf = novaconf.read_config_files(files) if files else None
+        if (
+            conf is not None
+            and api_url is None
+            and (from_command_line or not environ.get("SHADOWDB_API_URL"))
+        ):
+            api_url = conf.api_connection
+        return cls.from_environ(
+            environ,
+            api_url=api_url,
+            cell_url_default=conf.database_connection if conf else None,
+            config_files=conf.files if conf else None,
+        )
+
+
+def _folder(environ: Mapping[str, str], name: str) -> Path:
+    """Read ``environ[name]`` as a folder: one that exists, or may be created.
+
+    A path through a file would fail later, half-way through ``db sync``.
+    """
+    raw = environ[name]
+    path = Path(raw)
+    for ancestor in (path, *path.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ValueError(f"{name}={raw!r} is not a folder: {ancestor} is a file")
+            break
+    return path
 
 
 def _seconds(environ: Mapping[str, str], name: str) -> float:

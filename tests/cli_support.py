@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
+import os
+import pty
+import re
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,9 +48,20 @@ class Run:
         """Return the message of the single stderr line, checking there is nothing else."""
         lines = self.err.splitlines()
         assert len(lines) == 1, f"{self.argv}: expected one stderr line, got {self.err!r}"
-        assert lines[0].startswith(ERROR_PREFIX), lines[0]
         assert self.out == "", f"{self.argv}: nothing expected on stdout, got {self.out!r}"
+        if _json_requested(self.argv):
+            # --format json: the error is a JSON object too, with the exit code.
+            error = json.loads(lines[0])
+            assert error == {"error": error["error"], "exit_code": self.code}, lines[0]
+            assert isinstance(error["error"], str)
+            return error["error"]
+        assert lines[0].startswith(ERROR_PREFIX), lines[0]
         return lines[0][len(ERROR_PREFIX) :]
+
+
+def _json_requested(argv: Sequence[str]) -> bool:
+    pairs = itertools.pairwise(argv)
+    return "--format=json" in argv or any(a == "--format" and b == "json" for a, b in pairs)
 
 
 @dataclasses.dataclass
@@ -146,3 +162,51 @@ def assert_unchanged(before: Snapshot, after: Snapshot, what: Sequence[str]) -> 
     assert after.files == before.files, f"{what}: files changed"
     for url, tables in before.databases.items():
         assert after.databases[url] == tables, f"{what}: {url} changed"
+
+
+#: CSI and OSC escape sequences (colours, cursor moves, hiding the cursor).
+ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][0-9A-B]")
+
+
+def terminal_env(base: Mapping[str, str], columns: int = 80) -> dict[str, str]:
+    """Return ``base`` as a terminal of ``columns`` columns would see it (colours allowed)."""
+    env = dict(base)
+    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CI"):
+        env.pop(name, None)
+    return {**env, "TERM": "xterm-256color", "COLUMNS": str(columns), "LINES": "40"}
+
+
+def run_on_terminal(argv: Sequence[str], env: Mapping[str, str]) -> tuple[int, str, str]:
+    """Run ``argv`` with stdout on a pseudo-terminal; return its code, screen text and stderr.
+
+    The screen text has its escape sequences removed and its line ends made ``\\n``.
+    """
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=subprocess.PIPE,
+        )
+    finally:
+        os.close(slave)  # ours: the child keeps its own copy, and EOF comes with its exit
+    chunks: list[bytes] = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        proc.wait(timeout=120)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode("utf-8", "replace")
+        proc.stderr.close()
+    screen = ESCAPES.sub("", b"".join(chunks).decode("utf-8", "replace"))
+    return proc.returncode, screen.replace("\r\n", "\n"), err

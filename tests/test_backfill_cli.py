@@ -60,7 +60,9 @@ def test_case_22_budget_then_rest_then_nothing(topology: Topology, run: Cli) -> 
 
     first = run("backfill", "--max-count", "2")
     assert first.code == ExitCode.MORE, first.err
-    assert _table(first) == {MIGRATE: (2, 2)}
+    # The budget was spent before drain_journals: its row stays, at zero.
+    assert _table(first) == {MIGRATE: (2, 2), DRAIN: (0, 0)}
+    assert "not reached within --max-count 2: drain_journals" in first.lines
     assert "2 rows matched query migrate_instance_groups, 2 migrated" in first.lines
     assert _api_count(topology) == 3
 
@@ -270,7 +272,8 @@ def test_case_33_spent_budget_skips_later_migrations(topology: Topology, run: Cl
     for i in range(3):
         seed_cell_group(topology.cell_engine("cell2"), name=f"legacy{i}")
     result = run("backfill", "--max-count", "3")
-    assert _table(result) == {MIGRATE: (3, 3)}
+    assert _table(result) == {MIGRATE: (3, 3), DRAIN: (0, 0)}
+    assert "not reached within --max-count 3: drain_journals" in result.lines
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ folder, before and after.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shlex
@@ -329,24 +330,41 @@ def test_unsynced_api_database_asks_for_db_sync(
         pytest.param(["cell", "list", "--format", "json"], id="cell-list"),
         pytest.param(["cell", "add", "cell1", "sqlite:///cell1.sqlite"], id="cell-add"),
         pytest.param(["cell", "add", "cell1", "sqlite:///cell1.sqlite", "--debug"], id="debug"),
+        pytest.param(["backfill"], id="backfill"),
+        pytest.param(["phase", "set", "dual-write-cell-reads"], id="phase-set"),
     ],
 )
 def test_missing_default_api_database_is_never_created_by_a_read(
     cli: Cli, tmp_path: Path, argv: list[str], data_dir: str
 ) -> None:
+    # A forgotten SHADOWDB_API_URL: the embedded default does not exist yet.
     if data_dir == "unset":  # the default folder: ./shadowdb-data
         cli = Cli({})
         expected = tmp_path / "cwd" / "shadowdb-data" / "api.sqlite"
     else:
         expected = tmp_path / "data" / "api.sqlite"
     run = cli(*argv)
-    assert run.code == ExitCode.OPERATIONAL
+    assert run.code == ExitCode.BAD_INPUT
     message = run.err.splitlines()[-1].removeprefix("shadowdb: error: ")
+    if "json" in argv:
+        message = json.loads(message)["error"]
     assert message == (
-        f"API database sqlite+pysqlite:///{expected} unreachable: "
-        "no such file (run `shadowdb db sync` to create it)"
+        f"no API database: SHADOWDB_API_URL is not set and {expected} does not exist; "
+        "set SHADOWDB_API_URL (or --api-url), or run `shadowdb db sync` to create the "
+        "embedded one"
     )
     if "--debug" not in argv:
         run.only_error()
     # Not the file, not its folder, nothing at all.
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == [Path("cwd")]
+
+
+def test_cell_add_create_still_needs_db_sync_first(cli: Cli, tmp_path: Path) -> None:
+    # --create makes a cell's SQLite file, never the API database.
+    run = cli("cell", "add", "cell1", "sqlite:///cell1.sqlite", "--create")
+    assert run.code == ExitCode.OPERATIONAL
+    assert run.only_error() == (
+        f"API database sqlite+pysqlite:///{tmp_path / 'data' / 'api.sqlite'} unreachable: "
+        "no such file (run `shadowdb db sync` to create it)"
+    )
     assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == [Path("cwd")]

@@ -176,17 +176,18 @@ def test_progress_bar_only_on_a_terminal(
     topology: Topology, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shadowdb import cli as cli_mod
+    from shadowdb import render
 
     seed_cell_group(topology.cell_engine("cell1"))
     saved = structlog.get_config()
     stages: list[str] = []
-    real = cli_mod._DiffProgress.update
+    real = render.DiffProgress.update
 
     def spy(self: object, stage: str, done: int, total: int) -> None:
         stages.append(stage)
         real(self, stage, done, total)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cli_mod._DiffProgress, "update", spy)
+    monkeypatch.setattr(render.DiffProgress, "update", spy)
     try:
         target = tmp_path / "report.json"
         out, err = _Terminal(), io.StringIO()
