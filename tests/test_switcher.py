@@ -294,7 +294,7 @@ def test_guard_into_api_reads_lists_unmigrated_groups_and_cell_journals(
 def test_guard_counts_unmigrated_groups_across_batches(
     topology: Topology, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(switcher, "_BATCH", 4)
+    monkeypatch.setattr("shadowdb.guards._BATCH", 4)
     go(topology.dbs, CR)
     cell1 = topology.cell_engine("cell1")
     for n in range(19):
