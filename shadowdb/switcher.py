@@ -474,13 +474,15 @@ def _run_preconditions(_switcher: Switcher, _t: Transition, _outcome: _Outcome) 
     enforces the epoch they saw."""
 
 
-def _describe_record(_switcher: Switcher, t: Transition) -> str:
+def _describe_record(switcher: Switcher, t: Transition) -> str:
+    exact = ", ".join(g.name for g in switcher._locked_guards(t)) or "none"
     return (
         f"lock shadowdb_state in {len(t.cells)} cell(s), then in the API database; require "
-        f"epoch {t.epoch} everywhere and the exact journal guards; set phase "
-        f"{t.to_phase.value} at epoch {t.new_epoch} in every database, append history "
-        f"(actor {t.actor}, reason {t.reason or '-'}, forced {'yes' if t.forced else 'no'}); "
-        "commit the API database first, then the cells"
+        f"epoch {t.epoch} everywhere, the same cells and the exact guards ({exact}); "
+        f"set phase {t.to_phase.value} at epoch {t.new_epoch} and append history "
+        f"(actor {t.actor}, reason {t.reason or '-'}, forced {'yes' if t.forced else 'no'}) "
+        f"in the API database; prepare every cell for epoch {t.new_epoch} and commit it, "
+        "then commit the API database (the commit point); then every cell takes the new phase"
     )
 
 
@@ -528,7 +530,7 @@ _ANNOUNCE: tuple[tuple[str, Callable[[Switcher, Transition], None]], ...] = (
 
 
 def _describe_announce(_switcher: Switcher, _t: Transition) -> str:
-    return "log phase_changed, send phase-changed, drop this process's cached phase"
+    return ", ".join(words for words, _action in _ANNOUNCE)
 
 
 def _run_announce(switcher: Switcher, t: Transition, _outcome: _Outcome) -> None:
