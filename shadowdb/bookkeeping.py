@@ -1,10 +1,11 @@
-"""Read and write shadowdb's own bookkeeping rows in the API database.
+"""Read and write shadowdb's own bookkeeping rows.
 
 Each function takes a :class:`~sqlalchemy.engine.Connection` and neither opens nor
 commits one: the caller scopes the unit of work (``reader``/``writer``, or the
 switcher's fenced transaction). Sections, one per table:
 
-- **phase state**: the single ``shadowdb_state`` row (its phase, epoch, default cell);
+- **phase state**: the single ``shadowdb_state`` row of the API database (its phase,
+  epoch, default cell, writer node), and each cell database's own (its writer node);
 - **phase history**: ``shadowdb_phase_history``, one row per recorded phase change;
 - **cell mappings**: Nova's ``cell_mappings`` rows that ``shadowdb cell`` adds and
   removes, and the ``instance_mappings`` that keep a cell in use.
@@ -30,6 +31,7 @@ __all__ = [
     "read_phase_history",
     "write_default_cell",
     "write_phase",
+    "write_writer_node",
 ]
 
 
@@ -55,6 +57,24 @@ def write_phase(
 def write_default_cell(conn: Connection, cell_uuid: str) -> None:
     """Make ``cell_uuid`` the cell where new groups' cell copies are written."""
     conn.execute(api_state.update().where(api_state.c.id == 1).values(default_cell_uuid=cell_uuid))
+
+
+def write_writer_node(conn: Connection, table: sa.Table, node: str) -> bool:
+    """Record ``node`` as the one Galera node shadowdb writes through, in a phase row.
+
+    Args:
+        table: the phase row's table, ``models.api_state`` or ``models.cell_state``,
+            as the database ``conn`` is the API database or a cell's.
+
+    Returns:
+        True if the row named another node (or none) before.
+    """
+    done = conn.execute(
+        table.update()
+        .where(table.c.id == 1, table.c.writer_node.is_distinct_from(node))
+        .values(writer_node=node)
+    )
+    return bool(done.rowcount)
 
 
 # --------------------------------------------------------------------------- phase history

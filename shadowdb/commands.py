@@ -188,12 +188,7 @@ def _record_writer_nodes(dbs: Databases, cells: Sequence[Cell]) -> None:
             node = galera_node(conn)
             if node is None:
                 continue
-            done = conn.execute(
-                table.update()
-                .where(table.c.id == 1, table.c.writer_node.is_distinct_from(node))
-                .values(writer_node=node)
-            )
-            if done.rowcount:
+            if bookkeeping.write_writer_node(conn, table, node):
                 log.warning("galera_writer_node", database=label, node=node)
 
 
