@@ -20,9 +20,10 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from shadowdb import advice, diff, novaconf, schema, urls
+from shadowdb import advice, bookkeeping, diff, novaconf, schema, urls
 from shadowdb import backfill as backfilling
 from shadowdb import cleanup as cleaning
+from shadowdb.bookkeeping import HistoryEntry
 from shadowdb.databases import (
     CELL0_UUID,
     Cell,
@@ -48,9 +49,6 @@ from shadowdb.fence import settle
 from shadowdb.models import (
     api_backfill_chunks,
     api_backfill_conflicts,
-    api_cell_mappings,
-    api_instance_mappings,
-    api_phase_history,
     api_state,
     cell_groups,
     cell_journal,
@@ -299,12 +297,7 @@ def _record_writer_nodes(dbs: Databases, cells: Sequence[Cell]) -> None:
             node = galera_node(conn)
             if node is None:
                 continue
-            done = conn.execute(
-                table.update()
-                .where(table.c.id == 1, table.c.writer_node.is_distinct_from(node))
-                .values(writer_node=node)
-            )
-            if done.rowcount:
+            if bookkeeping.write_writer_node(conn, table, node):
                 log.warning("galera_writer_node", database=label, node=node)
 
 
@@ -365,10 +358,8 @@ def add_cell(
     stored = url.strip()
     with reader(dbs.api, dbs.api_label) as conn:
         read_state(conn)  # refuses an unsynced API database
-        taken = conn.execute(
-            sa.select(api_cell_mappings.c.id).where(api_cell_mappings.c.name == name)
-        ).first()
-    if taken:
+        taken = bookkeeping.cell_mapping_named(conn, name)
+    if taken is not None:
         raise CellExists(name)
     if urls.backend_of(parsed) == "sqlite":
         if parsed.database in (None, "", ":memory:"):
@@ -400,25 +391,13 @@ def add_cell(
         # Serialise cell registrations on the state row, then look again: two concurrent
         # `cell add` of one name must not both pass (cell_mappings has no unique name).
         read_state(conn, for_update=True)
-        if conn.execute(
-            sa.select(api_cell_mappings.c.id).where(api_cell_mappings.c.name == name)
-        ).first():
+        if bookkeeping.cell_mapping_named(conn, name) is not None:
             raise CellExists(name)
-        conn.execute(
-            api_cell_mappings.insert().values(
-                created_at=now,
-                updated_at=now,
-                uuid=cell_uuid,
-                name=name,
-                transport_url="none:///",
-                database_connection=stored,
-                disabled=False,
-            )
+        bookkeeping.insert_cell_mapping(
+            conn, uuid=cell_uuid, name=name, database_connection=stored, now=now
         )
         if default:
-            conn.execute(
-                api_state.update().where(api_state.c.id == 1).values(default_cell_uuid=cell_uuid)
-            )
+            bookkeeping.write_default_cell(conn, cell_uuid)
     for cell in dbs.refresh_cells():
         if cell.uuid == cell_uuid:
             # A synced cell takes the phase row now; an unsynced one at `db sync`
@@ -466,17 +445,14 @@ def remove_cell(dbs: Databases, name: str) -> None:
         reasons.append(f"it cannot be reached to show it is empty ({err})")
     with writer(dbs.api, dbs.api_label) as conn:
         state = read_state(conn, for_update=True)
-        m = api_instance_mappings
-        mapped = conn.scalar(
-            sa.select(sa.func.count()).select_from(m).where(m.c.cell_id == cell.id)
-        )
+        mapped = bookkeeping.instances_mapped_to(conn, cell.id)
         if mapped:
             reasons.append(f"{mapped} instance(s) are mapped to it")
         if state.default_cell_uuid == cell.uuid:
             reasons.append("it is the default cell: choose another with `cell set-default`")
         if reasons:
             raise CellInUse(name, reasons)
-        conn.execute(api_cell_mappings.delete().where(api_cell_mappings.c.id == cell.id))
+        bookkeeping.delete_cell_mapping(conn, cell.id)
     dbs.refresh_cells()
     log.info("cell_removed", cell=name, uuid=cell.uuid)
 
@@ -497,9 +473,7 @@ def set_default_cell(dbs: Databases, name: str) -> CellInfo:
         )
     with writer(dbs.api, dbs.api_label) as conn:
         read_state(conn, for_update=True)
-        conn.execute(
-            api_state.update().where(api_state.c.id == 1).values(default_cell_uuid=cell.uuid)
-        )
+        bookkeeping.write_default_cell(conn, cell.uuid)
     log.info("default_cell_set", cell=name, uuid=cell.uuid)
     return next(info for info in list_cells(dbs) if info.uuid == cell.uuid)
 
@@ -647,20 +621,6 @@ class PhaseChange:
     left: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class HistoryEntry:
-    """One recorded phase change (the first is the initial state, with no ``from_phase``)."""
-
-    epoch: int
-    from_phase: str | None
-    to_phase: str
-    changed_at: dt.datetime
-    actor: str
-    reason: str | None
-    forced: bool
-    overridden: tuple[str, ...]
-
-
 def show_phase(dbs: Databases) -> PhaseInfo:
     """Report the current phase, its epoch and where it may move next."""
     with reader(dbs.api, dbs.api_label) as conn:
@@ -715,22 +675,8 @@ def set_phase(
 
 def phase_history(dbs: Databases) -> list[HistoryEntry]:
     """List every recorded phase change, oldest first."""
-    h = api_phase_history
     with reader(dbs.api, dbs.api_label) as conn:
-        rows = conn.execute(sa.select(h).order_by(h.c.epoch)).all()
-    return [
-        HistoryEntry(
-            epoch=row.epoch,
-            from_phase=row.from_phase,
-            to_phase=row.to_phase,
-            changed_at=row.changed_at,
-            actor=row.actor,
-            reason=row.reason,
-            forced=bool(row.forced),
-            overridden=tuple(row.overridden.splitlines()) if row.overridden else (),
-        )
-        for row in rows
-    ]
+        return bookkeeping.read_phase_history(conn)
 
 
 # --------------------------------------------------------------------------- diff report

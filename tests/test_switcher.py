@@ -24,6 +24,7 @@ from shadowdb.errors import DatabaseUnreachable, GuardRefused, ScanIncomplete, U
 from shadowdb.phase import Phase, read_cell_state, read_state, utcnow
 from shadowdb.switcher import GUARDS, TRANSITIONS, StepKind, Switcher
 from tests.conftest import Topology
+from tests.helpers import put_in_phase
 
 C, CR, AR, A = (
     Phase.CELL_ONLY,
@@ -294,7 +295,7 @@ def test_guard_into_api_reads_lists_unmigrated_groups_and_cell_journals(
 def test_guard_counts_unmigrated_groups_across_batches(
     topology: Topology, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(switcher, "_BATCH", 4)
+    monkeypatch.setattr("shadowdb.guards._BATCH", 4)
     go(topology.dbs, CR)
     cell1 = topology.cell_engine("cell1")
     for n in range(19):
@@ -594,10 +595,11 @@ def test_dry_run_lists_the_steps_in_order_and_changes_nothing(topology: Topology
     assert lines == [
         "preconditions: cell-only -> dual-write-cell-reads allowed at epoch 0; guards passed: none",
         "record: lock shadowdb_state in 2 cell(s), then in the API database; require epoch 0 "
-        "everywhere and the exact journal guards; set phase dual-write-cell-reads at epoch 1 "
-        "in every database, append history (actor tests, reason try, forced no); commit the "
-        "API database first, then the cells",
-        "announce: log phase_changed, send phase-changed, drop this process's cached phase",
+        "everywhere, the same cells and the exact guards (none); set phase "
+        "dual-write-cell-reads at epoch 1 and append history (actor tests, reason try, "
+        "forced no) in the API database; prepare every cell for epoch 1 and commit it, then "
+        "commit the API database (the commit point); then every cell takes the new phase",
+        "announce: drop this process's cached phase, log phase_changed, send phase-changed",
     ]
 
 
@@ -739,6 +741,49 @@ def test_announce_drops_the_local_phase_cache(topology: Topology) -> None:
         assert dbs.phases.get().phase is C  # cached for a minute
         Switcher(dbs).run(CR)
         assert dbs.phases.get().phase is CR
+
+
+def test_announce_does_what_its_dry_run_line_says_in_that_order(
+    topology: Topology, logs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dbs = topology.dbs
+    (line,) = [s for s in Switcher(dbs).dry_run(CR) if s.startswith("announce: ")]
+    done: list[str] = []
+
+    def saw(what: str) -> None:
+        logged = any(e["event"] == "phase_changed" for e in logs)
+        if logged and "log phase_changed" not in done:
+            done.append("log phase_changed")
+        if what:
+            done.append(what)
+
+    drop = dbs.phases.invalidate
+
+    def dropping() -> None:
+        saw("drop this process's cached phase")
+        drop()
+
+    def receiver(_sender: object, **_kwargs: Any) -> None:
+        saw("send phase-changed")
+
+    monkeypatch.setattr(dbs.phases, "invalidate", dropping)
+    with signals.phase_changed.connected_to(receiver, sender=dbs):
+        Switcher(dbs).run(CR)
+    saw("")
+    assert line == "announce: " + ", ".join(done)
+    assert done == ["drop this process's cached phase", "log phase_changed", "send phase-changed"]
+
+
+def test_dry_run_record_line_names_the_guards_checked_again_under_the_lock(
+    topology: Topology,
+) -> None:
+    put_in_phase(topology.dbs, A)
+    lines = Switcher(topology.dbs).dry_run(AR, force=True)
+    assert "the exact guards (cells-not-retired, cell-journals-empty)" in lines[1]
+    assert lines[1].endswith(
+        "prepare every cell for epoch 2 and commit it, then commit the API database "
+        "(the commit point); then every cell takes the new phase"
+    )
 
 
 def test_a_failing_receiver_does_not_undo_the_change(topology: Topology) -> None:
