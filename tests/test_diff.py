@@ -549,3 +549,25 @@ def test_results_are_stored(topology: Topology) -> None:
             ).scalar_one()
             == 2
         )
+
+
+def test_a_superseding_record_is_known_by_its_reason(topology: Topology) -> None:
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
+    seed_pair(topology)
+    run(topology)
+    with reader(topology.dbs.api) as conn:
+        ran = diff.last_result(conn)
+    assert ran is not None and not ran.superseded_by("cells rebuilt")
+    state = topology.dbs.phases.fresh()
+    with topology.dbs.api.begin() as conn:
+        diff.record_superseded(conn, state, "tester", "cells rebuilt")
+    with reader(topology.dbs.api) as conn:
+        last = diff.last_result(conn)
+    assert last is not None and last.id > ran.id
+    assert (last.outcome, last.scope, last.cells, last.epoch) == (
+        "incomplete",
+        "all",
+        (),
+        state.epoch,
+    )
+    assert last.superseded_by("cells rebuilt") and not last.superseded_by("something else")

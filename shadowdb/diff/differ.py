@@ -52,14 +52,12 @@ RECHECKS = 4
 Progress = Callable[[str, int, int], None]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _Scan:
-    """One database's checksums, counted."""
+    """One database's checksums, and the live rows they account for."""
 
-    label: str
     chunks: dict[int, Tally]
-    orphans: list[Orphan]
-    hashed: int = 0
+    hashed: int
 
 
 class Differ:
@@ -175,7 +173,7 @@ class Differ:
             orphans = read_orphans(conn, side, database)
             self._orphans.extend(orphans)
             hashed = account(conn, side, label, chunks, orphans)
-        return _Scan(label, chunks, orphans, hashed)
+        return _Scan(chunks, hashed)
 
     def _checked_chunks(self, chunks: dict[int, Tally]) -> dict[int, Tally]:
         """Keep the chunks of the key space; a row counted nowhere shows in the totals."""

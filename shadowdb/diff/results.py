@@ -50,6 +50,10 @@ class StoredResult:
     #: deletion on record (a cell registered late). ``dual-write-api-reads`` copies them.
     never_copied: int | None = None
 
+    def superseded_by(self, why: str) -> bool:
+        """Say whether this is the result :func:`record_superseded` recorded for ``why``."""
+        return (self.detail or "").startswith(why)
+
 
 def last_result(conn: Connection) -> StoredResult | None:
     """Return the newest recorded diff-report run, if any."""
