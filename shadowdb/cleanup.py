@@ -103,7 +103,7 @@ def _refusals(dbs: Databases) -> list[str]:
         last is not None
         and state.cells_retired
         and last.epoch == state.epoch
-        and (last.detail or "").startswith(_DONE)
+        and last.superseded_by(_DONE)
     ):
         # A cleanup completed in this epoch and no rebuild ran since (the flag would be
         # clear): running it again retires whatever is left, under the same guarantees.

@@ -16,6 +16,8 @@ from shadowdb import commands, diff, models
 from shadowdb.backfill import backfill
 from shadowdb.databases import reader
 from shadowdb.diff import Copy, Differ, DiffKind, bucket_of, canonical_lines
+from shadowdb.diff.checksums import digest, norm
+from shadowdb.diff.readers import RangeReader, StreamReader
 from shadowdb.errors import GroupNotFound, InvalidInput, ScanIncomplete, UnknownCell
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
@@ -101,9 +103,9 @@ def test_each_backend_checksums_exactly_like_the_python_reference(topology: Topo
         tally[0] += 1
         tally[1] += len(copy.policies)
         tally[2] += len(copy.members)
-        tally[3] += sum(diff._hash(line) for line in canonical_lines(copy))
-    got = {c: diff._norm(t) for c, t in scan.chunks.items()}
-    assert got == {c: diff._norm(t) for c, t in expected.items()}
+        tally[3] += sum(digest(line) for line in canonical_lines(copy))
+    got = {c: norm(t) for c, t in scan.chunks.items()}
+    assert got == {c: norm(t) for c, t in expected.items()}
     assert scan.hashed == len(odd) * 3
 
 
@@ -163,8 +165,8 @@ def test_both_ways_of_reading_chunks_find_the_same(
     def source(self: Differ, engine: Any, label: str, side: Any, wanted: set[int], **_: Any) -> Any:
         made.append(reader)
         if reader == "ranges":
-            return diff._Ranges(self, engine, label, side)
-        return diff._Stream(self, engine, label, side, wanted)
+            return RangeReader(engine, label, side, self.n)
+        return StreamReader(engine, label, side, self.n, wanted)
 
     monkeypatch.setattr(Differ, "_source", source)
     report = run(topology, chunk_size=4)
@@ -286,11 +288,14 @@ def test_a_short_chunk_read_is_an_error(
     seed_clean(topology, 10)
     inject_missing_in_api(topology, Injected())
 
-    def lose_the_last_row(rows: Any) -> Any:
-        rows = list(rows)
-        return rows[:-1] if len(rows) > 1 else rows  # as if a driver had dropped one
+    original = StreamReader._groups
 
-    monkeypatch.setattr(diff, "_delivered", lose_the_last_row)
+    def lose_the_last_row(self: StreamReader, rows: Any) -> Any:
+        rows = list(rows)
+        rows = rows[:-1] if len(rows) > 1 else rows  # as if a driver had dropped one
+        return original(self, rows)
+
+    monkeypatch.setattr(StreamReader, "_groups", lose_the_last_row)
     with pytest.raises(ScanIncomplete) as caught:
         run(topology)
     assert caught.value.seen == caught.value.expected - 1
@@ -544,3 +549,25 @@ def test_results_are_stored(topology: Topology) -> None:
             ).scalar_one()
             == 2
         )
+
+
+def test_a_superseding_record_is_known_by_its_reason(topology: Topology) -> None:
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
+    seed_pair(topology)
+    run(topology)
+    with reader(topology.dbs.api) as conn:
+        ran = diff.last_result(conn)
+    assert ran is not None and not ran.superseded_by("cells rebuilt")
+    state = topology.dbs.phases.fresh()
+    with topology.dbs.api.begin() as conn:
+        diff.record_superseded(conn, state, "tester", "cells rebuilt")
+    with reader(topology.dbs.api) as conn:
+        last = diff.last_result(conn)
+    assert last is not None and last.id > ran.id
+    assert (last.outcome, last.scope, last.cells, last.epoch) == (
+        "incomplete",
+        "all",
+        (),
+        state.epoch,
+    )
+    assert last.superseded_by("cells rebuilt") and not last.superseded_by("something else")

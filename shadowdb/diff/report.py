@@ -1,0 +1,202 @@
+"""The diff-report command: settle, compare, decide authority, repair, record, report."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import sqlalchemy as sa
+import structlog
+
+from shadowdb import signals
+from shadowdb.databases import Databases, writer
+from shadowdb.diff.differ import DEFAULT_CHUNK, Differ, Progress
+from shadowdb.diff.findings import DiffKind, DiffReport, RowCounts, authority_by_tombstone
+from shadowdb.diff.repair import enqueue_repairs
+from shadowdb.diff.results import insert_result
+from shadowdb.errors import InvalidInput, OperationalError, ShadowDBError
+from shadowdb.fence import lagging, settle
+from shadowdb.phase import Phase, PhaseState, utcnow
+from shadowdb.sync import one_line
+
+__all__ = ["run_diff"]
+
+log = structlog.get_logger(__name__)
+
+
+def run_diff(
+    dbs: Databases,
+    *,
+    cell: str | None = None,
+    keys_only: bool = False,
+    limit: int | None = None,
+    repair: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DiffReport:
+    """Run the diff report, record its result in the API database and return it.
+
+    Raises:
+        InvalidInput: ``limit`` or ``chunk_size`` below 1, an unknown cell.
+        ScanIncomplete: a database held rows the scan did not account for (recorded
+            as an incomplete run).
+        OperationalError: a database could not be read (recorded if the API database
+            can be written).
+    """
+    if limit is not None and limit < 1:
+        raise InvalidInput("--limit must be a whole number >= 1")
+    started = utcnow()
+    clock = time.monotonic()
+    # A run gates a phase change only if the whole deployment had taken the phase when it
+    # began: finish a half-done change first, and say so if a cell still lags.
+    settle(dbs)
+    differ = Differ(dbs, cell=cell, chunk_size=chunk_size, progress=progress, sleep=sleep)
+    scope = differ.only.name if differ.only is not None else "all"
+    compared = [c.uuid for c in (differ.cells if differ.only is None else (differ.only,))]
+    try:
+        behind = lagging(dbs, differ.state)
+        if behind:
+            raise OperationalError(
+                "the deployment is not settled in one phase: " + "; ".join(behind)
+            )
+        try:
+            findings, rows = differ.run()
+        except sa.exc.SQLAlchemyError as err:
+            # A connection killed mid-scan, a transaction the server rolled back: the run
+            # is incomplete, and said so as one line (never an unexpected traceback).
+            raise OperationalError(f"the comparison was cut short: {one_line(err)}") from err
+    except ShadowDBError as err:
+        with contextlib.suppress(ShadowDBError, sa.exc.DBAPIError):
+            _record(
+                dbs,
+                started=started,
+                state=differ.state,
+                scope=scope,
+                outcome="incomplete",
+                counts={},
+                rows=RowCounts(),
+                repaired=0,
+                detail=one_line(err),
+            )
+        # The caller reports the error itself (the CLI: one line on stderr); this is the
+        # command's canonical line, quiet unless debugging.
+        log.info("diff_report", outcome="incomplete", scope=scope, error=one_line(err))
+        raise
+    findings = authority_by_tombstone(dbs, differ.state.phase, findings)
+    counts = dict(Counter(f.kind.value for f in findings))
+    unexplained = sum(1 for f in findings if not f.journal_pending)
+    never_copied = sum(
+        1
+        for f in findings
+        if not f.journal_pending
+        and f.kind is DiffKind.MISSING_IN_API
+        and f.authoritative == "cell"
+        and differ.state.phase is Phase.API_ONLY
+    )
+    repaired = not_repaired = 0
+    if repair and findings:
+        findings, repaired, not_repaired = enqueue_repairs(
+            dbs, differ.state, findings, differ.observed
+        )
+    for finding in findings:
+        if finding.group_uuid is not None and finding.kind is not DiffKind.ORPHAN:
+            signals.send(
+                signals.divergence,
+                dbs,
+                group_uuid=finding.group_uuid,
+                kind=finding.kind.value,
+                detail=finding.detail,
+            )
+    total = len(findings)
+    shown = findings[:limit] if limit is not None else findings
+    if keys_only:
+        shown = [dataclasses.replace(f, api=None, cell=None) for f in shown]
+    outcome = "clean" if not findings else "differences"
+    finished = _record(
+        dbs,
+        started=started,
+        state=differ.state,
+        scope=scope,
+        outcome=outcome,
+        counts=counts,
+        rows=rows,
+        repaired=repaired,
+        detail=None,
+        cells=compared,
+        unexplained=unexplained,
+        never_copied=never_copied,
+    )
+    log.info(
+        "diff_report",
+        outcome=outcome,
+        scope=scope,
+        phase=differ.state.phase.value,
+        differences=total,
+        counts=counts,
+        rows_api=rows.api_hashed,
+        rows_cells=rows.cells_hashed,
+        chunks=rows.chunks,
+        chunks_differing=rows.chunks_differing,
+        rechecked=rows.rechecked,
+        cleared=rows.cleared,
+        repaired=repaired,
+        elapsed_ms=int((time.monotonic() - clock) * 1000),
+    )
+    return DiffReport(
+        started_at=started,
+        finished_at=finished,
+        phase=differ.state.phase.value,
+        epoch=differ.state.epoch,
+        scope=scope,
+        clean=not findings,
+        total=total,
+        counts=counts,
+        findings=tuple(shown),
+        limit=limit,
+        keys_only=keys_only,
+        rows=rows,
+        repaired=repaired,
+        not_repaired=not_repaired,
+    )
+
+
+def _record(
+    dbs: Databases,
+    *,
+    started: dt.datetime,
+    state: PhaseState,
+    scope: str,
+    outcome: str,
+    counts: dict[str, int],
+    rows: RowCounts,
+    repaired: int,
+    detail: str | None,
+    cells: Sequence[str] = (),
+    unexplained: int | None = None,
+    never_copied: int | None = None,
+) -> dt.datetime:
+    """Record the run in the API database, in a transaction of its own; return its end."""
+    finished = utcnow()
+    with writer(dbs.api, dbs.api_label) as conn:
+        insert_result(
+            conn,
+            started=started,
+            finished=finished,
+            state=state,
+            scope=scope,
+            outcome=outcome,
+            counts=counts,
+            rows=rows,
+            repaired=repaired,
+            actor=dbs.settings.actor,
+            detail=detail,
+            cells=cells,
+            unexplained=unexplained,
+            never_copied=never_copied,
+        )
+    return finished
