@@ -341,7 +341,7 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings, out: _Output) ->
             if not out.json and out.stream.isatty():
                 progress = _BackfillProgress(out, dbs, args)
 
-        def on_batch(name: str, step: backfill_mod.Step) -> None:
+        def on_batch(name: str, step: backfill_mod.BatchStep) -> None:
             if progress is not None:
                 progress.advance(name, step)
             if out.json:
@@ -404,9 +404,7 @@ class _BackfillProgress:
             TimeRemainingColumn,
         )
 
-        from shadowdb.backfill import Backfiller
-
-        total = Backfiller(dbs, cell=args.cell, reverse=args.reverse).remaining()
+        total = commands.remaining_work(dbs, cell=args.cell, reverse=args.reverse)
         self._progress = Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 import structlog
 
 from shadowdb import diff, novaconf, schema, urls
+from shadowdb.backfill import remaining, uncopied
 from shadowdb.databases import (
     CELL0_UUID,
     Cell,
@@ -51,7 +52,7 @@ from shadowdb.models import (
 )
 from shadowdb.phase import Phase, initialise_state, read_state
 from shadowdb.queries import CELL
-from shadowdb.switcher import Switcher, allowed_next, uncopied
+from shadowdb.switcher import Switcher, allowed_next
 from shadowdb.sync import one_line
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "diff_report",
     "list_cells",
     "phase_history",
+    "remaining_work",
     "remove_cell",
     "set_default_cell",
     "set_phase",
@@ -551,6 +553,18 @@ def phase_history(dbs: Databases) -> list[HistoryEntry]:
         )
         for row in rows
     ]
+
+
+# --------------------------------------------------------------------------- backfill
+
+
+def remaining_work(dbs: Databases, *, cell: str | None = None, reverse: bool = False) -> int:
+    """Count what a backfill in this direction has left to copy (a progress bar's total).
+
+    Raises:
+        InvalidInput: unknown cell.
+    """
+    return remaining(dbs, cell, reverse=reverse)
 
 
 # --------------------------------------------------------------------------- diff report
