@@ -39,12 +39,13 @@ import sqlalchemy as sa
 import structlog
 
 from shadowdb import diff
+from shadowdb.backfill import uncopied_among
 from shadowdb.databases import Cell, Databases, reader, writer
 from shadowdb.errors import DatabaseUnreachable, GuardRefused
 from shadowdb.fence import pin_cell
 from shadowdb.models import api_journal, api_state, api_tombstones
 from shadowdb.phase import Phase, PhaseState, read_state
-from shadowdb.queries import API, CELL
+from shadowdb.queries import CELL
 from shadowdb.sync import commit, transaction
 
 __all__ = ["CleanupResult", "cleanup", "completed", "refusals"]
@@ -175,14 +176,13 @@ def _retire_groups(dbs: Databases, cell: Cell, state: PhaseState) -> tuple[CellC
             if not rows:
                 return CellCleanup(cell.name, groups, policies, members), kept
             after = rows[-1].id
-            uuids = [r.uuid for r in rows]
             with reader(dbs.api, dbs.api_label) as aconn:
                 if not read_state(aconn).cells_retired:
                     raise GuardRefused("cleanup", [_UNRETIRED])
-                known = API.present(aconn, uuids) | API.tombstoned(aconn, uuids)
-            ids = [r.id for r in rows if r.uuid in known]
+                unknown = uncopied_among(aconn, [r.uuid for r in rows])
+            ids = [r.id for r in rows if r.uuid not in unknown]
             for row in rows:
-                if row.uuid not in known:
+                if row.uuid in unknown:
                     kept += 1
                     log.error("cleanup_kept_unknown_group", cell=cell.name, group_uuid=row.uuid)
             if ids:

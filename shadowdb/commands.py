@@ -57,7 +57,7 @@ from shadowdb.models import (
 from shadowdb.models import api_journal as api_journal_table
 from shadowdb.phase import Phase, PhaseState, initialise_state, read_state, utcnow
 from shadowdb.queries import API, CELL
-from shadowdb.switcher import CleanRecentDiff, Switcher, allowed_next, uncopied
+from shadowdb.switcher import CleanRecentDiff, Switcher, allowed_next
 from shadowdb.sync import one_line
 
 __all__ = [
@@ -99,7 +99,7 @@ DEFAULT_BATCH = backfilling.DEFAULT_BATCH
 BackfillResult = backfilling.BackfillResult
 DiffKind = diff.DiffKind
 DiffReport = diff.DiffReport
-BackfillStep = backfilling.Step
+BackfillStep = backfilling.BatchStep
 CleanupResult = cleaning.CleanupResult
 
 
@@ -519,7 +519,7 @@ def status(dbs: Databases) -> Status:
                     both_sides |= api_journaled & set(
                         conn.scalars(sa.select(cell_journal.c.group_uuid))
                     )
-            backlog = uncopied(dbs, cell)
+            backlog = backfilling.uncopied(dbs, cell)
         except OperationalError as err:
             health.append(CellHealth(cell.name, False, one_line(err), None, None, conflicts))
             continue
@@ -763,7 +763,7 @@ def backfill_migrations(dbs: Databases, *, reverse: bool = False) -> tuple[str, 
 
 def backfill_remaining(dbs: Databases, *, cell: str | None = None, reverse: bool = False) -> int:
     """Count exactly what a backfill has left to copy (a progress bar's total)."""
-    return backfilling.Backfiller(dbs, cell=cell, reverse=reverse).remaining()
+    return backfilling.remaining(dbs, cell, reverse=reverse)
 
 
 def cleanup(dbs: Databases) -> CleanupResult:

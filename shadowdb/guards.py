@@ -24,13 +24,12 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from shadowdb import diff
+from shadowdb.backfill import uncopied
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import DatabaseUnreachable, OperationalError
-from shadowdb.models import api_groups, cell_groups
 from shadowdb.phase import Phase, PhaseState, read_state, utcnow
 from shadowdb.queries import API, CELL, GroupRecord, GroupTables, JournalEntry
 from shadowdb.sync import OUTBOX, copy_group
@@ -50,8 +49,6 @@ __all__ = [
     "uncopied",
 ]
 
-#: uuids per ``IN (...)`` list: under every backend's bind-parameter limit.
-_BATCH = 500
 
 _C, _CR, _AR, _A = (
     Phase.CELL_ONLY,
@@ -194,23 +191,6 @@ def _pending_cell(api: Connection, cell_conn: Connection, *, purge: bool) -> int
     )
 
 
-def uncopied(dbs: Databases, cell: Cell) -> int:
-    """Count the live groups of ``cell`` that the API database lacks: its backlog.
-
-    A cell copy of a group the API database deleted (its tombstone) is not counted: it
-    is a leftover awaiting its replay (a destroy whose cell half failed), not a group
-    left to copy.
-
-    Raises:
-        OperationalError: a database could not be read.
-    """
-    missing = UnmigratedCellGroups._missing(dbs, cell, None)
-    if missing:
-        with reader(dbs.api, dbs.api_label) as conn:
-            missing -= API.tombstoned(conn, missing)
-    return len(missing)
-
-
 class UnmigratedCellGroups:
     """Require every live cell group (``deleted = 0``) to have an API copy (same uuid)."""
 
@@ -236,48 +216,6 @@ class UnmigratedCellGroups:
                 f"({per_cell}); run backfill",
             )
         return reasons
-
-    @staticmethod
-    def _missing(dbs: Databases, cell: Cell, among: set[str] | None) -> set[str]:
-        """Return the live cell groups' uuids (of ``among``, if given) the API lacks."""
-        missing: set[str] = set()
-        if among is not None:
-            with reader(cell.engine, cell.label) as conn:
-                live = set(
-                    conn.scalars(
-                        sa.select(cell_groups.c.uuid).where(
-                            cell_groups.c.deleted == 0, cell_groups.c.uuid.in_(sorted(among))
-                        )
-                    )
-                )
-            with reader(dbs.api, dbs.api_label) as conn:
-                found = set(
-                    conn.scalars(
-                        sa.select(api_groups.c.uuid).where(api_groups.c.uuid.in_(sorted(live)))
-                    )
-                )
-            return live - found
-        after = 0
-        while True:
-            # Keyset pages over the cell's primary key: no OFFSET, no long-held snapshot.
-            with reader(cell.engine, cell.label) as conn:
-                rows = conn.execute(
-                    sa.select(cell_groups.c.id, cell_groups.c.uuid)
-                    .where(cell_groups.c.deleted == 0, cell_groups.c.id > after)
-                    .order_by(cell_groups.c.id)
-                    .limit(_BATCH)
-                ).all()
-            if not rows:
-                return missing
-            after = rows[-1].id
-            uuids = {row.uuid for row in rows}
-            with reader(dbs.api, dbs.api_label) as conn:
-                found = set(
-                    conn.scalars(
-                        sa.select(api_groups.c.uuid).where(api_groups.c.uuid.in_(sorted(uuids)))
-                    )
-                )
-            missing |= uuids - found
 
 
 class CellJournalsEmpty:

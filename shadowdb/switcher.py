@@ -71,7 +71,6 @@ from shadowdb.guards import (
     UnmigratedCellGroups,
     allowed_next,
     transition_refusal,
-    uncopied,
 )
 from shadowdb.phase import Phase, PhaseState, read_cell_state, read_state, utcnow
 from shadowdb.sync import commit, drain_journals, one_line, transaction
@@ -95,7 +94,6 @@ __all__ = [
     "UnmigratedCellGroups",
     "allowed_next",
     "transition_refusal",
-    "uncopied",
 ]
 
 log = structlog.get_logger(__name__)

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shadowdb import signals
-from shadowdb.backfill import Backfiller, backfill
+from shadowdb.backfill import ForwardCopier, backfill
 from shadowdb.databases import Databases, connect
 from shadowdb.errors import GroupNotFound
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
@@ -136,7 +136,7 @@ class Program:
         if hook is not None:
             signals.backfill_step.connect(hook, sender=self.dbs)
         try:
-            Backfiller(self.dbs, batch_size=2).migrate_instance_groups(count)
+            ForwardCopier(self.dbs, batch_size=2).migrate_instance_groups(count)
         except Crash:
             pass
         finally:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from shadowdb import cli, commands, diff, models, signals
 from shadowdb import switcher as switcher_module
-from shadowdb.backfill import Step, backfill
+from shadowdb.backfill import BatchStep, backfill
 from shadowdb.cleanup import cleanup
 from shadowdb.databases import Databases, connect, reader
 from shadowdb.errors import (
@@ -202,7 +202,7 @@ def test_f5_reverse_sync_stops_at_the_batch_after_a_rollback_to_cell_only(
         )
     created: list[str] = []
 
-    def after_batch(_name: str, _step: Step) -> None:
+    def after_batch(_name: str, _step: BatchStep) -> None:
         if created:
             return
         put_in_phase(dbs, CR)

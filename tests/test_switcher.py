@@ -18,7 +18,7 @@ import structlog
 import structlog.testing
 
 from shadowdb import commands, diff, models, signals, switcher
-from shadowdb.backfill import backfill
+from shadowdb.backfill import backfill, backlog
 from shadowdb.databases import Databases, connect, reader
 from shadowdb.errors import DatabaseUnreachable, GuardRefused, ScanIncomplete, UnknownPhase
 from shadowdb.phase import Phase, read_cell_state, read_state, utcnow
@@ -295,7 +295,7 @@ def test_guard_into_api_reads_lists_unmigrated_groups_and_cell_journals(
 def test_guard_counts_unmigrated_groups_across_batches(
     topology: Topology, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("shadowdb.guards._BATCH", 4)
+    monkeypatch.setattr(backlog, "PAGE", 4)
     go(topology.dbs, CR)
     cell1 = topology.cell_engine("cell1")
     for n in range(19):
