@@ -154,8 +154,17 @@ def _dual_write(dbs: Databases, status: Status, phase: Phase) -> Advice:
             "where backfill has already scanned (written to the cell outside shadowdb): "
             f"--repair enqueues them, then `{_BACKFILL}` copies them",
         )
+    last = status.diff
     if status.conflicts:
         kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(status.conflicts.items()))
+        if last is not None and last.current and (last.clean or last.repaired):
+            # Repaired (or level) since: backfill re-examines its conflicts and drops them.
+            return Advice(
+                _BACKFILL,
+                f"backfill recorded {_plural(sum(status.conflicts.values()), 'conflict')} "
+                f"({kinds}) that the last diff-report repaired or found level: backfill "
+                "re-examines them",
+            )
         return Advice(
             _REPAIR,
             f"backfill left {_plural(sum(status.conflicts.values()), 'group')} whose API "
@@ -163,7 +172,6 @@ def _dual_write(dbs: Databases, status: Status, phase: Phase) -> Advice:
             "copy for the next backfill",
         )
     target = Phase.DUAL_WRITE_API_READS if phase is Phase.DUAL_WRITE_CELL_READS else Phase.API_ONLY
-    last = status.diff
     stale = _stale(status, last)
     if stale is not None:
         return Advice(_DIFF, f"{stale}; {_phase_set(target)} needs a clean, recent one")

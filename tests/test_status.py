@@ -24,7 +24,7 @@ from shadowdb.queries import API
 from shadowdb.switcher import TRANSITIONS
 from shadowdb.testing import write_legacy_cells
 from tests.conftest import FreshDatabases, Topology
-from tests.helpers import new_uuid, seed_cell_group
+from tests.helpers import new_uuid, seed_api_group, seed_cell_group
 from tests.proxy import proxied
 
 SERVERS = [
@@ -252,6 +252,30 @@ def test_an_unclean_diff_advises_repair_then_backfill_then_diff(topology: Topolo
     )
     assert after.next_step == "shadowdb phase set dual-write-api-reads"
     _run(topology, after.next_step)
+
+
+def test_an_api_copy_backfill_may_not_overwrite_advises_repair(topology: Topology) -> None:
+    _legacy(topology)
+    _follow(topology, ["shadowdb phase set dual-write-cell-reads"])
+    # An API copy that differs from its cell copy before backfill ever saw it.
+    uuid = _live_cell_uuid(topology, "cell1")
+    seed_api_group(topology.dbs.api, uuid=uuid, name="not-the-cell-copy")
+    found = _status(topology)
+    assert found.next_step == "shadowdb backfill"
+    code, _out, _err = _cli(["backfill", "--api-url", topology.api_url_text])
+    assert code == 2  # stuck: the conflict is reported, never overwritten
+    found = _status(topology)
+    assert found.conflicts == {"api-copy-differs": 1}
+    assert {h.name: h.conflicts for h in found.health} == {"cell1": 1, "cell2": 0}
+    after = _follow(
+        topology,
+        ["shadowdb diff-report --repair", "shadowdb backfill", "shadowdb diff-report"],
+    )
+    assert after.conflicts == {}
+    assert after.next_step == "shadowdb phase set dual-write-api-reads"
+    with reader(topology.dbs.api) as conn:
+        record = API.get(conn, uuid)
+    assert record is not None and record.name != "not-the-cell-copy"
 
 
 def test_differences_without_an_authoritative_copy_need_an_operator(topology: Topology) -> None:
