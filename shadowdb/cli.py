@@ -619,7 +619,7 @@ def _build_parser() -> _Parser:
         "reset if an earlier demo made it, refused otherwise",
     )
     dm.add_argument("--writers", type=_positive_int, default=1, metavar="W", help="writer threads")
-    dm.set_defaults(handler=_cmd_demo)
+    dm.set_defaults(handler=_cmd_demo, creates_api=True)
 
     dr = sub.add_parser(
         "diff-report",
