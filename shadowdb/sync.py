@@ -24,9 +24,8 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from shadowdb import signals
-from shadowdb.databases import Cell, Databases, choose_default, database_errors, reader
+from shadowdb.databases import Cell, Databases, choose_default, reader
 from shadowdb.errors import (
-    CommitUncertain,
     DatabaseUnreachable,
     NoDefaultCell,
     OperationalError,
@@ -35,16 +34,19 @@ from shadowdb.errors import (
 from shadowdb.fence import CellBehind, EpochChanged, pin_api, pin_cell
 from shadowdb.phase import PhaseState, read_state
 from shadowdb.queries import API, CELL, COPIED_FIELDS, GroupRecord, GroupTables
+from shadowdb.transactions import commit, transaction
 
 __all__ = [
     "OUTBOX",
     "DrainResult",
+    "commit",
     "copy_group",
     "default_cell",
     "drain_journals",
     "locate",
     "note_entry",
     "one_line",
+    "transaction",
 ]
 
 log = structlog.get_logger(__name__)
@@ -135,23 +137,6 @@ def locate(dbs: Databases, group_uuid: str) -> Location:
 
 
 @contextlib.contextmanager
-def transaction(engine: sa.Engine, label: str) -> Iterator[Connection]:
-    """Open a write transaction the caller commits or rolls back explicitly.
-
-    Unlike :func:`~shadowdb.databases.writer`, the commit is the caller's: the protocol
-    needs to commit the two databases in a chosen order. Left open, it is rolled back.
-    """
-    with database_errors(label), engine.connect() as conn:
-        conn = conn.execution_options(shadowdb_write=True)
-        conn.begin()
-        try:
-            yield conn
-        finally:
-            if conn.in_transaction():
-                conn.rollback()
-
-
-@contextlib.contextmanager
 def cell_transaction(
     dbs: Databases, cell: Cell, state: PhaseState, group_uuid: str
 ) -> Iterator[tuple[Connection, GroupRecord | None]]:
@@ -180,19 +165,6 @@ def api_transaction(
     with transaction(dbs.api, dbs.api_label) as conn:
         pin_api(conn, state)
         yield conn, API.get(conn, group_uuid, lock=True)
-
-
-def commit(conn: Connection, label: str) -> None:
-    """Commit ``conn``, translating driver errors.
-
-    Raises:
-        CommitUncertain: the connection died during the commit, which may have happened.
-    """
-    try:
-        with database_errors(label):
-            conn.commit()
-    except DatabaseUnreachable as err:
-        raise CommitUncertain(err.database, f"{err.detail} (while committing)") from err
 
 
 def note_entry(

@@ -28,7 +28,7 @@ from shadowdb.phases.base import (
     list_api,
 )
 from shadowdb.queries import API, GroupRecord, Scope
-from shadowdb.sync import commit, transaction
+from shadowdb.transactions import commit, transaction
 
 
 class ApiOnly:

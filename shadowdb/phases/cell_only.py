@@ -23,7 +23,7 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import CELL, GroupRecord, Scope
-from shadowdb.sync import commit
+from shadowdb.transactions import commit
 
 
 class CellOnly:

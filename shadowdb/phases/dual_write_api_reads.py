@@ -56,7 +56,8 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import API, CELL, GroupRecord, Scope
-from shadowdb.sync import DB_FAILURES, commit, copy_group, note_entry, transaction
+from shadowdb.sync import DB_FAILURES, copy_group, note_entry
+from shadowdb.transactions import commit, transaction
 
 log = structlog.get_logger(__name__)
 

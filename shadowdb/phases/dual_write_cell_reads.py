@@ -44,7 +44,8 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import API, CELL, GroupRecord, Scope
-from shadowdb.sync import DB_FAILURES, OUTBOX, commit, note_entry, replay
+from shadowdb.sync import DB_FAILURES, OUTBOX, note_entry, replay
+from shadowdb.transactions import commit
 
 log = structlog.get_logger(__name__)
 
