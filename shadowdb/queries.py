@@ -33,6 +33,7 @@ __all__ = [
     "GroupTables",
     "JournalEntry",
     "Scope",
+    "copy_group",
     "to_second",
 ]
 
@@ -740,3 +741,32 @@ CELL = GroupTables(
     member_column="instance_id",
     soft_delete=True,
 )
+
+
+def copy_group(
+    conn: Connection,
+    side: GroupTables,
+    source: GroupRecord | None,
+    current: GroupRecord | None,
+) -> bool:
+    """Make ``side``'s copy (``current``) equal to ``source``; return whether it changed.
+
+    ``source`` ``None`` means the group is gone: the copy is deleted (soft on a cell).
+    Timestamps are carried over, so a copy keeps its group's ``created_at``.
+    """
+    if source is None:
+        if current is None:
+            return False
+        side.delete(conn, current)
+        return True
+    if current is None:
+        side.insert(conn, source)
+        return True
+    fields: dict[str, Any] = {
+        f: getattr(source, f) for f in COPIED_FIELDS if getattr(source, f) != getattr(current, f)
+    }
+    side.update_fields(conn, current.id, fields)
+    changed = bool(fields)
+    changed |= side.set_policies(conn, current, source.policies)
+    changed |= side.set_members(conn, current, source.members)
+    return changed

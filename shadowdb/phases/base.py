@@ -26,17 +26,13 @@ from sqlalchemy.engine import Connection
 from shadowdb import lookups, signals
 from shadowdb.databases import Cell, Databases, read_again_once, reader
 from shadowdb.errors import DatabaseUnreachable, GroupExists, GroupNotFound, JournalConflict
+from shadowdb.failures import one_line
 from shadowdb.fence import EpochChanged
+from shadowdb.journals import announce_conflict
+from shadowdb.location import default_cell, locate
+from shadowdb.locks import api_transaction, cell_transaction
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.queries import API, CELL, GroupRecord, GroupTables, Scope
-from shadowdb.sync import (
-    announce_conflict,
-    api_transaction,
-    cell_transaction,
-    default_cell,
-    locate,
-    one_line,
-)
 
 __all__ = [
     "EpochChanged",

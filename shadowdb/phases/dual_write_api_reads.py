@@ -36,7 +36,9 @@ from sqlalchemy.engine import Connection
 from shadowdb import signals
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import DatabaseUnreachable, GroupNotFound
+from shadowdb.failures import DB_FAILURES
 from shadowdb.fence import check_cells
+from shadowdb.journals import note_entry
 from shadowdb.phase import Phase, PhaseState, read_state
 from shadowdb.phases.base import (
     Lookup,
@@ -55,8 +57,7 @@ from shadowdb.phases.base import (
     shadow_failed,
     target_cell,
 )
-from shadowdb.queries import API, CELL, GroupRecord, Scope
-from shadowdb.sync import DB_FAILURES, copy_group, note_entry
+from shadowdb.queries import API, CELL, GroupRecord, Scope, copy_group
 from shadowdb.transactions import commit, transaction
 
 log = structlog.get_logger(__name__)

@@ -30,7 +30,9 @@ import structlog
 
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import GroupExists, ShadowDBError
+from shadowdb.failures import DB_FAILURES
 from shadowdb.fence import CellBehind, EpochChanged, settle_cell
+from shadowdb.journals import OUTBOX, note_entry, replay
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
@@ -44,7 +46,6 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import API, CELL, GroupRecord, Scope
-from shadowdb.sync import DB_FAILURES, OUTBOX, note_entry, replay
 from shadowdb.transactions import commit
 
 log = structlog.get_logger(__name__)
