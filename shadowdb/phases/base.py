@@ -122,7 +122,7 @@ def _find_on(
         return side.by_name(conn, lookup.key, scope=scope)
     # uuid and member lookups are the scheduler's hot path: two statements at most,
     # one if there is no such group (shadowdb.lookups).
-    return lookups.find(conn, side.name, lookup.kind, lookup.key, scope)
+    return lookups.find(conn, side, lookup.kind, lookup.key, scope)
 
 
 def find_in_api(dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord | None:
