@@ -87,3 +87,4 @@ def test_write_statements(dbs: Databases, backend: str, phase: Phase) -> None:
     counts = _counts(dbs, phase)
     over = {w: (counts[w], ceilings[w]) for w in WRITES if counts[w] > ceilings[w]}
     assert not over, f"statements (sent, ceiling) of writes over their ceiling: {over}"
+

@@ -23,8 +23,6 @@ Reads and lists come from the cells.
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
 import structlog
 
@@ -36,8 +34,6 @@ from shadowdb.journals import OUTBOX, note_entry, replay
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
-    Mutation,
-    Written,
     cell_transaction,
     check_scope,
     find_in_cells,
@@ -47,6 +43,7 @@ from shadowdb.phases.base import (
 )
 from shadowdb.queries import API, CELL, GroupRecord, Scope
 from shadowdb.transactions import commit
+from shadowdb.writes import Create, Write, Written, apply
 
 log = structlog.get_logger(__name__)
 
@@ -71,27 +68,21 @@ class DualWriteCellReads:
         return list_cells(dbs, scope)
 
     def write(
-        self,
-        dbs: Databases,
-        state: PhaseState,
-        group_uuid: str,
-        mutation: Mutation[Any],
-        *,
-        scope: Scope | None,
-        create: bool = False,
+        self, dbs: Databases, state: PhaseState, write: Write, *, scope: Scope | None
     ) -> Written:
         """Write the cell copy with its outbox entry, then level the API copy."""
+        group_uuid = write.group_uuid
+        create = isinstance(write, Create)
         cell = target_cell(dbs, state, group_uuid, create)
         with cell_transaction(dbs, cell, state, group_uuid) as (cconn, crec):
             if create and _api_holds(dbs, group_uuid):
                 raise GroupExists(group_uuid, dbs.api_label)
-            value = mutation(CELL, cconn, check_scope(crec, scope))
-            after = CELL.get(cconn, group_uuid)
+            written = apply(CELL, cconn, write, check_scope(crec, scope))
             entry = CELL.journal_add(cconn, group_uuid, state.epoch, OUTBOX)
             commit(cconn, cell.label)
         # Acknowledged from here on: the cell copy is the authority.
         _second_half(dbs, state, cell, group_uuid, entry)
-        return Written(value, after)
+        return written
 
 
 def _second_half(
