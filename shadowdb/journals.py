@@ -23,8 +23,9 @@ from shadowdb.fence import CellBehind, EpochChanged
 from shadowdb.location import default_cell, locate
 from shadowdb.locks import api_transaction, cell_transaction
 from shadowdb.phase import read_state
-from shadowdb.queries import API, CELL, GroupTables, copy_group
+from shadowdb.queries import API, CELL, Side
 from shadowdb.transactions import commit, reader, transaction
+from shadowdb.writes import copy_group
 
 __all__ = [
     "OUTBOX",
@@ -46,7 +47,7 @@ OUTBOX = "other copy not yet written"
 def note_entry(
     engine: sa.Engine,
     label: str,
-    side: GroupTables,
+    side: Side,
     group_uuid: str,
     entry: int,
     err: BaseException,

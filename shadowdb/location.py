@@ -10,7 +10,7 @@ from shadowdb.databases import Cell, Databases, choose_default
 from shadowdb.errors import DatabaseUnreachable, NoDefaultCell
 from shadowdb.phase import PhaseState
 from shadowdb.queries import CELL
-from shadowdb.transactions import reader
+from shadowdb.transactions import read_again_once
 
 __all__ = ["Location", "default_cell", "locate"]
 
@@ -43,9 +43,11 @@ def locate(dbs: Databases, group_uuid: str) -> Location:
     stmt = sa.select(g.c.id).where(g.c.uuid == group_uuid, g.c.deleted == 0).limit(1)
     for cell in dbs.cells:
         try:
-            with reader(cell.engine, cell.label) as conn:
-                if conn.execute(stmt).first() is not None:
-                    return Location(cell, tuple(unreachable))
+            # One statement: the hot-path engine spares it BEGIN and ROLLBACK.
+            engine = dbs.read_engine(cell.engine)
+            found = read_again_once(engine, cell.label, lambda conn: conn.execute(stmt).first())
+            if found is not None:
+                return Location(cell, tuple(unreachable))
         except DatabaseUnreachable:
             unreachable.append(cell)
     return Location(None, tuple(unreachable))

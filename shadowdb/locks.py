@@ -20,35 +20,56 @@ from shadowdb.phase import PhaseState
 from shadowdb.queries import API, CELL, GroupRecord
 from shadowdb.transactions import transaction
 
-__all__ = ["api_transaction", "cell_transaction"]
+__all__ = ["api_transaction", "cell_transaction", "lock_api", "lock_cell"]
+
+
+#: A locked copy: the connection of its transaction, the copy (``None`` if the side has
+#: none) and the ids of the group's journal entries on that side.
+Locked = tuple[Connection, GroupRecord | None, list[int]]
+
+
+@contextlib.contextmanager
+def lock_cell(dbs: Databases, cell: Cell, state: PhaseState, group_uuid: str) -> Iterator[Locked]:
+    """Open a write transaction on ``cell`` for one group, fenced and locked.
+
+    In this order, the same for every writer of every phase (so none can deadlock
+    another): the cell's phase row under a shared lock (:func:`~shadowdb.fence.pin_cell`,
+    the first statement), the group's identity lock (held whether or not a row exists),
+    then the group's live row. Yields the connection, the locked cell copy and its
+    journal entries, read once (:meth:`~shadowdb.queries.Side.get_locked`).
+    """
+    with transaction(cell.engine, cell.label) as conn:
+        pin_cell(conn, cell, state)
+        CELL.lock_identity(conn, group_uuid)
+        yield conn, *CELL.get_locked(conn, group_uuid)
+
+
+@contextlib.contextmanager
+def lock_api(dbs: Databases, state: PhaseState, group_uuid: str) -> Iterator[Locked]:
+    """Open a write transaction on the API database for one group, fenced and locked.
+
+    The API database's phase row under a shared lock first (:func:`~shadowdb.fence.pin_api`),
+    then the group's row. Always taken after the cell's locks, never before. Yields as
+    :func:`lock_cell` does.
+    """
+    with transaction(dbs.api, dbs.api_label) as conn:
+        pin_api(conn, state)
+        yield conn, *API.get_locked(conn, group_uuid)
 
 
 @contextlib.contextmanager
 def cell_transaction(
     dbs: Databases, cell: Cell, state: PhaseState, group_uuid: str
 ) -> Iterator[tuple[Connection, GroupRecord | None]]:
-    """Open a write transaction on ``cell`` for one group, fenced and locked.
-
-    In this order, the same for every writer of every phase (so none can deadlock
-    another): the cell's phase row under a shared lock (:func:`~shadowdb.fence.pin_cell`,
-    the first statement), the group's identity lock (held whether or not a row exists),
-    then the group's live row. Yields the connection and the locked cell copy.
-    """
-    with transaction(cell.engine, cell.label) as conn:
-        pin_cell(conn, cell, state)
-        CELL.lock_identity(conn, group_uuid)
-        yield conn, CELL.get(conn, group_uuid, lock=True)
+    """Open :func:`lock_cell`'s transaction; yield the connection and the locked copy."""
+    with lock_cell(dbs, cell, state, group_uuid) as (conn, record, _):
+        yield conn, record
 
 
 @contextlib.contextmanager
 def api_transaction(
     dbs: Databases, state: PhaseState, group_uuid: str
 ) -> Iterator[tuple[Connection, GroupRecord | None]]:
-    """Open a write transaction on the API database for one group, fenced and locked.
-
-    The API database's phase row under a shared lock first (:func:`~shadowdb.fence.pin_api`),
-    then the group's row. Always taken after the cell's locks, never before.
-    """
-    with transaction(dbs.api, dbs.api_label) as conn:
-        pin_api(conn, state)
-        yield conn, API.get(conn, group_uuid, lock=True)
+    """Open :func:`lock_api`'s transaction; yield the connection and the locked copy."""
+    with lock_api(dbs, state, group_uuid) as (conn, record, _):
+        yield conn, record

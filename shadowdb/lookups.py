@@ -44,7 +44,11 @@ def find_with_phase(
     Raises:
         SchemaError: the API database has no phase row (never synced by shadowdb).
     """
-    stmt = API.by_member_with_state if kind == "instance" else API.by_uuid_with_state
+    stmt = (
+        API.statements.by_member_with_state
+        if kind == "instance"
+        else API.statements.by_uuid_with_state
+    )
     row = conn.execute(stmt, {"key": key}).first()
     if row is None:
         raise SchemaError("API database", "not synced (run `shadowdb db sync`)")
@@ -62,7 +66,7 @@ def find(
     scope: Scope,
 ) -> GroupRecord | None:
     """Return the live group with uuid ``key`` (or holding member ``key``) within ``scope``."""
-    stmt = side.by_member if kind == "instance" else side.by_uuid
+    stmt = side.statements.by_member if kind == "instance" else side.statements.by_uuid
     row = conn.execute(stmt, {"key": key}).first()
     if row is None:
         return None
@@ -76,13 +80,15 @@ def _record(conn: Connection, side: Side, row: Any, scope: Scope) -> GroupRecord
     policies: list[str] = []
     members: list[str] = []
     if conn.dialect.name in PACKING_BACKENDS:
-        for child_kind, packed, count in conn.execute(side.children_packed, {"group_id": row.id}):
+        for child_kind, packed, count in conn.execute(
+            side.statements.children_packed, {"group_id": row.id}
+        ):
             if child_kind:
                 members = unpack(packed, count, "members", "group")
             else:
                 policies = unpack(packed, count, "policies", "group")
     else:
         lists: tuple[list[Any], list[Any]] = (policies, members)
-        for child_kind, _, value in conn.execute(side.children, {"group_id": row.id}):
+        for child_kind, _, value in conn.execute(side.statements.children, {"group_id": row.id}):
             lists[int(child_kind)].append(value)
     return GroupRecord.of(row, policies, members)

@@ -6,7 +6,7 @@ call it ``instance_uuid``). :class:`Side` hides that behind one interface with t
 instances, :data:`API` and :data:`CELL`, so that every phase, the journals, the backfill
 and the diff speak of "a side" without caring which. A side owns its tables and every
 statement on them, the hot path's lookups (:mod:`shadowdb.lookups`) included, built
-once when the side is.
+once when the side is (:mod:`shadowdb.statements`).
 
 Every function takes the :class:`~sqlalchemy.engine.Connection` it is given and never
 commits or opens one; the caller scopes the unit of work.
@@ -24,7 +24,6 @@ from sqlalchemy.engine import Connection
 
 from shadowdb import models
 from shadowdb.bulk import BulkInsert, by_ids, chunks
-from shadowdb.packed import concat_sql
 from shadowdb.phase import utcnow
 from shadowdb.records import (
     COMPARED_FIELDS,
@@ -35,6 +34,7 @@ from shadowdb.records import (
     Scope,
     to_second,
 )
+from shadowdb.statements import GROUP_ROW, JOURNAL_ROW, build_statements
 
 __all__ = [
     "API",
@@ -46,17 +46,8 @@ __all__ = [
     "JournalEntry",
     "Scope",
     "Side",
-    "copy_group",
     "to_second",
 ]
-
-#: The phase row's columns a lookup reads alongside a group (API database only).
-_STATE = (
-    models.api_state.c.phase,
-    models.api_state.c.epoch,
-    models.api_state.c.changed_at,
-    models.api_state.c.default_cell_uuid,
-)
 
 
 class Side:
@@ -99,69 +90,13 @@ class Side:
             groups.c.uuid.in_(uuids), *live
         )
         self._journaled = sa.select(journal.c.group_uuid).where(journal.c.group_uuid.in_(uuids))
-        self._build_lookups(member_column)
+        #: Every statement built once for this side (the hot path's, the writers' read).
+        self.statements = build_statements(
+            groups, policies, members, journal, member_column, soft_delete
+        )
 
     def __repr__(self) -> str:
         return f"<Side {self.name}>"
-
-    def _build_lookups(self, member_column: str) -> None:
-        """Build the hot path's statements (:mod:`shadowdb.lookups`), once per side."""
-        g, p, m, member, live = (
-            self.groups,
-            self.policies,
-            self.members,
-            self.member_col,
-            self._live,
-        )
-        columns = self._group_columns()
-        key: sa.BindParameter[str] = sa.bindparam("key")
-        self.by_member = (
-            sa.select(*columns)
-            .select_from(m.join(g, m.c.group_id == g.c.id))
-            .where(member == key, *live(m), *live(g))
-            .order_by(m.c.id)
-            .limit(1)
-        )
-        self.by_uuid = sa.select(*columns).where(g.c.uuid == key, *live(g))
-        # The same lookups with the phase row alongside, in one statement: the row is
-        # there whether the group is or not (API database only).
-        state = models.api_state
-        self.by_member_with_state = (
-            sa.select(*_STATE, *columns)
-            .select_from(
-                state.outerjoin(
-                    m.join(g, m.c.group_id == g.c.id), sa.and_(member == key, *live(m), *live(g))
-                )
-            )
-            .where(state.c.id == 1)
-            .order_by(m.c.id)
-            .limit(1)
-        )
-        self.by_uuid_with_state = (
-            sa.select(*_STATE, *columns)
-            .select_from(state.outerjoin(g, sa.and_(g.c.uuid == key, *live(g))))
-            .where(state.c.id == 1)
-        )
-        group_id: sa.BindParameter[int] = sa.bindparam("group_id")
-        kind: sa.Label[int] = sa.literal_column("0").label("kind")
-        self.children = sa.union_all(
-            sa.select(kind, p.c.id.label("row_id"), p.c.policy.label("value")).where(
-                p.c.group_id == group_id, *live(p)
-            ),
-            sa.select(
-                sa.literal_column("1").label("kind"), m.c.id.label("row_id"), member.label("value")
-            ).where(m.c.group_id == group_id, *live(m)),
-        ).order_by(sa.literal_column("kind"), sa.literal_column("row_id"))
-        # MariaDB/MySQL: the same two lists packed, one row each (shadowdb.packed).
-        # A UNION ALL of two aggregates: joining them as derived tables cost 0.9 ms
-        # more at ten members (both are materialized first).
-        alive = " AND deleted = 0" if self.soft_delete else ""
-        self.children_packed = sa.text(
-            f"SELECT 0 AS kind, {concat_sql('policy', order_by='id')} FROM {p.name}"
-            f" WHERE group_id = :group_id{alive} UNION ALL"
-            f" SELECT 1, {concat_sql(member_column, order_by='id')} FROM {m.name}"
-            f" WHERE group_id = :group_id{alive}"
-        )
 
     # ------------------------------------------------------------------ filters
 
@@ -203,6 +138,35 @@ class Side:
 
     def _group_columns(self) -> list[sa.Column[Any]]:
         return [self.groups.c[name] for name in GROUP_COLUMNS]
+
+    def get_locked(
+        self, conn: Connection, group_uuid: str, *, lock: bool = True
+    ) -> tuple[GroupRecord | None, list[int]]:
+        """Lock the live group ``group_uuid`` until commit; load it and its journal entries.
+
+        Two statements: the row lock (``SELECT ... FOR UPDATE``, the per-group lock of
+        the dual-write protocol), then one read of the row, its children and its journal
+        entries. SQLite takes no row lock (``BEGIN IMMEDIATE`` already serialises
+        writers): the read alone. Without ``lock``, the read alone everywhere.
+        """
+        if lock and conn.dialect.name != "sqlite":
+            g = self.groups
+            conn.execute(
+                sa.select(g.c.id).where(g.c.uuid == group_uuid, *self._live(g)).with_for_update()
+            )
+        row: Any = None
+        lists: tuple[list[str], list[str]] = ([], [])
+        journal: list[int] = []
+        for found in conn.execute(self.statements.locked_read, {"uuid": group_uuid}):
+            if found.kind == GROUP_ROW:
+                row = found
+            elif found.kind == JOURNAL_ROW:
+                journal.append(int(found.id))
+            else:
+                lists[found.kind].append(found.value)
+        if row is None:
+            return None, journal
+        return GroupRecord.of(row, *lists), journal
 
     def get(
         self,
@@ -656,32 +620,3 @@ CELL = Side(
 
 #: The former name of :class:`Side`, kept for the modules that still import it.
 GroupTables = Side
-
-
-def copy_group(
-    conn: Connection,
-    side: Side,
-    source: GroupRecord | None,
-    current: GroupRecord | None,
-) -> bool:
-    """Make ``side``'s copy (``current``) equal to ``source``; return whether it changed.
-
-    ``source`` ``None`` means the group is gone: the copy is deleted (soft on a cell).
-    Timestamps are carried over, so a copy keeps its group's ``created_at``.
-    """
-    if source is None:
-        if current is None:
-            return False
-        side.delete(conn, current)
-        return True
-    if current is None:
-        side.insert(conn, source)
-        return True
-    fields: dict[str, Any] = {
-        f: getattr(source, f) for f in COPIED_FIELDS if getattr(source, f) != getattr(current, f)
-    }
-    side.update_fields(conn, current.id, fields)
-    changed = bool(fields)
-    changed |= side.set_policies(conn, current, source.policies)
-    changed |= side.set_members(conn, current, source.members)
-    return changed

@@ -4,7 +4,7 @@ What lived here now lives in modules named for their roles: :mod:`shadowdb.journ
 (outbox entries, replay, drain), :mod:`shadowdb.location` (which cell holds a group),
 :mod:`shadowdb.locks` (a group's fenced write transactions), :mod:`shadowdb.failures`
 (failed database calls in one line), :mod:`shadowdb.transactions` (units of work) and
-:func:`shadowdb.queries.copy_group`. Import from those.
+:func:`shadowdb.writes.copy_group`. Import from those.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from shadowdb.journals import (
 )
 from shadowdb.location import Location, default_cell, locate
 from shadowdb.locks import api_transaction, cell_transaction
-from shadowdb.queries import copy_group
 from shadowdb.transactions import commit, transaction
+from shadowdb.writes import copy_group
 
 __all__ = [
     "DB_FAILURES",

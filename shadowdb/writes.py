@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from shadowdb.errors import GroupExists, GroupNotFound
 from shadowdb.phase import utcnow
-from shadowdb.queries import GroupRecord, Side
+from shadowdb.queries import COPIED_FIELDS, GroupRecord, Side
 
 __all__ = [
     "AddMembers",
@@ -30,6 +30,7 @@ __all__ = [
     "Write",
     "Written",
     "apply",
+    "copy_group",
 ]
 
 
@@ -127,7 +128,7 @@ def _create(
         # Lost a race with another creator of the same uuid.
         raise GroupExists(record.uuid, side.name) from err
     # Read back: the database's own rendering of the given timestamps is the group's.
-    return Written((), side.get(conn, record.uuid))
+    return Written((), side.get_locked(conn, record.uuid, lock=False)[0])
 
 
 def _save(side: Side, conn: Connection, write: Save, current: GroupRecord) -> GroupRecord:
@@ -155,3 +156,32 @@ def _members_after(current: GroupRecord, members: tuple[str, ...]) -> tuple[str,
         return tuple(have)
     kept = [m for m in have if m in set(wanted)]
     return (*kept, *(m for m in wanted if m not in set(have)))
+
+
+def copy_group(
+    conn: Connection,
+    side: Side,
+    source: GroupRecord | None,
+    current: GroupRecord | None,
+) -> bool:
+    """Make ``side``'s copy (``current``) equal to ``source``; return whether it changed.
+
+    ``source`` ``None`` means the group is gone: the copy is deleted (soft on a cell).
+    Timestamps are carried over, so a copy keeps its group's ``created_at``.
+    """
+    if source is None:
+        if current is None:
+            return False
+        side.delete(conn, current)
+        return True
+    if current is None:
+        side.insert(conn, source)
+        return True
+    fields: dict[str, Any] = {
+        f: getattr(source, f) for f in COPIED_FIELDS if getattr(source, f) != getattr(current, f)
+    }
+    side.update_fields(conn, current.id, fields)
+    changed = bool(fields)
+    changed |= side.set_policies(conn, current, source.policies)
+    changed |= side.set_members(conn, current, source.members)
+    return changed

@@ -51,9 +51,9 @@ class ApiOnly:
         group_uuid = write.group_uuid
         with transaction(dbs.api, dbs.api_label) as conn:
             pinned = pin_api(conn, state)
-            current = API.get(conn, group_uuid, lock=True)
+            current, journaled = API.get_locked(conn, group_uuid)
             written = apply(API, conn, write, check_scope(current, scope))
-            if not pinned.cells_retired and not API.journal_for(conn, group_uuid):
+            if not pinned.cells_retired and not journaled:
                 API.journal_add(conn, group_uuid, state.epoch, "api-only: cell copy not written")
             commit(conn, dbs.api_label)
         return written

@@ -38,11 +38,11 @@ from shadowdb.errors import DatabaseUnreachable, GroupNotFound
 from shadowdb.failures import DB_FAILURES
 from shadowdb.fence import check_cells
 from shadowdb.journals import note_entry
+from shadowdb.locks import lock_api, lock_cell
 from shadowdb.phase import Phase, PhaseState, read_state
 from shadowdb.phases.base import (
     Lookup,
     api_transaction,
-    cell_transaction,
     check_scope,
     find_in_api,
     find_in_api_with_phase,
@@ -54,9 +54,9 @@ from shadowdb.phases.base import (
     shadow_failed,
     target_cell,
 )
-from shadowdb.queries import API, CELL, GroupRecord, Scope, copy_group
+from shadowdb.queries import API, CELL, GroupRecord, Scope
 from shadowdb.transactions import commit, transaction
-from shadowdb.writes import Create, Write, Written, apply
+from shadowdb.writes import Create, Write, Written, apply, copy_group
 
 log = structlog.get_logger(__name__)
 
@@ -128,8 +128,9 @@ class DualWriteApiReads:
             return _without_cell(dbs, state, write, scope=scope)
         with contextlib.ExitStack() as stack:
             try:
-                cconn, crec = stack.enter_context(cell_transaction(dbs, cell, state, group_uuid))
-                pending_cell = CELL.journal_for(cconn, group_uuid)
+                cconn, crec, pending_cell = stack.enter_context(
+                    lock_cell(dbs, cell, state, group_uuid)
+                )
             except DB_FAILURES as err:
                 # The cell is out of reach: no lock to take; the API journal covers it.
                 with contextlib.suppress(*DB_FAILURES):
@@ -149,11 +150,10 @@ def _api_first(
     scope: Scope | None,
 ) -> Written:
     group_uuid = write.group_uuid
-    with api_transaction(dbs, state, group_uuid) as (aconn, arec):
+    with lock_api(dbs, state, group_uuid) as (aconn, arec, pending_api):
         # The group was located among the cells this process knows: refuse a stale list
         # (a cell registered since may hold it), before anything is written.
         check_cells(aconn, dbs)
-        pending_api = API.journal_for(aconn, group_uuid)
         if pending_cell and pending_api:
             raise journal_conflict(dbs, group_uuid)
         if pending_cell:
