@@ -391,13 +391,6 @@ class Databases:
                 return cell
         raise UnknownCell(name)
 
-    def cell_by_id(self, cell_id: int) -> Cell | None:
-        """Return the cell with primary key ``cell_id`` in ``cell_mappings``, if any."""
-        for cell in self.cells:
-            if cell.id == cell_id:
-                return cell
-        return None
-
     def dispose(self) -> None:
         """Close every pooled connection of every engine."""
         self.api.dispose()

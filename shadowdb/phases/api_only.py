@@ -2,7 +2,7 @@
 
 Write order: the API transaction, fenced by the API database's phase row
 (:func:`~shadowdb.phases.base.api_transaction`). A deletion leaves a tombstone in the
-same transaction (:meth:`shadowdb.queries.GroupTables.delete`), so that after a rollback
+same transaction (:meth:`shadowdb.queries.Side.delete`), so that after a rollback
 to ``dual-write-api-reads`` the group's cell copy is known to be deleted, not unmigrated.
 
 Until ``cleanup`` retires the cell copies (the phase row's ``cells_retired``, read under

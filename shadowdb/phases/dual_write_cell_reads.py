@@ -8,7 +8,7 @@ Write order, for group G:
    overwritten by a create. The mutation is applied there, with a cell journal entry
    (an outbox) in the same transaction, and the cell commits: the write is acknowledged
    from here on. A cell commit that fails leaves nothing anywhere.
-2. The entry is replayed (:func:`shadowdb.sync.replay`): under G's locks again, in the
+2. The entry is replayed (:func:`shadowdb.journals.replay`): under G's locks again, in the
    same order, the cell copy's *current* state is copied to the API copy, the API
    commits, then exactly this entry is deleted. If that fails (the API database is out
    of reach, a phase change is in flight), the entry stays for the backfill's drain, and
