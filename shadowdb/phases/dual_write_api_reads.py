@@ -10,7 +10,7 @@ Write order, for group G:
    ``dual-write-cell-reads`` that never reached the API copy) is brought over first; a
    group the API database lacks is adopted from its cell copy *unless it is tombstoned*
    (deleted in the API database: the cell copy is a leftover, retired here, and the
-   caller gets ``GroupNotFound``). The mutation is applied to the API copy, with an API
+   caller gets ``GroupNotFound``). The write is applied to the API copy, with an API
    journal entry (an outbox) in the same transaction, and the API commits: the write
    is acknowledged from here on.
 3. The cell copy is made equal to the API copy and the cell commits; then exactly this

@@ -5,7 +5,7 @@ Write order, for group G:
 1. The cell transaction (:func:`~shadowdb.phases.base.cell_transaction`): the cell's
    phase row (shared), G's identity lock, G's cell row. A caller-supplied uuid that the
    API database already holds is refused (``GroupExists``): the API copy is never
-   overwritten by a create. The mutation is applied there, with a cell journal entry
+   overwritten by a create. The write is applied there, with a cell journal entry
    (an outbox) in the same transaction, and the cell commits: the write is acknowledged
    from here on. A cell commit that fails leaves nothing anywhere.
 2. The entry is replayed (:func:`shadowdb.journals.replay`): under G's locks again, in the
