@@ -10,15 +10,11 @@ Cells are discovered the way Nova discovers them: from the API database's
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-import re
 import threading
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -26,10 +22,24 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, Engine
 
 from shadowdb import novaconf, urls
-from shadowdb.errors import DatabaseUnreachable, OperationalError, TransientError, UnknownCell
+from shadowdb.errors import DatabaseUnreachable, UnknownCell
 from shadowdb.models import api_cell_mappings
 from shadowdb.packed import GROUP_CONCAT_MAX_LEN
+from shadowdb.phase import PhaseStore
 from shadowdb.settings import Settings
+
+# Units of work live in shadowdb.transactions; their names stay importable from here.
+from shadowdb.transactions import (
+    GALERA_NODE,
+    database_errors,
+    found_dead,
+    galera_node,
+    read_again_once,
+    read_session,
+    reader,
+    share_reads,
+    writer,
+)
 
 __all__ = [
     "Cell",
@@ -39,17 +49,15 @@ __all__ = [
     "create_read_engine",
     "database_errors",
     "database_identity",
+    "found_dead",
+    "galera_node",
+    "read_again_once",
     "read_session",
     "reader",
     "writer",
 ]
 
-if TYPE_CHECKING:
-    from shadowdb.phase import PhaseStore
-
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
 
 #: Nova's cell0 (its uuid is always this one, from ``nova-manage cell_v2 map_cell0``)
 #: holds instances that failed to schedule; never groups, never a default cell.
@@ -141,10 +149,6 @@ def create_engine(
     return engine
 
 
-#: The key of a connection's ``info`` where :func:`_probe_galera` leaves the node's name.
-GALERA_NODE = "shadowdb_galera_node"
-
-
 def _probe_galera(dbapi_connection: Any, record: Any) -> None:
     """Note, once per connection, the Galera node it reached (nothing off Galera)."""
     cursor = dbapi_connection.cursor()
@@ -156,12 +160,6 @@ def _probe_galera(dbapi_connection: Any, record: Any) -> None:
             record.info[GALERA_NODE] = str(cursor.fetchone()[0])
     finally:
         cursor.close()
-
-
-def galera_node(conn: Connection) -> str | None:
-    """Name the Galera node ``conn`` reached, or ``None`` off Galera (or not probed)."""
-    node: str | None = conn.info.get(GALERA_NODE)
-    return node
 
 
 def _refuse_missing_file(engine: Engine, path: Path) -> None:
@@ -243,7 +241,7 @@ def create_read_engine(url: URL, settings: Settings) -> Engine:
             cursor.execute(f"PRAGMA cache_size=-{SQLITE_READ_CACHE_KIB}")
             cursor.close()
 
-        _READ_ENGINES.add(engine)
+        share_reads(engine)
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": int(max(1, settings.connect_timeout))}
     if backend == "mysql":
@@ -256,7 +254,7 @@ def create_read_engine(url: URL, settings: Settings) -> Engine:
         max_overflow=20,
         **kwargs,
     )
-    _READ_ENGINES.add(engine)
+    share_reads(engine)
     return engine
 
 
@@ -277,166 +275,6 @@ def _make_sqlite_transactional(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.exec_driver_sql("BEGIN")
-
-
-@contextlib.contextmanager
-def database_errors(label: str) -> Iterator[None]:
-    """Translate driver errors raised inside the block into shadowdb errors.
-
-    A lost or refused connection becomes :class:`DatabaseUnreachable`; any other
-    driver-level operational failure becomes :class:`OperationalError`. Integrity errors
-    pass through: callers decide what a constraint violation means.
-    """
-    try:
-        yield
-    except exc.IntegrityError:
-        raise
-    except exc.DBAPIError as err:
-        detail = urls.mask_text(str(err.orig).strip().splitlines()[0] if err.orig else str(err))
-        if err.connection_invalidated or _is_connection_error(err):
-            raise DatabaseUnreachable(label, detail) from err
-        code = _transient_code(err)
-        if code is not None:
-            raise TransientError(label, code, detail) from err
-        raise OperationalError(f"{label}: {detail}") from err
-
-
-#: Server errors after which the whole transaction is gone and nothing of it committed:
-#: MariaDB/MySQL deadlock (also Galera's certification conflict) and lock wait timeout
-#: (shadowdb rolls the rest back), PostgreSQL serialization failure and deadlock.
-_TRANSIENT_MYSQL = {1213: "1213", 1205: "1205"}
-_TRANSIENT_POSTGRESQL = {"40001", "40P01"}
-
-
-def _transient_code(err: exc.DBAPIError) -> str | None:
-    orig = err.orig
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):  # PyMySQL: (errno, message)
-        return _TRANSIENT_MYSQL.get(args[0])
-    sqlstate = getattr(orig, "sqlstate", None)  # psycopg
-    if isinstance(sqlstate, str) and sqlstate in _TRANSIENT_POSTGRESQL:
-        return sqlstate
-    return None
-
-
-def found_dead(err: DatabaseUnreachable) -> bool:
-    """Say whether ``err`` is an open connection the driver found dead under a statement.
-
-    A server-side kill or a network cut, as opposed to a database that cannot be
-    connected to at all (retrying that would only wait out the connect timeout again).
-    """
-    cause = err.__cause__
-    return isinstance(cause, exc.DBAPIError) and bool(cause.connection_invalidated)
-
-
-def read_again_once(engine: Engine, label: str, read: Callable[[Connection], T]) -> T:
-    """Run ``read`` in a :func:`reader`; if it found its connection dead, run it once more.
-
-    The hot-path engines check nothing out before use (no pre-ping round trip: see
-    :func:`create_read_engine`), so a connection the server or the network closed while
-    it sat in the pool is found dead by its first statement. SQLAlchemy then invalidates
-    the pool; a read has nothing to commit, so running it again on a new connection is
-    safe (SQLAlchemy's "optimistic" disconnect handling). A second failure, or any other
-    error, is the caller's: an outage is never hidden.
-    """
-    try:
-        with reader(engine, label) as conn:
-            return read(conn)
-    except DatabaseUnreachable as err:
-        if not found_dead(err):
-            raise
-        log.info("read_retried", database=label, error=str(err))
-    with reader(engine, label) as conn:
-        return read(conn)
-
-
-def _is_connection_error(err: exc.DBAPIError) -> bool:
-    if isinstance(err, exc.InterfaceError):
-        return True
-    text = str(err.orig).lower()
-    markers = (
-        "can't connect",
-        "connection refused",
-        "lost connection",
-        "server has gone away",
-        "unable to open database file",
-        "could not connect",
-        "connection timeout",
-        "timeout expired",
-        "server closed the connection",
-        "connection is closed",
-        "the connection is lost",
-        "connection failed",
-        "unknown database",
-        "name or service not known",
-        "access denied",
-        "authentication failed",
-    )
-    if re.search(r'database "[^"]*" does not exist', text):
-        return True
-    return any(marker in text for marker in markers)
-
-
-#: Hot-path read engines (autocommit): the only ones a read session may share.
-_READ_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
-#: The connections of the current read session, per read engine (see read_session).
-_session: contextvars.ContextVar[dict[Engine, Connection] | None] = contextvars.ContextVar(
-    "shadowdb_read_session", default=None
-)
-
-
-@contextlib.contextmanager
-def read_session() -> Iterator[None]:
-    """Let hot-path reads in this block share one connection per read engine.
-
-    The scheduler's path reads the same database two or three times in a row (the
-    group, then the routing of its members); a pool checkout costs about as much as a
-    small statement, so the block checks out once per database. Only autocommit read
-    engines share (each statement is its own transaction anyway); threads started
-    inside the block (the cell scatter) check out their own.
-    """
-    token = _session.set({})
-    try:
-        yield
-    finally:
-        held = _session.get() or {}
-        _session.reset(token)
-        for conn in held.values():
-            conn.close()
-
-
-@contextlib.contextmanager
-def reader(engine: Engine, label: str = "database") -> Iterator[Connection]:
-    """Open a read unit of work on ``engine``; it is rolled back, never committed."""
-    held = _session.get()
-    if held is None or engine not in _READ_ENGINES:
-        with database_errors(label), engine.connect() as conn:
-            yield conn
-        return
-    with database_errors(label):
-        shared = held.get(engine)
-        if shared is None:
-            shared = held[engine] = engine.connect()
-        try:
-            yield shared
-        except BaseException:
-            # The connection may be broken: do not hand it to the next read.
-            held.pop(engine, None)
-            shared.close()
-            raise
-
-
-@contextlib.contextmanager
-def writer(engine: Engine, label: str = "database") -> Iterator[Connection]:
-    """Open a write transaction on ``engine``: committed on success, else rolled back.
-
-    On SQLite the transaction starts with ``BEGIN IMMEDIATE``, taking the write lock
-    before the first read, so that read-then-write units cannot deadlock.
-    """
-    with database_errors(label), engine.connect() as conn:
-        conn = conn.execution_options(shadowdb_write=True)
-        with conn.begin():
-            yield conn
 
 
 def _report_to(fast: Engine, engine: Engine) -> None:
@@ -483,8 +321,6 @@ class Databases:
     def phases(self) -> PhaseStore:
         """The phase of this deployment, cached for ``settings.phase_ttl`` seconds."""
         if self._phases is None:
-            from shadowdb.phase import PhaseStore
-
             # Single-statement reads: the hot-path engine spares them BEGIN and ROLLBACK.
             self._phases = PhaseStore(self.api_fast, self.settings.phase_ttl, self.api_label)
         return self._phases
@@ -554,13 +390,6 @@ class Databases:
             if name in (cell.name, cell.uuid):
                 return cell
         raise UnknownCell(name)
-
-    def cell_by_id(self, cell_id: int) -> Cell | None:
-        """Return the cell with primary key ``cell_id`` in ``cell_mappings``, if any."""
-        for cell in self.cells:
-            if cell.id == cell_id:
-                return cell
-        return None
 
     def dispose(self) -> None:
         """Close every pooled connection of every engine."""

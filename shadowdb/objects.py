@@ -25,9 +25,7 @@ import uuid as uuidlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
-from sqlalchemy.engine import Connection
 
 from shadowdb import hosts as hosts_mod
 from shadowdb import signals
@@ -35,8 +33,6 @@ from shadowdb.databases import Databases, found_dead
 from shadowdb.errors import (
     CommitUncertain,
     DatabaseUnreachable,
-    GroupExists,
-    GroupNotFound,
     GroupSaveError,
     InvalidInput,
     ObjectActionError,
@@ -46,8 +42,9 @@ from shadowdb.errors import (
 from shadowdb.fence import CellBehind, CellsChanged, EpochChanged, settle_cell
 from shadowdb.phase import PhaseState, utcnow
 from shadowdb.phases import strategy_for
-from shadowdb.phases.base import Lookup, Mutation, Written
-from shadowdb.queries import GroupRecord, GroupTables, Scope
+from shadowdb.phases.base import Lookup
+from shadowdb.queries import GroupRecord, Scope
+from shadowdb.writes import AddMembers, Create, Destroy, RemoveMembers, Save, Write, Written
 
 __all__ = ["POLICIES", "InstanceGroup", "InstanceGroupList", "RequestContext"]
 
@@ -138,24 +135,15 @@ _VALIDATORS: dict[str, Any] = {
 # --------------------------------------------------------------------------- the write loop
 
 
-def _write(
-    ctx: RequestContext,
-    group_uuid: str,
-    mutation: Mutation[Any],
-    *,
-    scope: Scope | None,
-    create: bool = False,
-) -> tuple[Written, PhaseState]:
-    """Run ``mutation`` through the phase's strategy, retrying if the phase moves."""
+def _write(ctx: RequestContext, write: Write, *, scope: Scope | None) -> tuple[Written, PhaseState]:
+    """Run ``write`` through the phase's strategy, retrying if the phase moves."""
+    group_uuid = write.group_uuid
     state = ctx.dbs.phases.get()
     transient = 0
     for _ in range(_EPOCH_RETRIES + _TRANSIENT_RETRIES):
         try:
             strategy = strategy_for(state.phase)
-            written = strategy.write(
-                ctx.dbs, state, group_uuid, mutation, scope=scope, create=create
-            )
-            return written, state
+            return strategy.write(ctx.dbs, state, write, scope=scope), state
         except EpochChanged as changed:
             log.info(
                 "write_replanned",
@@ -205,12 +193,6 @@ def _write(
             )
             time.sleep(pause)
     raise OperationalError(f"the phase kept changing under a write to group {group_uuid}")
-
-
-def _existing(record: GroupRecord | None, group_uuid: str) -> GroupRecord:
-    if record is None:
-        raise GroupNotFound(group_uuid)
-    return record
 
 
 # --------------------------------------------------------------------------- objects
@@ -408,17 +390,7 @@ class InstanceGroup:
             created_at=values.get("created_at") or utcnow(),
             updated_at=values.get("updated_at"),
         )
-
-        def create(side: GroupTables, conn: Connection, current: GroupRecord | None) -> None:
-            if current is not None:
-                raise GroupExists(record.uuid, side.name)
-            try:
-                side.insert(conn, record)
-            except sa.exc.IntegrityError as err:
-                # Lost a race with another creator of the same uuid.
-                raise GroupExists(record.uuid, side.name) from err
-
-        written, state = _write(self._context, record.uuid, create, scope=None, create=True)
+        written, state = _write(self._context, Create(record), scope=None)
         assert written.record is not None
         self._load(written.record)
         fields = {k: v for k, v in self._values.items() if k not in ("deleted", "deleted_at")}
@@ -446,20 +418,14 @@ class InstanceGroup:
             return
         values = {name: self._values[name] for name in changes}
         group_uuid = self.uuid
-
-        def save(side: GroupTables, conn: Connection, current: GroupRecord | None) -> None:
-            record = _existing(current, group_uuid)
-            scalars: dict[str, Any] = {
-                k: values[k] for k in ("name", "user_id", "project_id") if k in values
-            }
-            side.update_fields(conn, record.id, {**scalars, "updated_at": utcnow()})
-            if "policies" in values:
-                side.set_policies(conn, record, values["policies"])
-            if "members" in values:
-                side.set_members(conn, record, values["members"])
-
+        save = Save(
+            group_uuid,
+            tuple((k, values[k]) for k in ("name", "user_id", "project_id") if k in values),
+            tuple(values["policies"]) if "policies" in values else None,
+            tuple(values["members"]) if "members" in values else None,
+        )
         ctx = self._context
-        written, state = _write(ctx, group_uuid, save, scope=ctx.scope)
+        written, state = _write(ctx, save, scope=ctx.scope)
         assert written.record is not None
         self._load(written.record)
         signals.send(
@@ -480,12 +446,8 @@ class InstanceGroup:
             GroupNotFound: the group is gone (or the caller may not see it).
         """
         group_uuid = self.uuid
-
-        def destroy(side: GroupTables, conn: Connection, current: GroupRecord | None) -> None:
-            side.delete(conn, _existing(current, group_uuid))
-
         ctx = self._context
-        _, state = _write(ctx, group_uuid, destroy, scope=ctx.scope)
+        _, state = _write(ctx, Destroy(group_uuid), scope=ctx.scope)
         signals.send(signals.group_deleted, ctx.dbs, group_uuid=group_uuid, phase=state.phase.value)
         log.info("group_deleted", group_uuid=group_uuid, phase=state.phase.value)
 
@@ -502,17 +464,13 @@ class InstanceGroup:
         """
         group_uuid = _check_uuid(group_uuid, "group uuid")
         wanted = list(dict.fromkeys(_check_uuids(instance_uuids, "instance uuids")))
-
-        def add(side: GroupTables, conn: Connection, current: GroupRecord | None) -> list[str]:
-            return side.add_members(conn, _existing(current, group_uuid), wanted)
-
-        written, state = _write(context, group_uuid, add, scope=None)
+        written, state = _write(context, AddMembers(group_uuid, tuple(wanted)), scope=None)
         signals.send(
             signals.group_members_added,
             context.dbs,
             group_uuid=group_uuid,
             phase=state.phase.value,
-            instance_uuids=written.value,
+            instance_uuids=list(written.value),
         )
         log.info("group_members_added", group_uuid=group_uuid, added=len(written.value))
         return wanted
@@ -524,12 +482,8 @@ class InstanceGroup:
         """Remove instances from a group; return those that were members."""
         group_uuid = _check_uuid(group_uuid, "group uuid")
         wanted = _check_uuids(instance_uuids, "instance uuids")
-
-        def remove(side: GroupTables, conn: Connection, current: GroupRecord | None) -> list[str]:
-            return side.remove_members(conn, _existing(current, group_uuid), wanted)
-
-        written, state = _write(context, group_uuid, remove, scope=None)
-        removed: list[str] = written.value
+        written, state = _write(context, RemoveMembers(group_uuid, tuple(wanted)), scope=None)
+        removed = list(written.value)
         signals.send(
             signals.group_members_removed,
             context.dbs,

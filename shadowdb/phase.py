@@ -20,9 +20,9 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
-from shadowdb.databases import galera_node, read_again_once
 from shadowdb.errors import DatabaseUnreachable, NotTheWriterNode, SchemaError, UnknownPhase
 from shadowdb.models import api_phase_history, api_state, cell_state
+from shadowdb.transactions import galera_node, read_again_once
 
 log = structlog.get_logger(__name__)
 

@@ -2,9 +2,11 @@
 
 The two kinds of database hold the same groups in different shapes (the cell tables
 soft-delete and call the member column ``instance_id``; the API tables hard-delete and
-call it ``instance_uuid``). :class:`GroupTables` hides that behind one interface with
-two instances, :data:`API` and :data:`CELL`, so that every phase, the synchroniser and
-the backfill speak of "a side" without caring which.
+call it ``instance_uuid``). :class:`Side` hides that behind one interface with two
+instances, :data:`API` and :data:`CELL`, so that every phase, the journals, the backfill
+and the diff speak of "a side" without caring which. A side owns its tables and every
+statement on them, the hot path's lookups (:mod:`shadowdb.lookups`) included, built
+once when the side is (:mod:`shadowdb.statements`).
 
 Every function takes the :class:`~sqlalchemy.engine.Connection` it is given and never
 commits or opens one; the caller scopes the unit of work.
@@ -12,9 +14,8 @@ commits or opens one; the caller scopes the unit of work.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,7 +23,18 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from shadowdb import models
+from shadowdb.bulk import BulkInsert, by_ids, chunks
 from shadowdb.phase import utcnow
+from shadowdb.records import (
+    COMPARED_FIELDS,
+    COPIED_FIELDS,
+    GROUP_COLUMNS,
+    GroupRecord,
+    JournalEntry,
+    Scope,
+    to_second,
+)
+from shadowdb.statements import GROUP_ROW, JOURNAL_ROW, build_statements
 
 __all__ = [
     "API",
@@ -33,159 +45,13 @@ __all__ = [
     "GroupTables",
     "JournalEntry",
     "Scope",
+    "Side",
     "to_second",
 ]
 
-#: Most bound parameters one statement carries (SQLite's historic limit is 999).
-CHUNK = 500
 
-#: What makes two copies of a group the same group, besides its uuid and the *sets* of
-#: its live policies and members: backfill, the synchroniser, the switcher and the diff
-#: report all compare exactly these. ``created_at`` is compared to the second (the
-#: precision of Nova's MySQL columns); ``updated_at`` is not compared, since each side
-#: stamps its own writes. Duplicate policy or member rows, which Nova's tables allowed,
-#: are one policy or member: a copy is written as the set.
-COMPARED_FIELDS = ("name", "user_id", "project_id", "created_at")
-
-#: What a copy carries over besides policies and members.
-COPIED_FIELDS = (*COMPARED_FIELDS, "updated_at")
-
-
-def to_second(when: dt.datetime | None) -> dt.datetime | None:
-    """Return ``when`` as compared: to the second (``None`` stays ``None``)."""
-    return when.replace(microsecond=0) if when is not None else None
-
-
-@dataclasses.dataclass(frozen=True)
-class GroupRecord:
-    """One group as one database holds it: the row, its live policies and members."""
-
-    id: int
-    uuid: str
-    name: str | None
-    user_id: str | None
-    project_id: str | None
-    policies: tuple[str, ...]
-    members: tuple[str, ...]
-    created_at: dt.datetime | None
-    updated_at: dt.datetime | None
-
-    def same_data(self, other: GroupRecord) -> bool:
-        """Say whether ``other`` is the same group (:data:`COMPARED_FIELDS`)."""
-        return (
-            self.uuid == other.uuid
-            and all(
-                getattr(self, f) == getattr(other, f) for f in COMPARED_FIELDS if f != "created_at"
-            )
-            and to_second(self.created_at) == to_second(other.created_at)
-            and set(self.policies) == set(other.policies)
-            and set(self.members) == set(other.members)
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class Scope:
-    """Which project a caller may see: ``None`` for an admin (every project)."""
-
-    project_id: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class JournalEntry:
-    """A pending journal row: the group whose other copy may lag this side's."""
-
-    id: int
-    group_uuid: str
-    created_at: dt.datetime
-    epoch: int
-    error: str | None
-
-
-def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
-def _by_ids(column: sa.Column[Any], ids: Iterable[int]) -> list[sa.ColumnElement[bool]]:
-    """Return WHERE clauses, one per statement, that together cover ``column`` in ``ids``.
-
-    Dense ids (a batch of consecutive groups, as the backfill reads them) become one
-    ``BETWEEN``: one statement instead of one per chunk of 500, and on a table without an
-    index on ``column`` one scan instead of several (Nova's child tables have no index on
-    ``group_id``: only MySQL's InnoDB adds one for the foreign key). The range may hold
-    ids not asked for: callers keep only rows of ``ids``.
-    """
-    ordered = sorted(set(ids))
-    if len(ordered) > 1 and ordered[-1] - ordered[0] < 2 * len(ordered):
-        return [column.between(ordered[0], ordered[-1])]
-    return [column.in_(chunk) for chunk in _chunks(ordered)]
-
-
-class _BulkInsert:
-    """An INSERT compiled once per dialect whose rows go to the driver's ``executemany``.
-
-    SQLAlchemy's per-row parameter handling costs about twice the driver's own insert on
-    SQLite (``benchmarks/test_backfill_bench.py``), and the backfill inserts tens of
-    thousands of rows a second: its rows go to the driver as they are, shaped by a
-    function generated once per statement and dialect (as :mod:`dataclasses` generates
-    ``__init__``) that builds one tuple (or dict, for named parameter styles) per row and
-    applies the column types' bind processors (SQLite's datetime format). Constants
-    (the same value in every row) are processed once per call.
-    """
-
-    def __init__(self, table: sa.Table, columns: Sequence[str], constants: Sequence[str]) -> None:
-        self.table = table
-        self.columns = (*columns, *constants)
-        self.width = len(columns)
-        self._built: dict[tuple[type[Any], str], tuple[str, Callable[..., Any], list[Any]]] = {}
-
-    def _build(self, dialect: sa.Dialect) -> tuple[str, Callable[..., Any], list[Any]]:
-        key = (type(dialect), str(dialect.paramstyle))
-        built = self._built.get(key)
-        if built is None:
-            compiled = self.table.insert().compile(dialect=dialect, column_keys=self.columns)
-            processors = [
-                self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-                for name in self.columns
-            ]
-            names = list(compiled.positiontup or ()) if compiled.positional else self.columns
-            namespace: dict[str, Any] = {}
-            values = []
-            for name in names:
-                i = self.columns.index(name)
-                if i >= self.width:
-                    values.append(f"c[{i - self.width}]")
-                elif processors[i] is None:
-                    values.append(f"r[{i}]")
-                else:
-                    namespace[f"p{i}"] = processors[i]
-                    values.append(f"p{i}(r[{i}])")
-            if compiled.positional:
-                body = "(" + "".join(f"{v}, " for v in values) + ")"
-            else:
-                pairs = zip(names, values, strict=True)
-                body = "{" + ", ".join(f"{n!r}: {v}" for n, v in pairs) + "}"
-            # Column names come from shadowdb's own models, never from input.
-            shape = eval(f"lambda r, c: {body}", namespace)
-            built = self._built[key] = (str(compiled), shape, processors[self.width :])
-        return built
-
-    def execute(
-        self, conn: Connection, rows: Iterable[Sequence[Any]], constants: Sequence[Any] = ()
-    ) -> None:
-        """Insert ``rows`` (values of the row columns, in order) with ``constants`` appended."""
-        sql, shape, processors = self._build(conn.dialect)
-        tail = tuple(
-            value if proc is None else proc(value)
-            for proc, value in zip(processors, constants, strict=True)
-        )
-        params = [shape(row, tail) for row in rows]
-        if params:
-            conn.exec_driver_sql(sql, params)
-
-
-class GroupTables:
-    """The group tables of one kind of database (API or cell) and the SQL on them."""
+class Side:
+    """One kind of database (API or cell): its group tables and the statements on them."""
 
     def __init__(
         self,
@@ -207,9 +73,9 @@ class GroupTables:
         self.member_col: sa.Column[Any] = members.c[member_column]
         self.soft_delete = soft_delete
         extra = ("deleted",) if soft_delete else ()
-        self._bulk_groups = _BulkInsert(groups, ("uuid", *COPIED_FIELDS), extra)
-        self._bulk_policies = _BulkInsert(policies, ("group_id", "policy"), ("created_at", *extra))
-        self._bulk_members = _BulkInsert(
+        self._bulk_groups = BulkInsert(groups, ("uuid", *COPIED_FIELDS), extra)
+        self._bulk_policies = BulkInsert(policies, ("group_id", "policy"), ("created_at", *extra))
+        self._bulk_members = BulkInsert(
             members, ("group_id", member_column), ("created_at", *extra)
         )
         # Lookups by a list of uuids, built once (the list is an expanding parameter).
@@ -224,9 +90,13 @@ class GroupTables:
             groups.c.uuid.in_(uuids), *live
         )
         self._journaled = sa.select(journal.c.group_uuid).where(journal.c.group_uuid.in_(uuids))
+        #: Every statement built once for this side (the hot path's, the writers' read).
+        self.statements = build_statements(
+            groups, policies, members, journal, member_column, soft_delete
+        )
 
     def __repr__(self) -> str:
-        return f"<GroupTables {self.name}>"
+        return f"<Side {self.name}>"
 
     # ------------------------------------------------------------------ filters
 
@@ -250,13 +120,13 @@ class GroupTables:
         members: dict[int, list[str]] = {i: [] for i in ids}
         p, m = self.policies, self.members
         # Every group's children come from one statement, in row order.
-        for where in _by_ids(p.c.group_id, ids):
+        for where in by_ids(p.c.group_id, ids):
             for gid, policy in conn.execute(
                 sa.select(p.c.group_id, p.c.policy).where(where, *self._live(p)).order_by(p.c.id)
             ):
                 if gid in policies:
                     policies[gid].append(policy)
-        for where in _by_ids(m.c.group_id, ids):
+        for where in by_ids(m.c.group_id, ids):
             for gid, member in conn.execute(
                 sa.select(m.c.group_id, self.member_col)
                 .where(where, *self._live(m))
@@ -264,32 +134,39 @@ class GroupTables:
             ):
                 if gid in members:
                     members[gid].append(member)
-        return [
-            GroupRecord(
-                id=r.id,
-                uuid=r.uuid,
-                name=r.name,
-                user_id=r.user_id,
-                project_id=r.project_id,
-                policies=tuple(policies[r.id]),
-                members=tuple(members[r.id]),
-                created_at=r.created_at,
-                updated_at=r.updated_at,
-            )
-            for r in rows
-        ]
+        return [GroupRecord.of(r, policies[r.id], members[r.id]) for r in rows]
 
     def _group_columns(self) -> list[sa.Column[Any]]:
-        g = self.groups
-        return [
-            g.c.id,
-            g.c.uuid,
-            g.c.name,
-            g.c.user_id,
-            g.c.project_id,
-            g.c.created_at,
-            g.c.updated_at,
-        ]
+        return [self.groups.c[name] for name in GROUP_COLUMNS]
+
+    def get_locked(
+        self, conn: Connection, group_uuid: str, *, lock: bool = True
+    ) -> tuple[GroupRecord | None, list[int]]:
+        """Lock the live group ``group_uuid`` until commit; load it and its journal entries.
+
+        Two statements: the row lock (``SELECT ... FOR UPDATE``, the per-group lock of
+        the dual-write protocol), then one read of the row, its children and its journal
+        entries. SQLite takes no row lock (``BEGIN IMMEDIATE`` already serialises
+        writers): the read alone. Without ``lock``, the read alone everywhere.
+        """
+        if lock and conn.dialect.name != "sqlite":
+            g = self.groups
+            conn.execute(
+                sa.select(g.c.id).where(g.c.uuid == group_uuid, *self._live(g)).with_for_update()
+            )
+        row: Any = None
+        lists: tuple[list[str], list[str]] = ([], [])
+        journal: list[int] = []
+        for found in conn.execute(self.statements.locked_read, {"uuid": group_uuid}):
+            if found.kind == GROUP_ROW:
+                row = found
+            elif found.kind == JOURNAL_ROW:
+                journal.append(int(found.id))
+            else:
+                lists[found.kind].append(found.value)
+        if row is None:
+            return None, journal
+        return GroupRecord.of(row, *lists), journal
 
     def get(
         self,
@@ -317,7 +194,7 @@ class GroupTables:
     def get_many(self, conn: Connection, group_uuids: Sequence[str]) -> list[GroupRecord]:
         """Load the live groups among ``group_uuids``, in id order."""
         rows: list[sa.Row[Any]] = []
-        for chunk in _chunks(list(group_uuids)):
+        for chunk in chunks(list(group_uuids)):
             rows.extend(conn.execute(self._get_many, {"uuids": chunk}).all())
         return self._hydrate(conn, rows)
 
@@ -396,8 +273,8 @@ class GroupTables:
     def insert_many(self, conn: Connection, records: Sequence[GroupRecord]) -> None:
         """Insert many groups with their policies and members in a few statements.
 
-        One ``executemany`` per table (statements compiled once, :class:`_BulkInsert`);
-        the new row ids are read back by uuid.
+        One ``executemany`` per table (statements compiled once,
+        :class:`~shadowdb.bulk.BulkInsert`); the new row ids are read back by uuid.
         """
         if not records:
             return
@@ -412,7 +289,7 @@ class GroupTables:
             extra,
         )
         ids: dict[str, int] = {}
-        for chunk in _chunks([r.uuid for r in records]):
+        for chunk in chunks([r.uuid for r in records]):
             ids.update(
                 (uuid, gid) for uuid, gid in conn.execute(self._ids_by_uuid, {"uuids": chunk})
             )
@@ -430,14 +307,14 @@ class GroupTables:
     def lock_many(self, conn: Connection, ids: Sequence[int]) -> list[GroupRecord]:
         """Lock the live groups with these row ids (id order) and load them.
 
-        Dense ids are locked as one id range (:func:`_by_ids`): a live row in the range
-        that was not asked for (one the caller's scan could not have missed, short of id
+        Dense ids are locked as one id range (:func:`~shadowdb.bulk.by_ids`): a live row in
+        the range that was not asked for (one the caller's scan could not have missed, short of id
         reuse) is locked along, never returned.
         """
         g = self.groups
         wanted = set(ids)
         rows: list[sa.Row[Any]] = []
-        for where in _by_ids(g.c.id, wanted):
+        for where in by_ids(g.c.id, wanted):
             rows.extend(
                 row
                 for row in conn.execute(
@@ -453,7 +330,7 @@ class GroupTables:
     def present(self, conn: Connection, group_uuids: Sequence[str]) -> set[str]:
         """Return which of ``group_uuids`` have a live copy here."""
         found: set[str] = set()
-        for chunk in _chunks(list(group_uuids)):
+        for chunk in chunks(list(group_uuids)):
             found.update(uuid for uuid, _ in conn.execute(self._ids_by_uuid, {"uuids": chunk}))
         return found
 
@@ -472,7 +349,7 @@ class GroupTables:
         if len(head) <= len(wanted):
             return wanted.intersection(head)
         found: set[str] = set()
-        for chunk in _chunks(sorted(wanted)):
+        for chunk in chunks(sorted(wanted)):
             found.update(conn.execute(self._journaled, {"uuids": chunk}).scalars())
         return found
 
@@ -546,7 +423,7 @@ class GroupTables:
             self.retire(conn, m, m.c.group_id == record.id)
             self._insert_children(conn, record.id, (), wanted, utcnow())
             return True
-        for chunk in _chunks(sorted(set(have) - set(wanted))):
+        for chunk in chunks(sorted(set(have) - set(wanted))):
             self.retire(conn, m, sa.and_(m.c.group_id == record.id, self.member_col.in_(chunk)))
         present = set(have)
         self._insert_children(
@@ -573,7 +450,7 @@ class GroupTables:
         """Remove the given members; return those that were present."""
         gone = [u for u in dict.fromkeys(instance_uuids) if u in set(record.members)]
         m = self.members
-        for chunk in _chunks(gone):
+        for chunk in chunks(gone):
             self.retire(conn, m, sa.and_(m.c.group_id == record.id, self.member_col.in_(chunk)))
         return gone
 
@@ -638,7 +515,7 @@ class GroupTables:
         if t is None:
             return set()
         found: set[str] = set()
-        for chunk in _chunks(sorted(set(group_uuids))):
+        for chunk in chunks(sorted(set(group_uuids))):
             found.update(conn.execute(sa.select(t.c.uuid).where(t.c.uuid.in_(chunk))).scalars())
         return found
 
@@ -721,7 +598,7 @@ class GroupTables:
         return int(conn.execute(sa.select(sa.func.count()).select_from(self.journal)).scalar_one())
 
 
-API = GroupTables(
+API = Side(
     "api",
     models.api_groups,
     models.api_policies,
@@ -731,7 +608,7 @@ API = GroupTables(
     soft_delete=False,
     tombstones=models.api_tombstones,
 )
-CELL = GroupTables(
+CELL = Side(
     "cell",
     models.cell_groups,
     models.cell_policies,
@@ -740,3 +617,6 @@ CELL = GroupTables(
     member_column="instance_id",
     soft_delete=True,
 )
+
+#: The former name of :class:`Side`, kept for the modules that still import it.
+GroupTables = Side

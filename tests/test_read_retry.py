@@ -3,7 +3,7 @@ is never hidden.
 
 The hot-path engines skip the pre-ping round trip, so a connection killed while it sat in
 the pool is found dead by its first statement: the read runs once more on a new one
-(:func:`shadowdb.databases.read_again_once`). A database that is really gone still fails.
+(:func:`shadowdb.transactions.read_again_once`). A database that is really gone still fails.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from shadowdb import databases
+from shadowdb import transactions
 from shadowdb.errors import DatabaseUnreachable
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
@@ -44,7 +44,7 @@ def test_a_phase_read_on_a_killed_pooled_connection_is_read_again(
     server.kill_connection(int(ident))
     retried: list[str] = []
     monkeypatch.setattr(
-        databases.log, "info", lambda event, **kw: retried.append(event), raising=False
+        transactions.log, "info", lambda event, **kw: retried.append(event), raising=False
     )
     state = dbs.phases.fresh()
     assert state.phase.value == "cell-only"
@@ -97,7 +97,7 @@ def test_the_hot_path_reads_through_killed_pooled_connections(
     server.kill_connection(_pooled_id(cell_fast, server.backend))
     retried: list[str] = []
     monkeypatch.setattr(
-        databases.log, "info", lambda event, **kw: retried.append(event), raising=False
+        transactions.log, "info", lambda event, **kw: retried.append(event), raising=False
     )
     dbs.phases.observe(dbs.phases.get())  # keep the phase read out of it: cached
     again = InstanceGroup.get_by_uuid(ctx, uuid)

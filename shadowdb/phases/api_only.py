@@ -2,7 +2,7 @@
 
 Write order: the API transaction, fenced by the API database's phase row
 (:func:`~shadowdb.phases.base.api_transaction`). A deletion leaves a tombstone in the
-same transaction (:meth:`shadowdb.queries.GroupTables.delete`), so that after a rollback
+same transaction (:meth:`shadowdb.queries.Side.delete`), so that after a rollback
 to ``dual-write-api-reads`` the group's cell copy is known to be deleted, not unmigrated.
 
 Until ``cleanup`` retires the cell copies (the phase row's ``cells_retired``, read under
@@ -14,21 +14,18 @@ catch-up is a replay of those entries, not a race against the writers.
 
 from __future__ import annotations
 
-from typing import Any
-
 from shadowdb.databases import Databases
 from shadowdb.fence import pin_api
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
-    Mutation,
-    Written,
     check_scope,
     find_in_api,
     list_api,
 )
 from shadowdb.queries import API, GroupRecord, Scope
-from shadowdb.sync import commit, transaction
+from shadowdb.transactions import commit, transaction
+from shadowdb.writes import Write, Written, apply
 
 
 class ApiOnly:
@@ -48,22 +45,15 @@ class ApiOnly:
         return list_api(dbs, scope)
 
     def write(
-        self,
-        dbs: Databases,
-        state: PhaseState,
-        group_uuid: str,
-        mutation: Mutation[Any],
-        *,
-        scope: Scope | None,
-        create: bool = False,
+        self, dbs: Databases, state: PhaseState, write: Write, *, scope: Scope | None
     ) -> Written:
         """Write the API copy."""
+        group_uuid = write.group_uuid
         with transaction(dbs.api, dbs.api_label) as conn:
             pinned = pin_api(conn, state)
-            current = API.get(conn, group_uuid, lock=True)
-            value = mutation(API, conn, check_scope(current, scope))
-            after = API.get(conn, group_uuid)
-            if not pinned.cells_retired and not API.journal_for(conn, group_uuid):
+            current, journaled = API.get_locked(conn, group_uuid)
+            written = apply(API, conn, write, check_scope(current, scope))
+            if not pinned.cells_retired and not journaled:
                 API.journal_add(conn, group_uuid, state.epoch, "api-only: cell copy not written")
             commit(conn, dbs.api_label)
-        return Written(value, after)
+        return written

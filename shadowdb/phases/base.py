@@ -17,8 +17,7 @@ that the argument for one phase reads in one file. What they share lives here:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 import structlog
 from sqlalchemy.engine import Connection
@@ -26,22 +25,18 @@ from sqlalchemy.engine import Connection
 from shadowdb import lookups, signals
 from shadowdb.databases import Cell, Databases, read_again_once, reader
 from shadowdb.errors import DatabaseUnreachable, GroupExists, GroupNotFound, JournalConflict
+from shadowdb.failures import one_line
 from shadowdb.fence import EpochChanged
+from shadowdb.journals import announce_conflict
+from shadowdb.location import default_cell, locate
+from shadowdb.locks import api_transaction, cell_transaction
 from shadowdb.phase import Phase, PhaseState
-from shadowdb.queries import API, CELL, GroupRecord, GroupTables, Scope
-from shadowdb.sync import (
-    announce_conflict,
-    api_transaction,
-    cell_transaction,
-    default_cell,
-    locate,
-    one_line,
-)
+from shadowdb.queries import API, CELL, GroupRecord, Scope, Side
+from shadowdb.writes import Write, Written
 
 __all__ = [
     "EpochChanged",
     "Lookup",
-    "Mutation",
     "PhaseStrategy",
     "Written",
     "api_transaction",
@@ -58,11 +53,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
-
-#: A change to one copy of a group: (side, connection, locked current copy or None).
-Mutation = Callable[[GroupTables, Connection, GroupRecord | None], T]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +71,6 @@ class Lookup:
         return GroupNotFound(self.key)
 
 
-@dataclasses.dataclass(frozen=True)
-class Written:
-    """The outcome of a write: the mutation's value and the authoritative copy after it."""
-
-    value: Any
-    record: GroupRecord | None
-
-
 class PhaseStrategy(Protocol):
     """What each phase decides: where reads go, where writes go and in which order."""
 
@@ -103,30 +85,21 @@ class PhaseStrategy(Protocol):
         ...
 
     def write(
-        self,
-        dbs: Databases,
-        state: PhaseState,
-        group_uuid: str,
-        mutation: Mutation[Any],
-        *,
-        scope: Scope | None,
-        create: bool = False,
+        self, dbs: Databases, state: PhaseState, write: Write, *, scope: Scope | None
     ) -> Written:
-        """Apply ``mutation`` to group ``group_uuid`` in the phase's databases."""
+        """Apply ``write`` to its group in the phase's databases."""
         ...
 
 
 # --------------------------------------------------------------------------- reads
 
 
-def _find_on(
-    conn: Connection, side: GroupTables, lookup: Lookup, scope: Scope
-) -> GroupRecord | None:
+def _find_on(conn: Connection, side: Side, lookup: Lookup, scope: Scope) -> GroupRecord | None:
     if lookup.kind == "name":
         return side.by_name(conn, lookup.key, scope=scope)
     # uuid and member lookups are the scheduler's hot path: two statements at most,
     # one if there is no such group (shadowdb.lookups).
-    return lookups.find(conn, side.name, lookup.kind, lookup.key, scope)
+    return lookups.find(conn, side, lookup.kind, lookup.key, scope)
 
 
 def find_in_api(dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord | None:

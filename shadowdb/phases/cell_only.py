@@ -8,14 +8,10 @@ new epoch, and the write is re-planned under the phase the cell names.
 
 from __future__ import annotations
 
-from typing import Any
-
 from shadowdb.databases import Databases
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
-    Mutation,
-    Written,
     cell_transaction,
     check_scope,
     find_in_cells,
@@ -23,7 +19,8 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import CELL, GroupRecord, Scope
-from shadowdb.sync import commit
+from shadowdb.transactions import commit
+from shadowdb.writes import Create, Write, Written, apply
 
 
 class CellOnly:
@@ -43,19 +40,11 @@ class CellOnly:
         return list_cells(dbs, scope)
 
     def write(
-        self,
-        dbs: Databases,
-        state: PhaseState,
-        group_uuid: str,
-        mutation: Mutation[Any],
-        *,
-        scope: Scope | None,
-        create: bool = False,
+        self, dbs: Databases, state: PhaseState, write: Write, *, scope: Scope | None
     ) -> Written:
         """Write the cell copy (new groups go to the default cell)."""
-        cell = target_cell(dbs, state, group_uuid, create)
-        with cell_transaction(dbs, cell, state, group_uuid) as (conn, current):
-            value = mutation(CELL, conn, check_scope(current, scope))
-            after = CELL.get(conn, group_uuid)
+        cell = target_cell(dbs, state, write.group_uuid, isinstance(write, Create))
+        with cell_transaction(dbs, cell, state, write.group_uuid) as (conn, current):
+            written = apply(CELL, conn, write, check_scope(current, scope))
             commit(conn, cell.label)
-        return Written(value, after)
+        return written

@@ -10,7 +10,7 @@ Write order, for group G:
    ``dual-write-cell-reads`` that never reached the API copy) is brought over first; a
    group the API database lacks is adopted from its cell copy *unless it is tombstoned*
    (deleted in the API database: the cell copy is a leftover, retired here, and the
-   caller gets ``GroupNotFound``). The mutation is applied to the API copy, with an API
+   caller gets ``GroupNotFound``). The write is applied to the API copy, with an API
    journal entry (an outbox) in the same transaction, and the API commits: the write
    is acknowledged from here on.
 3. The cell copy is made equal to the API copy and the cell commits; then exactly this
@@ -28,7 +28,6 @@ both, one copy per uuid, the API copy winning, tombstoned cell copies left out.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import structlog
 from sqlalchemy.engine import Connection
@@ -36,14 +35,14 @@ from sqlalchemy.engine import Connection
 from shadowdb import signals
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import DatabaseUnreachable, GroupNotFound
+from shadowdb.failures import DB_FAILURES
 from shadowdb.fence import check_cells
+from shadowdb.journals import note_entry
+from shadowdb.locks import lock_api, lock_cell
 from shadowdb.phase import Phase, PhaseState, read_state
 from shadowdb.phases.base import (
     Lookup,
-    Mutation,
-    Written,
     api_transaction,
-    cell_transaction,
     check_scope,
     find_in_api,
     find_in_api_with_phase,
@@ -56,7 +55,8 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import API, CELL, GroupRecord, Scope
-from shadowdb.sync import DB_FAILURES, commit, copy_group, note_entry, transaction
+from shadowdb.transactions import commit, transaction
+from shadowdb.writes import Create, Write, Written, apply, copy_group
 
 log = structlog.get_logger(__name__)
 
@@ -118,34 +118,25 @@ class DualWriteApiReads:
         return merge(in_api, in_cells, dbs)
 
     def write(
-        self,
-        dbs: Databases,
-        state: PhaseState,
-        group_uuid: str,
-        mutation: Mutation[Any],
-        *,
-        scope: Scope | None,
-        create: bool = False,
+        self, dbs: Databases, state: PhaseState, write: Write, *, scope: Scope | None
     ) -> Written:
         """Write the API copy (with its journal entry), then level the cell copy."""
+        group_uuid = write.group_uuid
         try:
-            cell = target_cell(dbs, state, group_uuid, create)
+            cell = target_cell(dbs, state, group_uuid, isinstance(write, Create))
         except DatabaseUnreachable:
-            return _without_cell(dbs, state, group_uuid, mutation, scope=scope, create=create)
+            return _without_cell(dbs, state, write, scope=scope)
         with contextlib.ExitStack() as stack:
             try:
-                cconn, crec = stack.enter_context(cell_transaction(dbs, cell, state, group_uuid))
-                pending_cell = CELL.journal_for(cconn, group_uuid)
+                cconn, crec, pending_cell = stack.enter_context(
+                    lock_cell(dbs, cell, state, group_uuid)
+                )
             except DB_FAILURES as err:
                 # The cell is out of reach: no lock to take; the API journal covers it.
                 with contextlib.suppress(*DB_FAILURES):
                     stack.close()
-                return _without_cell(
-                    dbs, state, group_uuid, mutation, scope=scope, create=create, cause=err
-                )
-            return _api_first(
-                dbs, state, cell, cconn, crec, pending_cell, group_uuid, mutation, scope
-            )
+                return _without_cell(dbs, state, write, scope=scope, cause=err)
+            return _api_first(dbs, state, cell, cconn, crec, pending_cell, write, scope)
 
 
 def _api_first(
@@ -155,15 +146,14 @@ def _api_first(
     cconn: Connection,
     crec: GroupRecord | None,
     pending_cell: list[int],
-    group_uuid: str,
-    mutation: Mutation[Any],
+    write: Write,
     scope: Scope | None,
 ) -> Written:
-    with api_transaction(dbs, state, group_uuid) as (aconn, arec):
+    group_uuid = write.group_uuid
+    with lock_api(dbs, state, group_uuid) as (aconn, arec, pending_api):
         # The group was located among the cells this process knows: refuse a stale list
         # (a cell registered since may hold it), before anything is written.
         check_cells(aconn, dbs)
-        pending_api = API.journal_for(aconn, group_uuid)
         if pending_cell and pending_api:
             raise journal_conflict(dbs, group_uuid)
         if pending_cell:
@@ -183,19 +173,19 @@ def _api_first(
             # Not migrated yet: the cell copy is the group; adopt it under the lock.
             copy_group(aconn, API, crec, None)
             arec = API.get(aconn, group_uuid, lock=True)
-        value = mutation(API, aconn, check_scope(arec, scope))
-        after = API.get(aconn, group_uuid)
+        written = apply(API, aconn, write, check_scope(arec, scope))
         entry = API.journal_add(aconn, group_uuid, state.epoch)
         commit(aconn, dbs.api_label)
-    # Acknowledged from here on: the API copy is the authority.
+    # Acknowledged from here on: the API copy is the authority. The cell copy is as it
+    # was read under its lock (only the API copy was written since).
     try:
-        copy_group(cconn, CELL, after, CELL.get(cconn, group_uuid))
+        copy_group(cconn, CELL, written.record, crec)
         CELL.journal_clear(cconn, group_uuid, pending_cell)
         commit(cconn, cell.label)
     except DB_FAILURES as err:
         note_entry(dbs.api, dbs.api_label, API, group_uuid, entry, err)
         shadow_failed(dbs, state, group_uuid, cell.label, err, "api")
-        return Written(value, after)
+        return written
     try:
         with transaction(dbs.api, dbs.api_label) as aconn:
             API.journal_clear(aconn, group_uuid, [entry])
@@ -203,30 +193,28 @@ def _api_first(
     except DB_FAILURES:
         # Harmless: the entry replays to the same state.
         log.info("journal_clear_deferred", group_uuid=group_uuid)
-    return Written(value, after)
+    return written
 
 
 def _without_cell(
     dbs: Databases,
     state: PhaseState,
-    group_uuid: str,
-    mutation: Mutation[Any],
+    write: Write,
     *,
     scope: Scope | None,
-    create: bool,
     cause: BaseException | None = None,
 ) -> Written:
     """The group's cell is out of reach: write the API copy with its journal entry."""
+    group_uuid = write.group_uuid
     with api_transaction(dbs, state, group_uuid) as (aconn, arec):
-        if arec is None and not create:
+        if arec is None and not isinstance(write, Create):
             # Without the cell we cannot tell a cell-only group from a missing one.
             raise DatabaseUnreachable(
                 "the group's cell", f"group {group_uuid} is not in the API database"
             )
-        value = mutation(API, aconn, check_scope(arec, scope))
-        after = API.get(aconn, group_uuid)
+        written = apply(API, aconn, write, check_scope(arec, scope))
         API.journal_add(aconn, group_uuid, state.epoch, "cell unreachable")
         commit(aconn, dbs.api_label)
     err = cause or DatabaseUnreachable("cell", "unreachable")
     shadow_failed(dbs, state, group_uuid, "cell", err, "api")
-    return Written(value, after)
+    return written

@@ -5,10 +5,10 @@ Write order, for group G:
 1. The cell transaction (:func:`~shadowdb.phases.base.cell_transaction`): the cell's
    phase row (shared), G's identity lock, G's cell row. A caller-supplied uuid that the
    API database already holds is refused (``GroupExists``): the API copy is never
-   overwritten by a create. The mutation is applied there, with a cell journal entry
+   overwritten by a create. The write is applied there, with a cell journal entry
    (an outbox) in the same transaction, and the cell commits: the write is acknowledged
    from here on. A cell commit that fails leaves nothing anywhere.
-2. The entry is replayed (:func:`shadowdb.sync.replay`): under G's locks again, in the
+2. The entry is replayed (:func:`shadowdb.journals.replay`): under G's locks again, in the
    same order, the cell copy's *current* state is copied to the API copy, the API
    commits, then exactly this entry is deleted. If that fails (the API database is out
    of reach, a phase change is in flight), the entry stays for the backfill's drain, and
@@ -23,19 +23,17 @@ Reads and lists come from the cells.
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
 import structlog
 
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import GroupExists, ShadowDBError
+from shadowdb.failures import DB_FAILURES
 from shadowdb.fence import CellBehind, EpochChanged, settle_cell
+from shadowdb.journals import OUTBOX, note_entry, replay
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
-    Mutation,
-    Written,
     cell_transaction,
     check_scope,
     find_in_cells,
@@ -44,7 +42,8 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import API, CELL, GroupRecord, Scope
-from shadowdb.sync import DB_FAILURES, OUTBOX, commit, note_entry, replay
+from shadowdb.transactions import commit
+from shadowdb.writes import Create, Write, Written, apply
 
 log = structlog.get_logger(__name__)
 
@@ -69,27 +68,21 @@ class DualWriteCellReads:
         return list_cells(dbs, scope)
 
     def write(
-        self,
-        dbs: Databases,
-        state: PhaseState,
-        group_uuid: str,
-        mutation: Mutation[Any],
-        *,
-        scope: Scope | None,
-        create: bool = False,
+        self, dbs: Databases, state: PhaseState, write: Write, *, scope: Scope | None
     ) -> Written:
         """Write the cell copy with its outbox entry, then level the API copy."""
+        group_uuid = write.group_uuid
+        create = isinstance(write, Create)
         cell = target_cell(dbs, state, group_uuid, create)
         with cell_transaction(dbs, cell, state, group_uuid) as (cconn, crec):
             if create and _api_holds(dbs, group_uuid):
                 raise GroupExists(group_uuid, dbs.api_label)
-            value = mutation(CELL, cconn, check_scope(crec, scope))
-            after = CELL.get(cconn, group_uuid)
+            written = apply(CELL, cconn, write, check_scope(crec, scope))
             entry = CELL.journal_add(cconn, group_uuid, state.epoch, OUTBOX)
             commit(cconn, cell.label)
         # Acknowledged from here on: the cell copy is the authority.
         _second_half(dbs, state, cell, group_uuid, entry)
-        return Written(value, after)
+        return written
 
 
 def _second_half(
