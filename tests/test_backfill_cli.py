@@ -19,9 +19,9 @@ from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
 from shadowdb.switcher import UnmigratedCellGroups
-from tests.cli_support import Cli, Run, table_rows
 from tests.conftest import Topology
-from tests.helpers import (
+from tests.support.cli import Cli, Run, table_rows
+from tests.support.helpers import (
     NOW,
     dump,
     group_state,

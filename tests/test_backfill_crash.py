@@ -1,6 +1,6 @@
 """kill -9 a real backfill process at lifecycle points of a batch, then resume it.
 
-The process (``tests/crashing_backfill.py``) runs ``shadowdb backfill`` and sends itself
+The process (``tests/support/crashing_backfill.py``) runs ``shadowdb backfill`` and sends itself
 SIGKILL at the Nth occurrence of a lifecycle point (a blinker signal, never a sleep):
 cell rows locked; copies inserted but not committed; copies committed but the chunk's
 checkpoint not moved; a checkpoint committed; a journal replayed mid-drain. Nothing of
@@ -34,7 +34,8 @@ from shadowdb.databases import reader
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.queries import API
-from tests.backfill_support import (
+from tests.conftest import Topology
+from tests.support.backfill import (
     Legacy,
     chunks,
     diff,
@@ -44,9 +45,8 @@ from tests.backfill_support import (
     run_crashing,
     seed_legacy,
 )
-from tests.cli_support import Cli
-from tests.conftest import Topology
-from tests.helpers import dump, group_rows, group_state, new_uuid, put_in_phase
+from tests.support.cli import Cli
+from tests.support.helpers import dump, group_rows, group_state, new_uuid, put_in_phase
 
 MIGRATE = "migrate_instance_groups"
 DRAIN = "drain_journals"

@@ -1,6 +1,6 @@
 """Two backfill processes at once on one deployment split the work: each group copied once.
 
-Real processes (``tests/crashing_backfill.py --wait-for-go``, no crash), released at the
+Real processes (``tests/support/crashing_backfill.py --wait-for-go``, no crash), released at the
 same moment through a start barrier on their stdin, with small batches so that their
 claims on the chunks (``FOR UPDATE SKIP LOCKED``) interleave. Server backends only:
 SQLite has a single writer, and there the chunks are not claimed.
@@ -25,9 +25,9 @@ from shadowdb import models
 from shadowdb.cli import ExitCode
 from shadowdb.databases import reader
 from shadowdb.phase import Phase
-from tests.backfill_support import PYTHON, RUNNER, diff, environment
 from tests.conftest import Topology
-from tests.helpers import NOW, new_uuid, put_in_phase
+from tests.support.backfill import PYTHON, RUNNER, diff, environment
+from tests.support.helpers import NOW, new_uuid, put_in_phase
 
 SERVERS = [
     pytest.param("mysql", marks=pytest.mark.mysql),

@@ -16,10 +16,10 @@ import pytest
 
 from shadowdb.cli import ExitCode
 from shadowdb.phase import Phase
-from tests.backfill_support import SHADOWDB, environment
-from tests.cli_support import table_rows
 from tests.conftest import Topology
-from tests.helpers import put_in_phase, seed_cell_group
+from tests.support.backfill import SHADOWDB, environment
+from tests.support.cli import table_rows
+from tests.support.helpers import put_in_phase, seed_cell_group
 
 pytestmark = pytest.mark.parametrize(
     "backend", [pytest.param("sqlite", marks=pytest.mark.sqlite)], indirect=True

@@ -31,7 +31,7 @@ from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.sync import drain_journals
 from tests.conftest import Topology, empty_topology
-from tests.helpers import group_state, put_in_phase, seed_cell_group
+from tests.support.helpers import group_state, put_in_phase, seed_cell_group
 
 INSTANCES = [f"00000000-0000-4000-8000-{i:012d}" for i in range(6)]
 NAMES = ["a", "b", "c"]

@@ -11,7 +11,7 @@ from shadowdb.databases import reader, writer
 from shadowdb.errors import InvalidInput
 from shadowdb.phase import Phase, utcnow
 from tests.conftest import Topology
-from tests.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group
+from tests.support.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group
 
 
 def _no_sleep(_seconds: float) -> None:

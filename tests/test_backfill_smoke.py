@@ -3,7 +3,13 @@ from __future__ import annotations
 from shadowdb.backfill import backfill
 from shadowdb.phase import Phase
 from tests.conftest import Topology
-from tests.helpers import group_state, new_uuid, put_in_phase, seed_api_group, seed_cell_group
+from tests.support.helpers import (
+    group_state,
+    new_uuid,
+    put_in_phase,
+    seed_api_group,
+    seed_cell_group,
+)
 
 
 def test_nova_case_22_counts(topology: Topology) -> None:

@@ -25,9 +25,9 @@ from shadowdb.errors import GuardRefused, InvalidInput, NoDefaultCell, UnknownCe
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase, read_state
 from shadowdb.queries import CELL
-from tests.backends import Server, worker_id
 from tests.conftest import FreshDatabases, Topology
-from tests.helpers import cutover_through, new_uuid, put_in_phase, seed_cell_group
+from tests.support.backends import Server, worker_id
+from tests.support.helpers import cutover_through, new_uuid, put_in_phase, seed_cell_group
 
 
 def _text(url: sa.URL) -> str:

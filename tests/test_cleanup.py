@@ -9,9 +9,9 @@ from shadowdb.backfill import backfill
 from shadowdb.cli import ExitCode
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
-from tests.cli_support import Cli
 from tests.conftest import Topology
-from tests.helpers import dump, group_state, new_uuid, put_in_phase, seed_cell_group
+from tests.support.cli import Cli
+from tests.support.helpers import dump, group_state, new_uuid, put_in_phase, seed_cell_group
 
 
 def _migrated(topology: Topology) -> list[str]:

@@ -25,7 +25,7 @@ from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
 from shadowdb.phase import PhaseState
 from shadowdb.phases import dual_write_api_reads as ar
 from tests.conftest import Topology
-from tests.helpers import cutover_through, seed_cell_group
+from tests.support.helpers import cutover_through, seed_cell_group
 
 
 def _no_sleep(_s: float) -> None:

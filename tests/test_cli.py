@@ -25,9 +25,9 @@ from sqlalchemy.engine import URL
 
 from shadowdb import commands, schema
 from shadowdb.cli import ExitCode
-from tests.backends import Server, worker_id
-from tests.cli_support import Cli, Run, table_rows, text
 from tests.conftest import FreshDatabases, Topology, _db_name
+from tests.support.backends import Server, worker_id
+from tests.support.cli import Cli, Run, table_rows, text
 
 
 @pytest.fixture

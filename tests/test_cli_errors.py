@@ -21,9 +21,9 @@ import sqlalchemy as sa
 import structlog
 
 from shadowdb.cli import ExitCode
-from tests.backends import Server, worker_id
-from tests.cli_support import Cli, Snapshot, assert_unchanged, dispose_engines, snapshot, text
 from tests.conftest import FreshDatabases, Topology
+from tests.support.backends import Server, worker_id
+from tests.support.cli import Cli, Snapshot, assert_unchanged, dispose_engines, snapshot, text
 
 API = "{api}"  # stands for the topology's API database URL in a case's argv
 

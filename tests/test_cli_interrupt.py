@@ -20,9 +20,9 @@ from shadowdb.cli import ExitCode
 from shadowdb.databases import reader
 from shadowdb.phase import Phase
 from shadowdb.queries import API
-from tests.backfill_support import PYTHON, SHADOWDB, environment
 from tests.conftest import Topology
-from tests.helpers import group_state, new_uuid, put_in_phase
+from tests.support.backfill import PYTHON, SHADOWDB, environment
+from tests.support.helpers import group_state, new_uuid, put_in_phase
 
 GROUPS = 100
 INTERRUPTED = (

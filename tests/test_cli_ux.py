@@ -22,10 +22,10 @@ from shadowdb import cli as cli_mod
 from shadowdb.cli import ExitCode
 from shadowdb.phase import Phase
 from shadowdb.settings import Settings
-from tests.backfill_support import SHADOWDB, environment
-from tests.cli_support import Cli, dump_files, run_on_terminal, table_rows, terminal_env
 from tests.conftest import Topology
-from tests.helpers import new_uuid, put_in_phase, seed_cell_group
+from tests.support.backfill import SHADOWDB, environment
+from tests.support.cli import Cli, dump_files, run_on_terminal, table_rows, terminal_env
+from tests.support.helpers import new_uuid, put_in_phase, seed_cell_group
 
 SQLITE_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("sqlite", marks=pytest.mark.sqlite)], indirect=True

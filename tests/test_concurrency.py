@@ -36,7 +36,7 @@ from shadowdb.queries import API, CELL
 from shadowdb.switcher import Switcher
 from shadowdb.sync import drain_journals
 from tests.conftest import Topology
-from tests.helpers import group_state, new_uuid, put_in_phase
+from tests.support.helpers import group_state, new_uuid, put_in_phase
 
 THREADS = 8
 OPS_PER_THREAD = 40

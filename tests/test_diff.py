@@ -23,7 +23,7 @@ from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
 from tests.conftest import Topology
-from tests.diff_support import (
+from tests.support.diff import (
     Injected,
     inject_everything,
     inject_field_mismatches,
@@ -36,7 +36,7 @@ from tests.diff_support import (
     seed_clean,
     seed_pair,
 )
-from tests.helpers import NOW, new_uuid, put_in_phase, seed_api_group, seed_cell_group
+from tests.support.helpers import NOW, new_uuid, put_in_phase, seed_api_group, seed_cell_group
 
 
 def run(topology: Topology, **kwargs: Any) -> diff.DiffReport:

@@ -17,10 +17,10 @@ from shadowdb.cli import ExitCode
 from shadowdb.diff import Differ
 from shadowdb.phase import Phase
 from shadowdb.settings import Settings
-from tests.cli_support import Cli, Run
 from tests.conftest import Topology
-from tests.diff_support import Injected, inject_everything, seed_clean, seed_pair
-from tests.helpers import put_in_phase, seed_cell_group
+from tests.support.cli import Cli, Run
+from tests.support.diff import Injected, inject_everything, seed_clean, seed_pair
+from tests.support.helpers import put_in_phase, seed_cell_group
 
 REPAIRABLE = {
     "missing-in-api",

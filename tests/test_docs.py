@@ -4,7 +4,7 @@ Each document is walked in order on a fresh SQLite deployment in a temporary fol
 every line of an ``sh`` block runs as a real ``shadowdb`` process and must end with the
 exit code the line declares (``# exits 1 ...``; 0 otherwise), every ``python`` block
 runs as a script. Blocks marked ``<!-- illustrative -->`` are counted and not run
-(:mod:`tests.docs_support`). The README builds its own deployment; the runbook is run
+(:mod:`tests.support.docs`). The README builds its own deployment; the runbook is run
 on one made here as Nova leaves it (cell0 mapped by uuid, two cells holding legacy
 groups), since it is about a cloud that already has one.
 """
@@ -24,8 +24,8 @@ import sqlalchemy as sa
 import shadowdb
 from shadowdb import cli
 from shadowdb.testing import write_legacy_cells
-from tests.cli_support import Cli
-from tests.docs_support import Block, Command, blocks, commands
+from tests.support.cli import Cli
+from tests.support.docs import Block, Command, blocks, commands
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -18,8 +18,8 @@ from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
 from shadowdb.sync import drain_journals
 from tests.conftest import Topology
-from tests.helpers import group_state, new_uuid, put_in_phase
-from tests.proxy import Proxy
+from tests.support.helpers import group_state, new_uuid, put_in_phase
+from tests.support.proxy import Proxy
 
 SERVERS = [
     pytest.param("mysql", marks=pytest.mark.mysql),

@@ -26,7 +26,7 @@ from shadowdb.errors import InvalidInput, ShadowDBError
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from tests.conftest import Topology
-from tests.helpers import dump_all, put_in_phase
+from tests.support.helpers import dump_all, put_in_phase
 
 #: Text as users and attackers type it.
 _NASTY = st.sampled_from(

@@ -22,7 +22,7 @@ from shadowdb import commands, models
 from shadowdb.databases import Databases, connect, reader
 from shadowdb.errors import NotTheWriterNode
 from shadowdb.objects import InstanceGroup, RequestContext
-from tests.backends import worker_id
+from tests.support.backends import worker_id
 
 ROOT = Path(__file__).resolve().parents[1]
 PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")

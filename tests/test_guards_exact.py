@@ -9,7 +9,7 @@ from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
 from shadowdb.switcher import ApiJournalEmpty, CellJournalsEmpty
 from tests.conftest import Topology
-from tests.helpers import put_in_phase, seed_api_group, seed_cell_group
+from tests.support.helpers import put_in_phase, seed_api_group, seed_cell_group
 
 G1 = "00000000-0000-4000-8000-000000000001"
 G2 = "00000000-0000-4000-8000-000000000002"

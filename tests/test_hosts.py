@@ -18,7 +18,7 @@ from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.testing import StatementCounter
 from tests.conftest import Topology
-from tests.helpers import (
+from tests.support.helpers import (
     NOW,
     engines_of,
     map_instance,

@@ -1,6 +1,6 @@
 """A whole cutover over a Nova-built deployment full of legacy rows, without ``--force``.
 
-The databases are built with Nova's own DDL (:mod:`tests.fixtures.nova`: a utf8 API
+The databases are built with Nova's own DDL (:mod:`tests.support.nova`: a utf8 API
 database, cell0 mapped first), then :func:`shadowdb.testing.write_legacy_cells` fills
 cell1 with every shape Nova's tables allowed, in realistic proportions. The README's
 cutover runs as written, through the command line and its guards, and every legacy group
@@ -20,9 +20,9 @@ from shadowdb.databases import Databases, connect, reader
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.settings import Settings
 from shadowdb.testing import LEGACY_SHAPES, LegacyGroup, plan_legacy_groups, write_legacy_cells
-from tests.cli_support import Cli
 from tests.conftest import FreshDatabases
-from tests.fixtures import nova
+from tests.support import nova
+from tests.support.cli import Cli
 
 #: Groups written into cell1: enough that every shape appears several times.
 GROUPS = 240

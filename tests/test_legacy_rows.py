@@ -12,7 +12,7 @@ from shadowdb.backfill import backfill
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from tests.conftest import Topology
-from tests.helpers import put_in_phase, seed_cell_group
+from tests.support.helpers import put_in_phase, seed_cell_group
 
 
 def _stamps(engine: sa.Engine, table: sa.Table, uuid: str) -> tuple[object, object]:

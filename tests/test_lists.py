@@ -14,7 +14,7 @@ import pytest
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
 from shadowdb.phase import Phase
 from tests.conftest import Topology
-from tests.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group
+from tests.support.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group
 
 
 @pytest.fixture(params=list(Phase), ids=[p.value for p in Phase])

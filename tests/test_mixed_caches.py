@@ -27,8 +27,8 @@ from shadowdb.phase import Phase
 from shadowdb.switcher import Switcher
 from shadowdb.sync import drain_journals
 from tests.conftest import Topology
-from tests.helpers import group_state, seed_cell_group
-from tests.proxy import Proxy, proxied
+from tests.support.helpers import group_state, seed_cell_group
+from tests.support.proxy import Proxy, proxied
 from tests.test_faults import SERVERS
 
 GROUPS_PER_WRITER = 4

@@ -1,6 +1,6 @@
 """``db sync`` on databases Nova built: shadowdb adopts them and changes nothing of Nova's.
 
-The databases come from :mod:`tests.fixtures.nova` (Nova 34.0.0's DDL replayed, rows
+The databases come from :mod:`tests.support.nova` (Nova 34.0.0's DDL replayed, rows
 written as Nova writes them); the API database's ``cell_mappings`` name the cell0 and
 cell1 databases in the URL form operators put in ``nova.conf``, and shadowdb is pointed
 at the API database only, discovering the cells from there as Nova does.
@@ -20,8 +20,8 @@ from shadowdb import commands, models, schema
 from shadowdb.databases import connect
 from shadowdb.settings import Settings
 from tests.conftest import FreshDatabases
-from tests.fixtures import nova
-from tests.fixtures.nova_schema import (
+from tests.support import nova
+from tests.support.nova_schema import (
     ALEMBIC_VERSION,
     NOVA_API,
     NOVA_API_OTHER,

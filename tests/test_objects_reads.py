@@ -7,7 +7,7 @@ count_members_by_user (38-40), the cost of a lookup that finds nothing (44) and 
 
 Which database answers a single read, by phase: ``cell-only`` and ``dual-write-cell-reads``
 the cells; ``dual-write-api-reads`` the API database, then (announced) the cells;
-``api-only`` the API database alone (:func:`tests.helpers.reads_api`).
+``api-only`` the API database alone (:func:`tests.support.helpers.reads_api`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from shadowdb.hosts import Hosts
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from tests.conftest import Topology
-from tests.helpers import (
+from tests.support.helpers import (
     NOW,
     StatementLog,
     engines_of,

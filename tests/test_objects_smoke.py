@@ -5,7 +5,7 @@ import pytest
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
 from shadowdb.phase import Phase
 from tests.conftest import Topology
-from tests.helpers import group_state, new_uuid, put_in_phase
+from tests.support.helpers import group_state, new_uuid, put_in_phase
 
 
 @pytest.mark.parametrize("phase", list(Phase))

@@ -6,9 +6,9 @@ once per phase (``put_in_phase``) and, through the ``topology`` fixture, per bac
 
 Where the copies of a group live after a write, by phase: ``cell-only`` the cell,
 ``dual-write-cell-reads`` and ``dual-write-api-reads`` both, ``api-only`` the API database
-(:func:`tests.helpers.writes_api`, :func:`tests.helpers.writes_cell`). New groups go to the
-default cell, ``cell1``; legacy groups are seeded in ``cell2`` so that the layer has to
-find them there.
+(:func:`tests.support.helpers.writes_api`, :func:`tests.support.helpers.writes_cell`).
+New groups go to the default cell, ``cell1``; legacy groups are seeded in ``cell2`` so that
+the layer has to find them there.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from shadowdb.errors import (
 from shadowdb.objects import InstanceGroup, RequestContext, is_uuid_like
 from shadowdb.phase import Phase
 from tests.conftest import Topology
-from tests.helpers import (
+from tests.support.helpers import (
     StatementLog,
     child_rows,
     dump_all,

@@ -12,7 +12,7 @@ from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.testing import StatementCounter
 from tests.conftest import Topology
-from tests.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group
+from tests.support.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group
 
 
 def _cells(topology: Topology) -> StatementCounter:

@@ -27,10 +27,10 @@ from shadowdb.phase import Phase
 from shadowdb.switcher import Switcher
 from shadowdb.sync import drain_journals
 from tests.conftest import Topology
-from tests.helpers import put_in_phase, seed_api_group, seed_cell_group
+from tests.support.helpers import put_in_phase, seed_api_group, seed_cell_group
 
 C, CR, AR, A = list(Phase)
-SCRIPT = Path(__file__).with_name("crashing_phase_set.py")
+SCRIPT = Path(__file__).parent / "support" / "crashing_phase_set.py"
 
 ALL = [
     pytest.param("sqlite", marks=pytest.mark.sqlite),

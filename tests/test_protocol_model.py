@@ -1,6 +1,6 @@
 """The protocol's model, explored exhaustively: every interleaving, a crash at any step.
 
-See :mod:`tests.protocol_model`. Each scenario is small (one or two groups, two cells,
+See :mod:`tests.support.protocol_model`. Each scenario is small (one or two groups, two cells,
 a handful of processes) so that every interleaving of every step of every process, and a
 crash of any process at any of its steps, is walked in seconds; the invariants of
 DESIGN.md section 3 are checked in every reachable state and, after the operator's
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.protocol_model import AR, CR, A, C, Op, Protections, Scenario, explore
+from tests.support.protocol_model import AR, CR, A, C, Op, Protections, Scenario, explore
 
 SCENARIOS = (
     # The cutover: writers with any cache, an API outage in dual-write-cell-reads, the

@@ -15,11 +15,11 @@ from shadowdb import transactions
 from shadowdb.errors import DatabaseUnreachable
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
-from tests.backends import Server
 from tests.conftest import Topology
-from tests.diff_support import seed_pair
-from tests.helpers import map_instance, new_uuid, put_in_phase, seed_instance
-from tests.proxy import Proxy
+from tests.support.backends import Server
+from tests.support.diff import seed_pair
+from tests.support.helpers import map_instance, new_uuid, put_in_phase, seed_instance
+from tests.support.proxy import Proxy
 
 SERVERS = [
     pytest.param("mysql", marks=pytest.mark.mysql),

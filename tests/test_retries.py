@@ -26,9 +26,9 @@ from shadowdb.errors import CommitUncertain, DatabaseUnreachable, TransientError
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from tests.conftest import Topology
-from tests.diff_support import seed_pair
-from tests.helpers import live_members, new_uuid, put_in_phase
-from tests.proxy import Proxy
+from tests.support.diff import seed_pair
+from tests.support.helpers import live_members, new_uuid, put_in_phase
+from tests.support.proxy import Proxy
 
 _RAISE = {
     "1213": "SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, "

@@ -7,7 +7,7 @@ from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.switcher import StepKind, Switcher
 from tests.conftest import Topology
-from tests.helpers import group_state, new_uuid, put_in_phase, seed_cell_group
+from tests.support.helpers import group_state, new_uuid, put_in_phase, seed_cell_group
 
 
 def _cell_state(topology: Topology, uuid: str) -> object:

@@ -29,7 +29,7 @@ from shadowdb.scheduler import (
 )
 from shadowdb.testing import StatementCounter
 from tests.conftest import Topology
-from tests.helpers import (
+from tests.support.helpers import (
     engines_of,
     map_instance,
     new_uuid,

@@ -24,8 +24,8 @@ from shadowdb.queries import API
 from shadowdb.switcher import TRANSITIONS
 from shadowdb.testing import write_legacy_cells
 from tests.conftest import FreshDatabases, Topology
-from tests.helpers import new_uuid, seed_api_group, seed_cell_group
-from tests.proxy import proxied
+from tests.support.helpers import new_uuid, seed_api_group, seed_cell_group
+from tests.support.proxy import proxied
 
 SERVERS = [
     pytest.param("mysql", marks=pytest.mark.mysql),

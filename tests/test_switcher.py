@@ -24,7 +24,7 @@ from shadowdb.errors import DatabaseUnreachable, GuardRefused, ScanIncomplete, U
 from shadowdb.phase import Phase, read_cell_state, read_state, utcnow
 from shadowdb.switcher import GUARDS, TRANSITIONS, StepKind, Switcher
 from tests.conftest import Topology
-from tests.helpers import put_in_phase
+from tests.support.helpers import put_in_phase
 
 C, CR, AR, A = (
     Phase.CELL_ONLY,

@@ -18,7 +18,7 @@ from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.testing import StatementCounter
 from tests.conftest import Topology
-from tests.helpers import engines_of, new_uuid, put_in_phase
+from tests.support.helpers import engines_of, new_uuid, put_in_phase
 
 WRITES = ("create", "save", "add_members", "remove_members", "destroy")
 

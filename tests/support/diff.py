@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from shadowdb import models
 from shadowdb.diff import DiffReport
 from tests.conftest import Topology
-from tests.helpers import NOW, new_uuid, seed_api_group, seed_cell_group
+from tests.support.helpers import NOW, new_uuid, seed_api_group, seed_cell_group
 
 
 def no_sleep(_seconds: float) -> None:

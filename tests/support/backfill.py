@@ -3,7 +3,7 @@
 :func:`seed_legacy` fills both cells with what a real deployment holds (live and
 soft-deleted groups, soft-deleted members, groups already copied, groups with pending
 journal entries on either side); :func:`diff` compares every group on both sides, the
-way a diff-report does; :func:`run_crashing` runs ``tests/crashing_backfill.py`` as a
+way a diff-report does; :func:`run_crashing` runs ``tests/support/crashing_backfill.py`` as a
 real process.
 """
 
@@ -24,7 +24,7 @@ from shadowdb import models
 from shadowdb.databases import Databases, reader
 from shadowdb.queries import API, CELL, GroupRecord
 from tests.conftest import Topology
-from tests.helpers import NOW, new_uuid, seed_api_group, seed_cell_group
+from tests.support.helpers import NOW, new_uuid, seed_api_group, seed_cell_group
 
 RUNNER = Path(__file__).with_name("crashing_backfill.py")
 #: The venv's interpreter (pytest runs under it) and its ``shadowdb`` console script.
@@ -202,7 +202,7 @@ def run_crashing(
     crash_at: str | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``tests/crashing_backfill.py`` to its end (or its SIGKILL) and return it."""
+    """Run ``tests/support/crashing_backfill.py`` to its end (or its SIGKILL) and return it."""
     argv = [PYTHON, str(RUNNER)]
     if crash_at is not None:
         argv += ["--crash-at", crash_at]

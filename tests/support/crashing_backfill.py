@@ -2,7 +2,8 @@
 
 Run as a script with the venv's python, the API database URL in ``SHADOWDB_API_URL``::
 
-    python tests/crashing_backfill.py [--crash-at STEP:N] [--wait-for-go] -- [backfill options]
+    python tests/support/crashing_backfill.py [--crash-at STEP:N] [--wait-for-go] \
+        -- [backfill options]
 
 ``--crash-at STEP:N``: at the Nth occurrence of STEP the process sends itself SIGKILL, so
 nothing runs after it: no rollback, no ``finally``, no connection closed politely, as
