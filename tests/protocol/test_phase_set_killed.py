@@ -30,7 +30,7 @@ from tests.conftest import Topology
 from tests.support.helpers import put_in_phase, seed_api_group, seed_cell_group
 
 C, CR, AR, A = list(Phase)
-SCRIPT = Path(__file__).parent / "support" / "crashing_phase_set.py"
+SCRIPT = Path(__file__).parents[1] / "support" / "crashing_phase_set.py"
 
 ALL = [
     pytest.param("sqlite", marks=pytest.mark.sqlite),
@@ -138,7 +138,7 @@ def test_phase_set_killed_under_writers(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=str(Path(__file__).parents[1]),
+        cwd=str(Path(__file__).parents[2]),
     )
     stop = threading.Event()
     threads = [threading.Thread(target=_loop, args=(w, stop), daemon=True) for w in workers]

@@ -14,7 +14,7 @@ from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.switcher import Switcher
 from tests.conftest import Topology
-from tests.test_phase_set_killed import (
+from tests.protocol.test_phase_set_killed import (
     ALL,
     Destroyer,
     Renamer,

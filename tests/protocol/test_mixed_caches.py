@@ -27,9 +27,9 @@ from shadowdb.phase import Phase
 from shadowdb.switcher import Switcher
 from shadowdb.sync import drain_journals
 from tests.conftest import Topology
+from tests.protocol.test_faults import SERVERS
 from tests.support.helpers import group_state, seed_cell_group
 from tests.support.proxy import Proxy, proxied
-from tests.test_faults import SERVERS
 
 GROUPS_PER_WRITER = 4
 ROUTE = [

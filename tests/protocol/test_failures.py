@@ -37,10 +37,10 @@ from shadowdb.queries import API, CELL
 from shadowdb.switcher import Switcher
 from shadowdb.sync import OUTBOX, drain_journals
 from tests.conftest import Topology, _db_name
+from tests.protocol.test_faults import SERVERS
 from tests.support.backends import Server
 from tests.support.helpers import group_state, put_in_phase, seed_api_group, seed_cell_group
 from tests.support.proxy import Proxy
-from tests.test_faults import SERVERS
 
 C, CR, AR, A = (
     Phase.CELL_ONLY,
