@@ -27,7 +27,7 @@ from shadowdb.testing import write_legacy_cells
 from tests.support.cli import Cli
 from tests.support.docs import Block, Command, blocks, commands
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 RUNBOOK = ROOT / "docs" / "runbook.md"
 BIN = Path(sys.executable).parent

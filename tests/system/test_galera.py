@@ -24,7 +24,7 @@ from shadowdb.errors import NotTheWriterNode
 from shadowdb.objects import InstanceGroup, RequestContext
 from tests.support.backends import worker_id
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")
 #: Ports of the test's own cluster (clear of scripts/galera's default, 13306).
 PORTS = (23306, 23307, 23308)
