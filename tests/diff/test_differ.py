@@ -1,27 +1,24 @@
 """diff-report: every kind of divergence found exactly, short scans refused, live writes
-tolerated, repairs replayed by backfill, results stored for the phase guards."""
+tolerated (the canonical form, repairs and stored results have their own modules)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import random
 import threading
 import time
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
-from shadowdb import commands, diff, models
+from shadowdb import commands, diff
 from shadowdb.backfill import backfill
 from shadowdb.databases import reader
-from shadowdb.diff import Copy, Differ, DiffKind, bucket_of, canonical_lines
-from shadowdb.diff.checksums import digest, norm
+from shadowdb.diff import Differ, DiffKind
 from shadowdb.diff.readers import RangeReader, StreamReader
 from shadowdb.errors import GroupNotFound, InvalidInput, ScanIncomplete, UnknownCell
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
-from shadowdb.queries import API, CELL
+from shadowdb.queries import CELL
 from tests.conftest import Topology
 from tests.support.diff import (
     Injected,
@@ -29,84 +26,16 @@ from tests.support.diff import (
     inject_field_mismatches,
     inject_member_mismatches,
     inject_missing_in_api,
-    inject_missing_in_cells,
-    inject_policy_mismatch,
     no_sleep,
     reported,
     seed_clean,
-    seed_pair,
 )
-from tests.support.helpers import NOW, new_uuid, put_in_phase, seed_api_group, seed_cell_group
+from tests.support.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group
 
 
 def run(topology: Topology, **kwargs: Any) -> diff.DiffReport:
     kwargs.setdefault("sleep", no_sleep)
     return commands.diff_report(topology.dbs, **kwargs)
-
-
-# --------------------------------------------------------------------------- canonical form
-
-
-def test_bucket_of_splits_the_key_space_in_order() -> None:
-    assert bucket_of("00000000-0000-4000-8000-000000000000", 16) == 0
-    assert bucket_of("0fffffff-0000-4000-8000-000000000000", 16) == 0
-    assert bucket_of("10000000-0000-4000-8000-000000000000", 16) == 1
-    assert bucket_of("ffffffff-ffff-4fff-bfff-ffffffffffff", 16) == 15
-    assert bucket_of("ffffffff", 1) == 0
-    # Anything else shares the extra chunk n: uppercase, short, not hex.
-    assert bucket_of("ABCDEF01-0000-4000-8000-000000000000", 16) == 16
-    assert bucket_of("abc", 16) == 16
-    assert bucket_of("g0000000-0000", 16) == 16
-
-
-def test_canonical_lines_are_unambiguous() -> None:
-    one = Copy("u", "ab", "c", None, None, (), ())
-    two = Copy("u", "a", "bc", None, None, (), ())
-    empty = Copy("u", "", None, None, None, (), ())
-    null = Copy("u", None, None, None, None, (), ())
-    lines = {canonical_lines(c)[0] for c in (one, two, empty, null)}
-    assert len(lines) == 4
-    stamped = Copy("u", None, None, None, dt.datetime(999, 1, 2, 3, 4, 5), ("affinity",), ("m",))
-    assert canonical_lines(stamped) == [
-        "g1:u~~~19:0999-01-02 03:04:05",
-        "p1:u8:affinity",
-        "m1:u1:m",
-    ]
-
-
-def test_each_backend_checksums_exactly_like_the_python_reference(topology: Topology) -> None:
-    """The SQL of each backend and the Python streaming code agree on tricky rows."""
-    odd = [
-        ("ABCDEF01-0000-4000-8000-000000000000", "Upper", dt.datetime(2026, 1, 2, 3, 4, 5)),
-        ("short", "é ünïcode ✓", dt.datetime(2026, 1, 2, 3, 4, 5, 999999)),
-        (new_uuid(), "  spaced  ", dt.datetime(1999, 12, 31, 23, 59, 59)),
-        (new_uuid(), "a:b~c", None),
-        (new_uuid(), "", NOW),
-    ]
-    for uuid, name, created in odd:
-        seed_api_group(topology.dbs.api, uuid=uuid, name=name, members=[new_uuid()], created_at=NOW)
-        with topology.dbs.api.begin() as conn:
-            conn.execute(
-                models.api_groups.update()
-                .where(models.api_groups.c.uuid == uuid)
-                .values(created_at=created, user_id=None)
-            )
-    differ = Differ(topology.dbs, chunk_size=2)
-    differ._size(len(odd))
-    scan = differ._scan(topology.dbs.api, "api", API, "api")
-    # The reference: every row through the Python code, however the backend computed it.
-    expected: dict[int, list[int]] = {}
-    with reader(topology.dbs.api) as conn:
-        copies = diff.read_copies(conn, API, [u for u, _, _ in odd])
-    for uuid, copy in copies.items():
-        tally = expected.setdefault(bucket_of(uuid, differ.n), [0, 0, 0, 0])
-        tally[0] += 1
-        tally[1] += len(copy.policies)
-        tally[2] += len(copy.members)
-        tally[3] += sum(digest(line) for line in canonical_lines(copy))
-    got = {c: norm(t) for c, t in scan.chunks.items()}
-    assert got == {c: norm(t) for c, t in expected.items()}
-    assert scan.hashed == len(odd) * 3
 
 
 # --------------------------------------------------------------------------- finding them
@@ -301,81 +230,6 @@ def test_a_short_chunk_read_is_an_error(
     assert caught.value.seen == caught.value.expected - 1
 
 
-# --------------------------------------------------------------------------- repair
-
-
-REPAIRABLE = (
-    "missing-in-api",
-    "missing-in-cells",
-    "field-mismatch",
-    "policy-mismatch",
-    "member-mismatch",
-)
-
-
-@pytest.mark.parametrize(
-    ("phase", "duplicate_in"),
-    [(Phase.DUAL_WRITE_CELL_READS, "api"), (Phase.DUAL_WRITE_API_READS, "cell")],
-    ids=["cell-reads", "api-reads"],
-)
-def test_repair_then_backfill_then_clean(
-    topology: Topology, phase: Phase, duplicate_in: str
-) -> None:
-    put_in_phase(topology.dbs, phase)
-    seed_clean(topology, 12)
-    found = inject_everything(topology, duplicate_in=duplicate_in)
-    report = run(topology, repair=True, chunk_size=4)
-    assert reported(report) == found.expected  # a repair run still reports (and exits 1)
-    for finding in report.findings:
-        if finding.kind.value in REPAIRABLE:
-            assert finding.repair is not None and finding.repair.startswith("enqueued"), finding
-            side = "API journal" if finding.authoritative == "api" else "journal of cell"
-            assert side in finding.repair
-        else:
-            assert finding.repair == "not enqueued: no authoritative copy"
-    unrepaired = {(k, kind) for k, kind in found.expected if kind not in REPAIRABLE}
-    assert report.repaired == len({k for k, kind in found.expected if kind in REPAIRABLE})
-    result = backfill(topology.dbs, sleep=no_sleep)
-    assert result.errors == () and result.conflicts == ()
-    after = run(topology, chunk_size=4)
-    assert reported(after) == unrepaired
-
-
-@pytest.mark.parametrize("phase", [Phase.DUAL_WRITE_CELL_READS, Phase.DUAL_WRITE_API_READS])
-def test_duplicate_rows_never_block_and_a_repair_levels_the_sets(
-    topology: Topology, phase: Phase
-) -> None:
-    """Legacy duplicate rows on the authoritative side: noted, repairable, then clean."""
-    put_in_phase(topology.dbs, phase)
-    found = Injected()
-    inject_member_mismatches(topology, found, duplicate_in="cell")
-    report = run(topology, repair=True)
-    assert reported(report) == found.expected
-    assert all(f.repair is not None and f.repair.startswith("enqueued") for f in report.findings)
-    assert report.repaired == 2 and report.not_repaired == 0
-    result = backfill(topology.dbs, sleep=no_sleep)
-    assert result.errors == () and result.conflicts == ()
-    after = run(topology)
-    assert after.clean, after.findings
-    # The cell still holds its legacy duplicate rows (nothing rewrites them there in a
-    # cell-trusting phase; in dual-write-api-reads the replay wrote the cell copy as the
-    # set, so only the group that needed no repair keeps them).
-    assert after.rows.legacy_duplicates == (2 if phase is Phase.DUAL_WRITE_CELL_READS else 1)
-
-
-def test_repair_in_api_reads_enqueues_in_the_api_journal(topology: Topology) -> None:
-    put_in_phase(topology.dbs, Phase.DUAL_WRITE_API_READS)
-    found = Injected()
-    inject_policy_mismatch(topology, found)
-    inject_missing_in_cells(topology, found)
-    run(topology, repair=True)
-    with reader(topology.dbs.api) as conn:
-        queued = {e.group_uuid for e in API.journal_pending(conn)}
-    assert queued == {k for k, _ in found.expected}
-    with reader(topology.cell_engine("cell1").connect().engine) as conn:
-        assert CELL.journal_pending(conn) == []
-
-
 # --------------------------------------------------------------------------- live traffic
 
 
@@ -511,63 +365,3 @@ def test_writers_during_the_diff_leave_a_clean_system_clean(
         assert report.clean, report.findings
         # The writers made chunks differ: the row compare and re-check kept it clean.
         assert report.rows.chunks_differing > 0
-
-
-# --------------------------------------------------------------------------- stored results
-
-
-def test_results_are_stored(topology: Topology) -> None:
-    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
-    seed_pair(topology)
-    clean = run(topology)
-    with reader(topology.dbs.api) as conn:
-        first = diff.last_result(conn)
-    assert first is not None
-    assert (first.outcome, first.scope, first.phase, first.differences) == (
-        "clean",
-        "all",
-        "dual-write-cell-reads",
-        0,
-    )
-    assert first.started_at == clean.started_at and first.epoch == clean.epoch
-    assert first.rows_api == clean.rows.api_hashed and first.rows_cells > 0
-    found = Injected()
-    inject_policy_mismatch(topology, found)
-    run(topology, cell="cell1")
-    with reader(topology.dbs.api) as conn:
-        second = diff.last_result(conn)
-    assert second is not None and second.id > first.id
-    assert (second.outcome, second.scope, second.counts) == (
-        "differences",
-        "cell1",
-        {"policy-mismatch": 1},
-    )
-    with reader(topology.dbs.api) as conn:
-        assert (
-            conn.execute(
-                sa.select(sa.func.count()).select_from(models.api_diff_results)
-            ).scalar_one()
-            == 2
-        )
-
-
-def test_a_superseding_record_is_known_by_its_reason(topology: Topology) -> None:
-    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
-    seed_pair(topology)
-    run(topology)
-    with reader(topology.dbs.api) as conn:
-        ran = diff.last_result(conn)
-    assert ran is not None and not ran.superseded_by("cells rebuilt")
-    state = topology.dbs.phases.fresh()
-    with topology.dbs.api.begin() as conn:
-        diff.record_superseded(conn, state, "tester", "cells rebuilt")
-    with reader(topology.dbs.api) as conn:
-        last = diff.last_result(conn)
-    assert last is not None and last.id > ran.id
-    assert (last.outcome, last.scope, last.cells, last.epoch) == (
-        "incomplete",
-        "all",
-        (),
-        state.epoch,
-    )
-    assert last.superseded_by("cells rebuilt") and not last.superseded_by("something else")
