@@ -210,8 +210,13 @@ def route(dbs: Databases, members: Sequence[str]) -> dict[Cell, list[str]]:
 # --------------------------------------------------------------------------- topology
 
 #: Ask every cell (cell0 aside) directly when there are at most this many; route the
-#: members through ``instance_mappings`` when there are more. ``BENCHMARKS.md`` ("get_hosts
-#: hot path", topologies) has the measurements behind the number.
+#: members through ``instance_mappings`` when there are more. Between two cells, asking
+#: both concurrently beat routing first, through shadowdb and through the raw drivers
+#: (``benchmarks/test_hot_path.py``, two-cells topology: ``api-only`` against
+#: ``api-only-routed``, the ``-scatter`` floors against the ``-route`` ones, at 100 and
+#: 1,000 members). Each further cell asked costs a probe per member that routing would
+#: spare it, so from three cells on the members are routed (a choice by that reasoning:
+#: the benchmark's data set has two cells).
 SCATTER_UP_TO = 2
 
 
