@@ -653,8 +653,8 @@ def _fill_newton(conn: sa.Connection, backend: str) -> None:
         ],
     )
     for stmt in _newton_sql(backend):
-        # PyMySQL formats every statement: a literal % is written %%.
-        conn.exec_driver_sql(stmt if backend != "mysql" else stmt.replace("%", "%%"))
+        # PyMySQL and psycopg format every statement: a literal % is written %%.
+        conn.exec_driver_sql(stmt if backend == "sqlite" else stmt.replace("%", "%%"))
     names = ", ".join(t.name for t in NEWTON_TABLES)
     if backend == "sqlite":
         for table in NEWTON_TABLES:

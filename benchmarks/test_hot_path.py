@@ -38,7 +38,7 @@ import random
 import sqlite3
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -496,6 +496,15 @@ def nova_newton(dbs: Databases, instance: str) -> tuple[str, set[str]]:
 # --------------------------------------------------------------------------- the benchmark
 
 _floors: dict[tuple[str, str], RawFloor] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_floors() -> Iterator[None]:
+    """Close the raw floors' connections once the module's benchmarks are done."""
+    yield
+    for floor in _floors.values():
+        floor.close()
+    _floors.clear()
 
 
 def _floor(backend: str, topology: str, data: dataset.DataSet, dbs: Databases) -> RawFloor:
