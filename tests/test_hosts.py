@@ -190,6 +190,37 @@ def test_one_cell_besides_cell0_is_asked_directly(single_cell: Topology, phase: 
     assert not [s for _, s in counter.statements if "instance_mappings" in s]
 
 
+def test_a_cell_registered_while_the_process_runs_is_asked_after_the_next_phase_read(
+    single_cell: Topology, server: Server, tmp_path: Path
+) -> None:
+    """With one cell no routing runs, so the periodic phase read is what reveals a new
+    cell: its statement carries a fingerprint of ``cell_mappings``."""
+    topology = single_cell
+    dbs = topology.dbs
+    a = _seed(topology, "cell1", "h1")
+    b = new_uuid()  # to boot in a cell not registered yet
+    ctx = RequestContext(dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, _group_in(topology, Phase.API_ONLY, [a, b]))
+    assert group.get_hosts() == ["h1"]
+    if server.backend == "sqlite":
+        url = sa.URL.create("sqlite+pysqlite", database=str(tmp_path / "late.sqlite"))
+    else:
+        url = server.create(f"{topology.cell_urls['cell1'].database}_late")
+    try:
+        with connect(topology.api_url_text, settings=topology.settings) as other:
+            commands.add_cell(other, "late", url.render_as_string(hide_password=False), create=True)
+            commands.sync_schema(other)
+            seed_instance(other.cell("late").engine, b, host="h9")
+        assert [c.name for c in dbs.cells] == ["cell0", "cell1"]  # not read again yet
+        dbs.phases.fresh()  # the periodic read, as when the phase cache expires
+        assert group.get_hosts() == ["h1", "h9"]
+        assert [c.name for c in dbs.cells] == ["cell0", "cell1", "late"]
+    finally:
+        if server.backend != "sqlite":
+            dbs.dispose()
+            server.drop(str(url.database))
+
+
 def test_a_deployment_of_cell0_alone_asks_nothing(single_cell: Topology) -> None:
     dbs = single_cell.dbs
     dbs._cells = tuple(c for c in dbs.cells if c.is_cell0)
