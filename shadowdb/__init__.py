@@ -8,38 +8,61 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from shadowdb.databases import Cell, Databases, connect
-from shadowdb.errors import (
-    CellUnavailable,
-    DatabaseUnreachable,
-    GroupExists,
-    GroupNotFound,
-    GroupSaveError,
-    GuardRefused,
-    InvalidInput,
-    NotFound,
-    ObjectActionError,
-    OperationalError,
-    ShadowDBError,
-    UnsupportedPolicy,
-)
 from shadowdb.logs import library_defaults
-from shadowdb.phase import Phase
-from shadowdb.settings import Settings
 
 # A library's events go to the host's logging, never to stdout (shadowdb.logs).
 library_defaults()
 
 if TYPE_CHECKING:
+    from shadowdb.databases import Cell, Databases, connect
+    from shadowdb.errors import (
+        CellUnavailable,
+        DatabaseUnreachable,
+        GroupExists,
+        GroupNotFound,
+        GroupSaveError,
+        GuardRefused,
+        InvalidInput,
+        NotFound,
+        ObjectActionError,
+        OperationalError,
+        ShadowDBError,
+        UnsupportedPolicy,
+    )
     from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
+    from shadowdb.phase import Phase
+    from shadowdb.settings import Settings
     from shadowdb.sync import drain_journals
 
-#: Loaded on first use, so that importing a light module (``shadowdb.scheduler``, which the
-#: scheduler imports on every worker start) does not pull in the whole object layer.
+#: Every public name, loaded on first use: importing a light module (``shadowdb.scheduler``,
+#: which the scheduler imports on every worker start, or the command line's entry point,
+#: which must answer a Ctrl-C while the rest loads) does not pull in the whole package.
 _LAZY = {
+    "Cell": "shadowdb.databases",
+    "Databases": "shadowdb.databases",
+    "connect": "shadowdb.databases",
+    **dict.fromkeys(
+        (
+            "CellUnavailable",
+            "DatabaseUnreachable",
+            "GroupExists",
+            "GroupNotFound",
+            "GroupSaveError",
+            "GuardRefused",
+            "InvalidInput",
+            "NotFound",
+            "ObjectActionError",
+            "OperationalError",
+            "ShadowDBError",
+            "UnsupportedPolicy",
+        ),
+        "shadowdb.errors",
+    ),
     "InstanceGroup": "shadowdb.objects",
     "InstanceGroupList": "shadowdb.objects",
     "RequestContext": "shadowdb.objects",
+    "Phase": "shadowdb.phase",
+    "Settings": "shadowdb.settings",
     "drain_journals": "shadowdb.sync",
 }
 

@@ -25,7 +25,7 @@ from shadowdb.render import Output as _Output
 from shadowdb.render import cells_table as _cells_table
 from shadowdb.settings import Settings
 
-__all__ = ["ExitCode", "main", "main_entry"]
+__all__ = ["ExitCode", "main"]
 
 
 class ExitCode(enum.IntEnum):
@@ -739,8 +739,3 @@ def main(
                 return _fail(code, str(err), stderr, as_json)
         message = f"unexpected {type(err).__name__}: {err}"
         return _fail(ExitCode.OPERATIONAL, message, stderr, as_json)
-
-
-def main_entry() -> None:
-    """Run :func:`main` as the ``shadowdb`` console script."""
-    sys.exit(main())

@@ -26,8 +26,6 @@ from typing import Any, TextIO
 
 import structlog
 
-from shadowdb import urls
-
 __all__ = ["configure_cli", "library_defaults", "mask_passwords"]
 
 
@@ -35,6 +33,10 @@ def mask_passwords(
     _logger: Any, _name: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """Mask the password of every URL in an event's string values (a structlog processor)."""
+    # Imported here: ``import shadowdb`` loads this module, and must not load SQLAlchemy
+    # (which :mod:`shadowdb.urls` needs) before the command line can answer a Ctrl-C.
+    from shadowdb import urls
+
     for key, value in event.items():
         if isinstance(value, str):
             event[key] = urls.mask_text(value)

@@ -148,3 +148,31 @@ def test_ctrl_c_after_the_first_batch_exits_130_and_resumes(topology: Topology) 
     assert "10 rows matched query migrate_instance_groups, 10 migrated" in out
     assert 10 <= _api_count(topology) < GROUPS
     _resumes(topology, uuids)
+
+
+#: Start the console script's entry point with a SIGINT delivered the moment SQLAlchemy
+#: starts to load: the seconds before the command line can parse anything.
+EARLY = """
+import os, signal, sys
+
+class InterruptOnLoad:
+    def find_spec(self, name, path=None, target=None):
+        if name == "sqlalchemy":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, InterruptOnLoad())
+sys.argv = ["shadowdb", "status"]
+from shadowdb.__main__ import run
+run()
+"""
+
+
+@pytest.mark.sqlite
+def test_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130() -> None:
+    done = subprocess.run(
+        [PYTHON, "-c", EARLY], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == ExitCode.INTERRUPTED, done.stderr
+    assert done.stderr.splitlines() == ["shadowdb: interrupted while starting; nothing was done"]
+    assert done.stdout == ""
