@@ -245,6 +245,18 @@ class _ServerSql:
             if side.soft_delete:
                 live += " AND c.deleted = 0"
         bucket = self.bucket("g.uuid")
+        if kind != "g" and not self.mysql:
+            # Each group's chunk worked out once, not once per child row: the regular
+            # expression and casts cost PostgreSQL as much as the MD5 (OFFSET 0 keeps the
+            # subquery from being pulled up into the join, which would evaluate it per row).
+            groups_live = "deleted = 0" if side.soft_delete else "1 = 1"
+            source = (
+                f"{table.name} c JOIN (SELECT id, uuid, {self.bucket('uuid')} AS chunk "
+                f"FROM {side.groups.name} WHERE {groups_live} OFFSET 0) g "
+                "ON g.id = c.group_id"
+            )
+            live = "c.deleted = 0" if side.soft_delete else "1 = 1"
+            bucket = "g.chunk"
         if self.mysql:
             # The first 16 hex digits of the MD5 as an unsigned 64-bit number (CONV),
             # summed exactly as DECIMAL.
