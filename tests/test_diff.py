@@ -4,6 +4,7 @@ tolerated, repairs replayed by backfill, results stored for the phase guards."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import random
 import threading
 import time
@@ -72,6 +73,33 @@ def test_canonical_lines_are_unambiguous() -> None:
         "p1:u8:affinity",
         "m1:u1:m",
     ]
+
+
+def test_a_row_hashes_to_the_first_64_bits_of_its_md5_summed_modulo_2_64() -> None:
+    line = "m1:u1:m"
+    assert digest(line) == int(hashlib.md5(line.encode()).hexdigest()[:16], 16)
+    assert 0 <= digest("g" + "x" * 10_000) < 2**64
+    # Tallies are compared modulo 2**64, whatever sign or carry the servers' sums had.
+    assert norm([1, 2, 3, 2**64 + 5]) == norm([1, 2, 3, 5]) == (1, 2, 3, 5)
+    assert norm([1, 2, 3, -1]) == (1, 2, 3, 2**64 - 1)
+
+
+def test_doubled_rows_on_both_sides_do_not_cancel_out(topology: Topology) -> None:
+    """Members {a, a, c} in the cell against {c, e, e} in the API: every count agrees.
+
+    A XOR of row hashes would agree too (each doubled row cancels out); the sum does not,
+    so the chunk is compared row by row and the member sets found to differ.
+    """
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
+    uuid, a, c, e = new_uuid(), new_uuid(), new_uuid(), new_uuid()
+    seed_cell_group(topology.cell_engine("cell1"), uuid=uuid, name="g", members=[a, a, c])
+    seed_api_group(
+        topology.dbs.api, uuid=uuid, name="g", policies=("anti-affinity",), members=[c, e, e]
+    )
+    report = run(topology)
+    assert report.rows.api_hashed == report.rows.cells_hashed == 5
+    assert report.rows.chunks_differing == 1
+    assert [(f.key, f.kind) for f in report.findings] == [(uuid, DiffKind.MEMBER_MISMATCH)]
 
 
 def test_each_backend_checksums_exactly_like_the_python_reference(topology: Topology) -> None:
