@@ -21,7 +21,7 @@ reset just before it) against the process's RSS before it, and, in this process,
 of Python allocations during a run (``tracemalloc``), held to a fixed bound: the diff's
 memory follows its chunk size, not the number of rows.
 
-Pick a size with ``-k``: ``-k 10000`` runs the smallest on every backend. The deployment
+Pick a size with ``-k``: ``-k 10k`` runs the smallest on every backend. The deployment
 lives in ``$SHADOWDB_BENCH_DIR/diff`` (SQLite; default ``./.bench-data``), in the
 ``sdbbench_diff_*`` databases on the local MariaDB (``SHADOWDB_BENCH_MYSQL_URL``, default
 root on 127.0.0.1) and on the local PostgreSQL (``SHADOWDB_BENCH_PG_URL``, default
@@ -77,7 +77,7 @@ _MARKS = {
     "postgresql": pytest.mark.postgresql,
 }
 DEPLOYMENTS = [
-    pytest.param((backend, size), marks=mark, id=f"{backend}-{size}")
+    pytest.param((backend, size), marks=mark, id=f"{backend}-{size // 1000}k")
     for size in SIZES
     for backend, mark in _MARKS.items()
 ]
