@@ -24,8 +24,7 @@ memory follows its chunk size, not the number of rows.
 Pick a size with ``-k``: ``-k 10k`` runs the smallest on every backend. The deployment
 lives in ``$SHADOWDB_BENCH_DIR/diff`` (SQLite; default ``./.bench-data``), in the
 ``sdbbench_diff_*`` databases on the local MariaDB (``SHADOWDB_BENCH_MYSQL_URL``, default
-root on 127.0.0.1) and on the local PostgreSQL (``SHADOWDB_BENCH_PG_URL``, default
-postgres on 127.0.0.1), rebuilt for every size.
+root on 127.0.0.1) and on the local PostgreSQL (as postgres), rebuilt for every size.
 """
 
 from __future__ import annotations
@@ -107,29 +106,8 @@ class Deployment:
 # --------------------------------------------------------------------------- set-up
 
 
-def _pg_url(name: str) -> str:
-    base = os.environ.get("SHADOWDB_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/")
-    return (
-        sa.make_url(base)
-        .set(drivername="postgresql+psycopg", database=name)
-        .render_as_string(hide_password=False)
-    )
-
-
 def _urls(backend: str) -> list[str]:
-    if backend != "postgresql":
-        return fresh_urls(backend, "diff", _DB_NAMES)
-    admin = sa.create_engine(_pg_url("postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            for name in _DB_NAMES:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                conn.execute(sa.text(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8'"))
-    except sa.exc.OperationalError as err:
-        pytest.skip(f"postgresql unreachable: {err}")
-    finally:
-        admin.dispose()
-    return [_pg_url(n) for n in _DB_NAMES]
+    return fresh_urls(backend, "diff", _DB_NAMES)
 
 
 def _groups(count: int) -> list[dict[str, Any]]:
@@ -363,11 +341,7 @@ def _measure(benchmark: Any, dep: Deployment, what: str, fn: Callable[[], int]) 
 
 
 def _settings(dep: Deployment) -> dict[str, str]:
-    if dep.backend != "postgresql":
-        return server_settings(dep.backend, dep.dbs.api)
-    names = ("server_version", "shared_buffers", "work_mem", "max_parallel_workers_per_gather")
-    with dep.dbs.api.connect() as conn:
-        return {n: str(conn.exec_driver_sql(f"SHOW {n}").scalar_one()) for n in names}
+    return server_settings(dep.backend, dep.dbs.api)
 
 
 def _floor(dep: Deployment) -> float:
