@@ -4,6 +4,7 @@ every backend summing exactly like the Python reference."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 from shadowdb import diff, models
 from shadowdb.databases import reader
@@ -39,6 +40,15 @@ def test_canonical_lines_are_unambiguous() -> None:
         "p1:u8:affinity",
         "m1:u1:m",
     ]
+
+
+def test_a_row_hashes_to_the_first_64_bits_of_its_md5_summed_modulo_2_64() -> None:
+    line = "m1:u1:m"
+    assert digest(line) == int(hashlib.md5(line.encode()).hexdigest()[:16], 16)
+    assert 0 <= digest("g" + "x" * 10_000) < 2**64
+    # Tallies are compared modulo 2**64, whatever sign or carry the servers' sums had.
+    assert norm([1, 2, 3, 2**64 + 5]) == norm([1, 2, 3, 5]) == (1, 2, 3, 5)
+    assert norm([1, 2, 3, -1]) == (1, 2, 3, 2**64 - 1)
 
 
 def test_each_backend_checksums_exactly_like_the_python_reference(topology: Topology) -> None:

@@ -38,6 +38,24 @@ def run(topology: Topology, **kwargs: Any) -> diff.DiffReport:
     return commands.diff_report(topology.dbs, **kwargs)
 
 
+def test_doubled_rows_on_both_sides_do_not_cancel_out(topology: Topology) -> None:
+    """Members {a, a, c} in the cell against {c, e, e} in the API: every count agrees.
+
+    A XOR of row hashes would agree too (each doubled row cancels out); the sum does not,
+    so the chunk is compared row by row and the member sets found to differ.
+    """
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
+    uuid, a, c, e = new_uuid(), new_uuid(), new_uuid(), new_uuid()
+    seed_cell_group(topology.cell_engine("cell1"), uuid=uuid, name="g", members=[a, a, c])
+    seed_api_group(
+        topology.dbs.api, uuid=uuid, name="g", policies=("anti-affinity",), members=[c, e, e]
+    )
+    report = run(topology)
+    assert report.rows.api_hashed == report.rows.cells_hashed == 5
+    assert report.rows.chunks_differing == 1
+    assert [(f.key, f.kind) for f in report.findings] == [(uuid, DiffKind.MEMBER_MISMATCH)]
+
+
 # --------------------------------------------------------------------------- finding them
 
 
