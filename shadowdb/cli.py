@@ -335,14 +335,17 @@ def _cmd_diff_report(args: argparse.Namespace, settings: Settings, out: _Output)
         # A bar only on a terminal, and never mixed into JSON on it.
         bar = out.terminal and (args.output is not None or not out.json)
         with render.DiffProgress(out) if bar else contextlib.nullcontext() as progress:
-            report = commands.diff_report(
-                dbs,
-                cell=args.cell,
-                keys_only=args.keys_only,
-                limit=args.limit,
-                repair=args.repair,
-                progress=progress.update if progress is not None else None,
-            )
+            try:
+                report = commands.diff_report(
+                    dbs,
+                    cell=args.cell,
+                    keys_only=args.keys_only,
+                    limit=args.limit,
+                    repair=args.repair,
+                    progress=progress.update if progress is not None else None,
+                )
+            except errors.GuardRefused as err:
+                raise CommandRefused("; ".join(err.reasons)) from err
         code = ExitCode.OK if report.clean else ExitCode.MORE
         if target.json:
             target.emit_json({**render.jsonable(report), "exit_code": int(code)})

@@ -18,7 +18,7 @@ from shadowdb.diff.differ import DEFAULT_CHUNK, Differ, Progress
 from shadowdb.diff.findings import DiffKind, DiffReport, RowCounts, authority_by_tombstone
 from shadowdb.diff.repair import enqueue_repairs
 from shadowdb.diff.results import insert_result
-from shadowdb.errors import InvalidInput, OperationalError, ShadowDBError
+from shadowdb.errors import GuardRefused, InvalidInput, OperationalError, ShadowDBError
 from shadowdb.fence import lagging, settle
 from shadowdb.phase import Phase, PhaseState, utcnow
 from shadowdb.sync import one_line
@@ -56,6 +56,18 @@ def run_diff(
     # began: finish a half-done change first, and say so if a cell still lags.
     settle(dbs)
     differ = Differ(dbs, cell=cell, chunk_size=chunk_size, progress=progress, sleep=sleep)
+    if differ.state.phase is Phase.API_ONLY and differ.state.cells_retired:
+        # Every API group would be "missing in cells", and --repair would queue them all:
+        # nothing here to compare until a reverse backfill rebuilds the cells. Refused
+        # before anything is recorded, so cleanup's own record stays the newest.
+        raise GuardRefused(
+            "diff-report",
+            [
+                "cleanup retired the cell copies, so there is nothing to compare; to go "
+                "back to the cells, run `shadowdb backfill --reverse`, then "
+                "`shadowdb diff-report`"
+            ],
+        )
     scope = differ.only.name if differ.only is not None else "all"
     compared = [c.uuid for c in (differ.cells if differ.only is None else (differ.only,))]
     try:

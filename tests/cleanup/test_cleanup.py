@@ -113,3 +113,21 @@ def test_leaving_api_only_after_cleanup_recreates_cell_copies(topology: Topology
     for uuid in uuids:
         cell = group_state(topology.cell_engine("cell1"), "cell", uuid)
         assert cell == group_state(topology.dbs.api, "api", uuid)
+
+
+def test_after_cleanup_a_diff_report_is_refused_and_status_says_the_cutover_is_complete(
+    topology: Topology,
+) -> None:
+    _migrated(topology)
+    cli = _cli(topology)
+    assert cli("cleanup", "--yes").code == ExitCode.OK
+    api_before = dump(topology.dbs.api, models.api_metadata)
+    # Every API group would be "missing in cells" and --repair would queue them all.
+    for argv in (("diff-report",), ("diff-report", "--repair")):
+        run = cli(*argv)
+        assert run.code == ExitCode.REFUSED
+        assert "`shadowdb backfill --reverse`" in run.only_error()
+    assert dump(topology.dbs.api, models.api_metadata) == api_before  # nothing recorded
+    status = commands.status(topology.dbs)
+    assert status.next_step is None
+    assert "cutover is complete" in status.reason
