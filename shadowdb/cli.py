@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
@@ -697,6 +698,11 @@ def _settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
         raise errors.InvalidInput(f"bad setting in the environment: {err}") from err
 
 
+#: How many commands this thread is running inside another (``shadowdb demo`` runs each
+#: step through :func:`main`).
+_nested = threading.local()
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -726,8 +732,15 @@ def main(
         _refuse_missing_default(args, settings)
         out = _Output(args.format, stdout)
         handler: Handler = args.handler
-        return int(handler(args, settings, out))
+        _nested.depth = getattr(_nested, "depth", 0) + 1
+        try:
+            return int(handler(args, settings, out))
+        finally:
+            _nested.depth -= 1
     except KeyboardInterrupt:
+        if getattr(_nested, "depth", 0):
+            # A command run by another (the demo's steps): the outer one says it, once.
+            raise
         # Every unit of work is a transaction or a checkpoint: the next run resumes.
         message = "interrupted: what was committed stays; run the command again to resume"
         return _fail(ExitCode.INTERRUPTED, message, stderr, as_json)

@@ -114,3 +114,37 @@ def test_scripts_demo_runs_shadowdb_demo_quietly(tmp_path: Path) -> None:
         "shadowdb: error: shadowdb-data/ exists and was not made by the demo; "
         "run it elsewhere (--data-dir)\n"
     )
+
+
+#: Run the demo with a SIGINT delivered inside one of its steps, the backfill, as it copies.
+INTERRUPT_IN_A_STEP = """
+import os, signal, sys
+from shadowdb import signals
+from shadowdb.__main__ import run
+
+def on_step(_sender, **kwargs):
+    if kwargs.get("step") == "copied":
+        os.kill(os.getpid(), signal.SIGINT)
+
+signals.backfill_step.connect(on_step, weak=False)
+sys.argv = ["shadowdb", "demo", "--groups", "60"]
+run()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite
+def test_ctrl_c_during_a_demo_step_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWDB_")}
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_IN_A_STEP],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert "$ shadowdb backfill" in done.stdout  # interrupted inside that step
+    assert done.returncode == 130, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "interrupted" in done.stderr, done.stderr
