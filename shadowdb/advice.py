@@ -146,7 +146,13 @@ def _dual_write(dbs: Databases, status: Status, phase: Phase) -> Advice:
         if journal:
             parts.append(f"{journal} journal {'entry' if journal == 1 else 'entries'} pending")
         return Advice(_BACKFILL, "; ".join(parts) + ": backfill copies them and drains journals")
+    last = status.diff
     if backlog:
+        looked = last is not None and last.current and not last.clean and not last.repaired
+        if looked and last is not None and set(last.counts) - REPAIRABLE:
+            # The diff-report has looked and could enqueue nothing for some (a group live
+            # in two cells): advising it again would go round for ever.
+            return _unclean(last, _next_forward(phase))
         per_cell = ", ".join(f"{h.name}: {h.backlog}" for h in cells if h.backlog)
         return Advice(
             _REPAIR,
@@ -154,7 +160,6 @@ def _dual_write(dbs: Databases, status: Status, phase: Phase) -> Advice:
             "where backfill has already scanned (written to the cell outside shadowdb): "
             f"--repair enqueues them, then `{_BACKFILL}` copies them",
         )
-    last = status.diff
     if status.conflicts:
         kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(status.conflicts.items()))
         if last is not None and last.current and (last.clean or last.repaired):
@@ -171,7 +176,7 @@ def _dual_write(dbs: Databases, status: Status, phase: Phase) -> Advice:
             f"copy it may not overwrite ({kinds}): --repair enqueues the authoritative "
             "copy for the next backfill",
         )
-    target = Phase.DUAL_WRITE_API_READS if phase is Phase.DUAL_WRITE_CELL_READS else Phase.API_ONLY
+    target = _next_forward(phase)
     stale = _stale(status, last)
     if stale is not None:
         return Advice(_DIFF, f"{stale}; {_phase_set(target)} needs a clean, recent one")
@@ -184,6 +189,11 @@ def _dual_write(dbs: Databases, status: Status, phase: Phase) -> Advice:
         f"every group is copied, no journal entry is pending and the diff-report of "
         f"{_ago(last)} is clean",
     )
+
+
+def _next_forward(phase: Phase) -> Phase:
+    """Return the phase a dual-write phase moves forward to."""
+    return Phase.DUAL_WRITE_API_READS if phase is Phase.DUAL_WRITE_CELL_READS else Phase.API_ONLY
 
 
 def _stale(status: Status, last: LastDiff | None) -> str | None:

@@ -290,6 +290,18 @@ def test_differences_without_an_authoritative_copy_need_an_operator(topology: To
     assert "live-in-two-cells" in found.reason and "by hand" in found.reason
 
 
+def test_a_new_group_live_in_two_cells_needs_an_operator_not_a_loop(topology: Topology) -> None:
+    _legacy(topology)
+    _follow(topology, ["shadowdb phase set dual-write-cell-reads", "shadowdb backfill"])
+    # Written into both cells outside shadowdb, where backfill has already scanned.
+    twin = new_uuid()
+    for cell in ("cell1", "cell2"):
+        seed_cell_group(topology.cell_engine(cell), uuid=twin, name="twin")
+    # The diff-report looks, can enqueue no copy for it, and says so: no command after.
+    found = _follow(topology, ["shadowdb diff-report --repair", None])
+    assert "live-in-two-cells" in found.reason and "by hand" in found.reason
+
+
 def test_a_stale_diff_advises_diff_report(topology: Topology) -> None:
     _legacy(topology)
     _follow(
