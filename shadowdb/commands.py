@@ -308,7 +308,10 @@ def remove_cell(dbs: Databases, name: str) -> None:
     try:
         with reader(cell.engine, cell.label) as conn:
             g = CELL.groups
-            live = conn.scalar(sa.select(sa.func.count()).select_from(g).where(g.c.deleted == 0))
+            # A database never synced holds no group table, and so no group.
+            live = sa.inspect(conn).has_table(g.name) and conn.scalar(
+                sa.select(sa.func.count()).select_from(g).where(g.c.deleted == 0)
+            )
             if live:
                 reasons.append(f"it holds {live} live group(s)")
             try:
