@@ -288,7 +288,7 @@ def test_cell_remove_deletes_the_mapping_of_a_database_never_synced(
         commands.add_cell(dbs, "cell3", _text(extra))
         with reader(dbs.cell("cell3").engine, "cell3") as conn:
             assert not sa.inspect(conn).has_table("instance_groups")
-        code, out, err = _cli("cell", "remove", "cell3", "--api-url", api)
+        code, _out, err = _cli("cell", "remove", "cell3", "--api-url", api)
         assert code == 0, err
         assert "cell3" not in [name for name, _url in _mappings(dbs)]
     finally:
