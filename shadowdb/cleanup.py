@@ -146,7 +146,7 @@ def completed(state: PhaseState, last: diff.StoredResult | None) -> bool:
 
 
 #: What a completed cleanup records as the newest diff-report result.
-_DONE = "cleanup retired the cell copies"
+_DONE = diff.CLEANED_UP
 
 _UNRETIRED = (
     "a `backfill --reverse` rebuilt the cell copies while cleanup ran; nothing was purged: "

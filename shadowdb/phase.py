@@ -128,9 +128,15 @@ def _queue_fairly(conn: Connection, for_update: bool) -> None:
 
 
 def read_cell_state(
-    conn: Connection, *, for_update: bool = False, share: bool = False
+    conn: Connection,
+    *,
+    for_update: bool = False,
+    share: bool = False,
+    label: str = "cell database",
 ) -> PhaseState | None:
     """Read a cell's phase row (the fence, :mod:`shadowdb.fence`); ``None`` if it has none.
+
+    ``label`` names the cell in errors (``cell NAME``): an operator has to know which.
 
     Raises:
         SchemaError: the cell database was never synced by shadowdb.
@@ -143,7 +149,7 @@ def read_cell_state(
         row = conn.execute(stmt).one_or_none()
     except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:
         if "shadowdb_state" in str(err.orig):
-            raise SchemaError("cell database", "not synced (run `shadowdb db sync`)") from err
+            raise SchemaError(label, "not synced (run `shadowdb db sync`)") from err
         raise
     if row is None:
         return None
