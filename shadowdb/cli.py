@@ -134,11 +134,13 @@ def _cmd_cell_list(args: argparse.Namespace, settings: Settings, out: _Output) -
 def _cmd_status(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
     with connect(args.api_url, settings=settings) as dbs:
         result = commands.status(dbs)
+    # The whole status prints either way; the exit code tells a script a cell is down.
+    code = ExitCode.OK if result.reachable else ExitCode.OPERATIONAL
     if out.json:
         out.emit_json(result)
-        return ExitCode.OK
+        return code
     render.status(out, result)
-    return ExitCode.OK
+    return code
 
 
 def _cmd_phase_show(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
@@ -396,7 +398,8 @@ environment:
 exit codes:
   0    success; for backfill, nothing left to do
   1    more to do (backfill) or differences found (diff-report)
-  2    operational: a database unreachable, a migration or a write failed
+  2    operational: a database unreachable (status: after printing the whole status),
+       a migration or a write failed
   3    refused by a guard, or the command does not run in this phase
   127  bad input: usage, malformed URL, unknown cell or phase, bad value
   130  interrupted (Ctrl-C): what was committed stays; run it again to resume"""

@@ -144,6 +144,11 @@ class Status:
     next_step: str | None = None
     reason: str = ""
 
+    @property
+    def reachable(self) -> bool:
+        """Every cell answered (``shadowdb status`` exits 2 otherwise)."""
+        return all(h.reachable for h in self.health)
+
 
 def cell_infos(dbs: Databases) -> list[CellInfo]:
     """List the registered cells, oldest first, passwords masked."""
