@@ -526,32 +526,10 @@ def diff_report(
 # --------------------------------------------------------------------------- backfill, cleanup
 
 
-def backfill(
-    dbs: Databases,
-    *,
-    max_count: int | None = None,
-    cell: str | None = None,
-    batch_size: int = DEFAULT_BATCH,
-    max_rate: float | None = None,
-    reverse: bool = False,
-    on_batch: Callable[[str, BackfillStep], None] | None = None,
-    on_start: Callable[[], None] | None = None,
-) -> BackfillResult:
-    """Copy legacy cell groups into the API database (or back, ``reverse``).
-
-    See :func:`shadowdb.backfill.backfill`: ``nova-manage db online_data_migrations``
-    semantics, resumable from its checkpoints after any interruption.
-    """
-    return backfilling.backfill(
-        dbs,
-        max_count=max_count,
-        cell=cell,
-        batch_size=batch_size,
-        max_rate=max_rate,
-        reverse=reverse,
-        on_batch=on_batch,
-        on_start=on_start,
-    )
+#: Copy legacy cell groups into the API database (or back, ``reverse``): the library
+#: verb is the backfill package's own (``nova-manage db online_data_migrations`` semantics,
+#: resumable from its checkpoints after any interruption).
+backfill = backfilling.backfill
 
 
 def backfill_migrations(dbs: Databases, *, reverse: bool = False) -> tuple[str, ...]:
