@@ -225,21 +225,16 @@ def _last_diff(dbs: Databases, state: PhaseState, last: diff.StoredResult) -> La
     # The guard phase set runs (api-only's only move, back, admits journaled differences).
     guard = CleanRecentDiff(explained=state.phase is Phase.API_ONLY)
     blockers = tuple(guard.check(dbs, state, state.phase))
+    # What the run recorded, copied as it is: the fields both name the same.
+    stored = {f.name for f in dataclasses.fields(last)}
+    recorded = {
+        f.name: getattr(last, f.name) for f in dataclasses.fields(LastDiff) if f.name in stored
+    }
     return LastDiff(
-        started_at=last.started_at,
-        finished_at=last.finished_at,
-        phase=last.phase,
-        epoch=last.epoch,
-        scope=last.scope,
-        outcome=last.outcome,
-        differences=last.differences,
-        counts=last.counts,
-        repaired=last.repaired,
-        unexplained=last.unexplained,
+        **recorded,
         age_seconds=age,
         current=last.epoch == state.epoch,
         recent=age <= dbs.settings.diff_max_age,
         gates=not blockers,
         blockers=blockers,
-        detail=last.detail,
     )
