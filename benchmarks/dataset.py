@@ -149,17 +149,27 @@ def _insert(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
         conn.execute(table.insert(), list(rows))
 
 
+#: The backends the data set is built on.
+BACKENDS = ("sqlite", "mysql", "postgresql")
+
+
 def _server_url(backend: str, name: str) -> str:
     if backend == "mysql":
         return f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+    if backend == "postgresql":
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name or 'postgres'}"
     raise ValueError(backend)
 
 
 def _fresh_server_db(backend: str, name: str) -> None:
     admin = sa.create_engine(_server_url(backend, ""), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-        conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+        if backend == "postgresql":
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8'"))
+        else:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+            conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
     admin.dispose()
 
 
@@ -204,7 +214,7 @@ def _decode(backend: str, api_url: str, cell_urls: dict[str, str], meta: dict[st
 
 
 def build(backend: str, folder: Path) -> DataSet:
-    """Return the data set on ``backend`` ("sqlite" or "mysql"), building it if needed."""
+    """Return the data set on ``backend`` (one of :data:`BACKENDS`), building it if needed."""
     if backend == "sqlite":
         folder.mkdir(parents=True, exist_ok=True)
         api_url = f"sqlite:///{folder / 'api.sqlite'}"
@@ -236,6 +246,9 @@ def _tuned(conn: sa.Connection, backend: str) -> None:
     if backend == "mysql":
         conn.exec_driver_sql("SET SESSION unique_checks = 0")
         conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")
+    elif backend == "postgresql":
+        # Loading only: a crash mid-build rebuilds the data set anyway.
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
 
 
 def _load(dbs: Databases, backend: str) -> dict[str, Any]:
@@ -314,11 +327,13 @@ def _load(dbs: Databases, backend: str) -> dict[str, Any]:
             with engine.begin() as conn:
                 conn.exec_driver_sql("ANALYZE")
     else:
+        # PostgreSQL: ANALYZE (not VACUUM: the tables were only inserted into).
+        analyze = "ANALYZE TABLE" if backend == "mysql" else "ANALYZE"
         for cell in dbs.cells:
-            with cell.engine.connect() as conn:
-                conn.exec_driver_sql("ANALYZE TABLE instances")
-        with dbs.api.connect() as conn:
-            conn.exec_driver_sql("ANALYZE TABLE instance_mappings, instance_group_member")
+            with cell.engine.begin() as conn:
+                conn.exec_driver_sql(f"{analyze} instances, instance_group_member")
+        with dbs.api.begin() as conn:
+            conn.exec_driver_sql(f"{analyze} instance_mappings, instance_group_member")
     return {"groups": groups, "no_group_instance": no_group}
 
 
@@ -523,6 +538,8 @@ def _newton_sql(dialect: str) -> list[str]:
             return f"CONCAT({', '.join(parts)})"
 
         def hex_(expr: str, width: int) -> str:
+            if dialect == "postgresql":
+                return f"LPAD(TO_HEX({expr}), {width}, '0')"
             return f"LOWER(LPAD(HEX({expr}), {width}, '0'))"
 
     port = cat(hex_("i.id", 8), "SUBSTR(i.uuid, 9)")
@@ -538,7 +555,7 @@ def _newton_sql(dialect: str) -> list[str]:
         "'.'",
         f"CAST({octets[2]} AS CHAR)",
     )
-    if dialect == "sqlite":
+    if dialect in ("sqlite", "postgresql"):  # PostgreSQL's CHAR is one character
         ip = ip.replace("AS CHAR", "AS TEXT")
     network_info = cat(
         '\'[{"id": "\'',
@@ -579,11 +596,12 @@ def _newton_sql(dialect: str) -> list[str]:
         ("instance_system_metadata", "'image_min_disk'", "CAST(i.root_gb AS CHAR)"),
     ]
     for table, key, value in meta_rows:
-        if dialect == "sqlite":
+        if dialect in ("sqlite", "postgresql"):
             value = value.replace("AS CHAR", "AS TEXT")
+        key_column = "`key`" if dialect == "mysql" else '"key"'
         stmts.append(
             f"INSERT INTO {table} (created_at, updated_at, deleted_at, deleted, instance_uuid,"
-            f" {'`key`' if dialect != 'sqlite' else 'key'}, value)"
+            f" {key_column}, value)"
             f" SELECT {common}, i.uuid, {key}, {value} FROM instances i{where}"
         )
     return stmts
@@ -635,13 +653,108 @@ def _fill_newton(conn: sa.Connection, backend: str) -> None:
         ],
     )
     for stmt in _newton_sql(backend):
-        # PyMySQL formats every statement: a literal % is written %%.
+        # PyMySQL and psycopg format every statement: a literal % is written %%.
         conn.exec_driver_sql(stmt if backend == "sqlite" else stmt.replace("%", "%%"))
     names = ", ".join(t.name for t in NEWTON_TABLES)
     if backend == "sqlite":
         for table in NEWTON_TABLES:
             conn.exec_driver_sql(f"ANALYZE {table.name}")
+    elif backend == "postgresql":
+        conn.exec_driver_sql(f"ANALYZE {names}")
     else:
         conn.exec_driver_sql(f"ANALYZE TABLE {names}")
     conn.exec_driver_sql(f"CREATE TABLE {_NEWTON_META} (version INTEGER)")
     conn.exec_driver_sql(f"INSERT INTO {_NEWTON_META} VALUES ({NEWTON_VERSION})")
+
+
+# --------------------------------------------------------------------------- single cell
+#
+# Most Nova deployments have cell0 and one real cell. The single-cell deployment is a
+# second API database (``api1``) that maps cell0 first (an empty cell database of its
+# own) and then the data set's ``cell1`` database, with the same groups, policies and
+# members as the main API database (copied row for row, ids kept). It holds no
+# ``instance_mappings``: on one cell the hot path reads none.
+
+_SINGLE_VERSION = 1
+
+
+def _single_urls(data: DataSet, folder: Path) -> tuple[str, str]:
+    if data.backend == "sqlite":
+        return f"sqlite:///{folder / 'api1.sqlite'}", f"sqlite:///{folder / 'cell0.sqlite'}"
+    return _server_url(data.backend, "sdbbench_api1"), _server_url(data.backend, "sdbbench_cell0")
+
+
+def single_cell(data: DataSet, folder: Path) -> DataSet:
+    """Return the data set's single-cell deployment (cell0, then cell1), building it once."""
+    api_url, cell0_url = _single_urls(data, folder)
+    cell_urls = {"cell0": cell0_url, "cell1": data.cell_urls["cell1"]}
+    meta = _read_meta(api_url)
+    if meta is not None and meta.get("single") == _SINGLE_VERSION:
+        return dataclasses.replace(data, api_url=api_url, cell_urls=cell_urls)
+    if data.backend == "sqlite":
+        for name in ("api1", "cell0"):
+            for path in folder.glob(f"{name}.sqlite*"):
+                path.unlink()
+    else:
+        for name in ("sdbbench_api1", "sdbbench_cell0"):
+            _fresh_server_db(data.backend, name)
+    from shadowdb.databases import CELL0_UUID
+
+    settings = Settings(data_dir=folder, actor="bench")
+    with connect(api_url, settings=settings, create=True) as dbs:
+        commands.sync_schema(dbs)
+        if data.backend == "sqlite":  # cell0's file, as nova-manage's database sync makes it
+            import sqlite3
+
+            sqlite3.connect(sa.make_url(cell0_url).database or "").close()
+        with dbs.api.begin() as conn:
+            conn.execute(
+                models.api_cell_mappings.insert().values(
+                    created_at=NOW,
+                    updated_at=NOW,
+                    uuid=CELL0_UUID,
+                    name="cell0",
+                    transport_url="none:///",
+                    database_connection=cell0_url,
+                    disabled=False,
+                )
+            )
+        commands.add_cell(dbs, "cell1", data.cell_urls["cell1"], default=True)
+        commands.sync_schema(dbs)
+        source = sa.create_engine(data.api_url)
+        try:
+            with source.connect() as src, dbs.api.begin() as dst:
+                _tuned(dst, data.backend)
+                for table in (models.api_groups, models.api_policies, models.api_members):
+                    rows = src.execute(sa.select(table).order_by(table.c.id))
+                    while batch := rows.fetchmany(BATCH):
+                        dst.execute(table.insert(), [r._asdict() for r in batch])
+                if data.backend == "postgresql":  # ids were given: move the sequences on
+                    for table in (models.api_groups, models.api_policies, models.api_members):
+                        dst.exec_driver_sql(
+                            f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'),"
+                            f" (SELECT max(id) FROM {table.name}))"
+                        )
+        finally:
+            source.dispose()
+        with dbs.api.begin() as conn:
+            if data.backend == "sqlite":
+                conn.exec_driver_sql("ANALYZE")
+            else:
+                analyze = "ANALYZE TABLE" if data.backend == "mysql" else "ANALYZE"
+                conn.exec_driver_sql(f"{analyze} instance_group_member, instance_groups")
+        payload = {
+            "groups": {
+                str(size): {
+                    "uuid": g.uuid,
+                    "project_id": g.project_id,
+                    "members": list(g.members),
+                    "hosts": sorted(g.expected_hosts),
+                }
+                for size, g in data.groups.items()
+            },
+            "no_group_instance": data.no_group_instance,
+            "single": _SINGLE_VERSION,
+        }
+        _write_meta(dbs.api, payload)
+    return dataclasses.replace(data, api_url=api_url, cell_urls=cell_urls)

@@ -1,8 +1,9 @@
-"""Turn a pytest-benchmark JSON file into the BENCHMARKS.md table and the latency plot.
+"""Turn a pytest-benchmark JSON file into the BENCHMARKS.md tables and the latency plot.
 
-Usage: ``python -m benchmarks.report [--compact] RESULTS.json OUT.png`` prints the
-Markdown tables (medians, each phase's ratio to the raw floor and to api-only) and writes
-the plot.
+Usage: ``python -m benchmarks.report [--compact] RESULTS.json [OUT.png]`` prints the
+Markdown tables (hot path: medians per deployment, each phase's ratio to the raw floor
+and to api-only, every raw formulation; writes: medians and ratios to the raw floor)
+and writes the hot path's plot.
 """
 
 from __future__ import annotations
@@ -14,7 +15,29 @@ from pathlib import Path
 from typing import Any
 
 PHASES = ("cell-only", "dual-write-cell-reads", "dual-write-api-reads", "api-only")
-LABELS = {"sqlite": "SQLite", "mysql": "MariaDB"}
+LABELS = {"sqlite": "SQLite", "mysql": "MariaDB", "postgresql": "PostgreSQL"}
+BACKENDS = tuple(LABELS)
+
+
+def deployment_key(info: dict[str, Any]) -> str:
+    """Name a result's deployment: its backend, then its topology if it has one."""
+    topology = info.get("topology")
+    return f"{info['backend']} {topology}" if topology else str(info["backend"])
+
+
+def label(key: str) -> str:
+    """Render a deployment key for a table or a plot title."""
+    backend, _, topology = key.partition(" ")
+    return f"{LABELS.get(backend, backend)} {topology}".strip()
+
+
+def keys_in(medians: dict[tuple[str, str, int], float]) -> list[str]:
+    """Return the deployment keys found, by backend order, then topology."""
+    found = {k[0] for k in medians}
+    order = {b: n for n, b in enumerate(BACKENDS)}
+    return sorted(found, key=lambda k: (order.get(k.partition(" ")[0], 99), k))
+
+
 #: The Nova-style baselines: since Train, and Newton/Ocata (with the joins and metadata).
 NOVA = ("nova-style", "nova-newton")
 #: The floor each phase is held to: the raw statements reading the same side.
@@ -38,13 +61,16 @@ def load(path: Path) -> tuple[Medians, Medians, Medians]:
     settings: dict[str, Any] = {}
     for bench in raw["benchmarks"]:
         info = bench["extra_info"]
+        if "path" not in info:  # another benchmark module's result
+            continue
+        key = deployment_key(info)
         if info["path"] == "interleaved":
             for path, value in info["medians"].items():
-                interleaved[(info["backend"], path, int(info["size"]))] = value
+                interleaved[(key, path, int(info["size"]))] = value
             for path, value in info.get("p25", {}).items():
-                quartile[(info["backend"], path, int(info["size"]))] = value
+                quartile[(key, path, int(info["size"]))] = value
             continue
-        medians[(info["backend"], info["path"], int(info["size"]))] = bench["stats"]["median"]
+        medians[(key, info["path"], int(info["size"]))] = bench["stats"]["median"]
         if "settings" in info:
             settings[info["backend"]] = info["settings"]
     return medians, interleaved, quartile
@@ -73,7 +99,7 @@ def table(medians: dict[tuple[str, str, int], float]) -> str:
         "|---" * (len(PHASES) + 10) + "|",
     ]
     sizes = sorted({s for (_, p, s) in medians if p in PHASES})
-    for backend in ("sqlite", "mysql"):
+    for backend in keys_in(medians):
         for size in sizes:
             if (backend, "api-only", size) not in medians:
                 continue
@@ -81,22 +107,51 @@ def table(medians: dict[tuple[str, str, int], float]) -> str:
             ratios = [
                 medians[(backend, p, size)] / floor[(backend, FLOOR_OF[p], size)] for p in PHASES
             ]
-            nova = medians[(backend, "nova-style", size)]
+            nova = medians.get((backend, "nova-style", size))
             newton = medians.get((backend, "nova-newton", size))
             api_only = medians[(backend, "api-only", size)]
             cells = [f"{ms[p]:.3f}" for p in PHASES]
             lines.append(
-                f"| {backend} | {size} | "
+                f"| {label(backend)} | {size} | "
                 + " | ".join(cells)
                 + f" | {floor[(backend, 'api', size)] * 1e3:.3f}"
                 f" | {floor[(backend, 'cell', size)] * 1e3:.3f}"
-                f" | {nova * 1e3:.3f}"
+                f" | {'-' if nova is None else f'{nova * 1e3:.3f}'}"
                 f" | {'-' if newton is None else f'{newton * 1e3:.3f}'}"
                 f" | {ms['dual-write-api-reads'] / ms['api-only']:.2f}x"
                 f" | {max(ratios):.2f}x"
-                f" | {nova / api_only:.1f}x"
+                f" | {'-' if nova is None else f'{nova / api_only:.1f}x'}"
                 f" | {'-' if newton is None else f'{newton / api_only:.1f}x'} |"
             )
+    return "\n".join(lines)
+
+
+def strategy_line(medians: dict[tuple[str, str, int], float]) -> str:
+    """Compare api-only asking both cells with api-only routing first (two cells)."""
+    found = [
+        f"{label(key)} {size} members: both cells asked {value * 1e3:.3f} ms,"
+        f" routed {medians[(key, 'api-only-routed', size)] * 1e3:.3f} ms"
+        for (key, path, size), value in sorted(medians.items())
+        if path == "api-only" and (key, "api-only-routed", size) in medians
+    ]
+    return "\n".join(found)
+
+
+def floor_table(medians: dict[tuple[str, str, int], float]) -> str:
+    """Render every raw formulation's median, so the strategy choice can be read off."""
+    forms = sorted({p for (_, p, _) in medians if p.startswith("floor-")})
+    lines = [
+        "| deployment | members | " + " | ".join(forms) + " |",
+        "|---" * (len(forms) + 2) + "|",
+    ]
+    sizes = sorted({s for (_, p, s) in medians if p.startswith("floor-")})
+    for backend in keys_in(medians):
+        for size in sizes:
+            row = [medians.get((backend, f, size)) for f in forms]
+            if all(v is None for v in row):
+                continue
+            cells = ["-" if v is None else f"{v * 1e3:.3f}" for v in row]
+            lines.append(f"| {label(backend)} | {size} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -117,7 +172,7 @@ def no_group_line(medians: dict[tuple[str, str, int], float]) -> str:
     """Render the instance-in-no-group medians (api-only), per backend."""
     found = [
         f"{backend}: {medians[(backend, 'no-group api-only', 0)] * 1e3:.3f} ms"
-        for backend in ("sqlite", "mysql")
+        for backend in BACKENDS
         if (backend, "no-group api-only", 0) in medians
     ]
     return "instance in no group (api-only): " + ", ".join(found) if found else ""
@@ -131,7 +186,7 @@ def plot(medians: dict[tuple[str, str, int], float], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     floor = floors(medians)
-    backends = [b for b in ("sqlite", "mysql") if any(k[0] == b for k in medians)]
+    backends = keys_in(medians)
     fig, axes = plt.subplots(1, len(backends), figsize=(6.5 * len(backends), 4.8), squeeze=False)
     for ax, backend in zip(axes[0], backends, strict=True):
         series: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -149,11 +204,38 @@ def plot(medians: dict[tuple[str, str, int], float], out: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("group members")
         ax.set_ylabel("median latency (ms)")
-        ax.set_title(f"group of an instance, then its hosts: {LABELS[backend]}")
+        ax.set_title(f"group of an instance, then its hosts: {label(backend)}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+
+
+def writes_table(path: Path) -> str:
+    """Render the write benchmark's medians (ms) and ratios to the raw floor, if any."""
+    raw = json.loads(path.read_text())
+    lines = [
+        "| backend | phase | create | add_members | save | raw floor (create, add, save)"
+        " | shadowdb / floor (create, add, save) |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for bench in raw["benchmarks"]:
+        info = bench["extra_info"]
+        if "ratios" not in info:
+            continue
+        med = info["medians"]
+        writes = ("create", "add_members", "save")
+        floor = [min(med[f"{w} raw-api"], med[f"{w} raw-cell"]) * 1e3 for w in writes]
+        lines.append(
+            f"| {label(info['backend'])} | {info['phase']} | "
+            + " | ".join(f"{med[f'{w} shadowdb'] * 1e3:.2f}" for w in writes)
+            + " | "
+            + ", ".join(f"{f:.2f}" for f in floor)
+            + " | "
+            + ", ".join(f"{info['ratios'][w]:.2f}x" for w in writes)
+            + " |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def compact(path: Path) -> None:
@@ -173,12 +255,21 @@ def main(argv: list[str]) -> None:
     if "--compact" in argv:
         argv = [a for a in argv if a != "--compact"]
         compact(Path(argv[0]))
+    writes = writes_table(Path(argv[0]))
+    if writes:
+        print("Writes, medians (ms) of interleaved turns, and ratios to the raw floor:\n")
+        print(writes)
+        return
     medians, interleaved, quartile = load(Path(argv[0]))
     if interleaved:
         print("Interleaved turns, medians (the figures compared):\n")
         print(table(interleaved))
         print("\nInterleaved turns, lower quartiles:\n")
         print(table(quartile))
+        print("\nInterleaved turns, every raw formulation (medians, ms):\n")
+        print(floor_table(interleaved))
+        print("\nInterleaved turns, two cells, api-only (medians):\n")
+        print(strategy_line(interleaved))
         print("\nContiguous pytest-benchmark runs (same run, for reference):\n")
     print(table(medians))
     for extra in (checkout_table(medians), no_group_line(medians)):

@@ -4,8 +4,9 @@ For every group size and backend, in the same run:
 
 * each phase, through ``shadowdb.scheduler.get_group_details`` (what the scheduler calls);
 * the **raw floor**: the same statements sent through the bare DB-API driver (sqlite3,
-  PyMySQL) on connections held open, in two formulations of the member list (one JSON
-  value, as shadowdb sends it; a plain ``IN (?, ?, ...)`` list): the faster of the two,
+  PyMySQL, psycopg) on connections held open, in several formulations of the member list
+  (one JSON value, or on PostgreSQL one array value, as shadowdb sends it; a plain
+  ``IN (?, ?, ...)`` list; shadowdb's packed form on SQLite and MariaDB): the fastest,
   size by size, is the floor. Group lookups read the API database (``floor-api-*``) or
   the cell (``floor-cell-*``), as the phases do;
 * a **Nova-style** path (Train and later): the member lookup, the group with its
@@ -18,6 +19,14 @@ For every group size and backend, in the same run:
   one dict per instance with all of it, only to keep ``host``. Its tables are Nova's, added
   to the benchmark's data set only (``dataset.add_newton_tables``).
 
+Every path runs in two **topologies** of the same data: ``single-cell`` (cell0 mapped
+first, then ``cell1``: most Nova deployments) and ``two-cells`` (``cell1`` and
+``cell2``). The raw floor of a single cell is three statements (the group of the
+instance, its members, the hosts in the cell); between two cells it is the fastest of
+routing the members through ``instance_mappings`` first (``...-route``) and asking both
+cells about every member (``...-scatter``, concurrently; ``...-scatter-seq``, one after
+the other). The Nova-style paths ask ``cell1`` alone and run in ``two-cells`` only.
+
 Every benchmark checks its answer against the data set's expected hosts.
 """
 
@@ -29,15 +38,18 @@ import random
 import sqlite3
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
 import pymysql
 import pytest
 import sqlalchemy as sa
 
 from benchmarks import dataset
-from benchmarks.conftest import server_settings, set_phase
+from benchmarks.conftest import TOPOLOGIES, server_settings, set_phase
+from shadowdb import hosts as hosts_mod
 from shadowdb import models
 from shadowdb.databases import SQLITE_READ_CACHE_KIB, SQLITE_READ_MMAP, Databases, connect
 from shadowdb.objects import RequestContext
@@ -47,9 +59,56 @@ from shadowdb.scheduler import get_group_details
 from shadowdb.settings import Settings
 
 PHASES = [p.value for p in Phase]
-FLOORS = [f"floor-{side}-{form}" for side in ("api", "cell") for form in ("json", "in", "packed")]
+#: The member-list formulations of the raw floor, per backend.
+FORMS = {
+    "sqlite": ("json", "in", "packed"),
+    "mysql": ("json", "in", "packed"),
+    "postgresql": ("json", "in"),
+}
+#: How the floor reaches the cells, per topology ("" = the one cell, directly).
+WAYS = {"single-cell": ("",), "two-cells": ("-route", "-scatter", "-scatter-seq")}
 NOVA = ["nova-style", "nova-newton"]
-PATHS = [*PHASES, *FLOORS, *NOVA]
+#: api-only with the members routed through instance_mappings (two cells only): beside
+#: api-only itself, which asks both cells, the measure behind hosts.SCATTER_UP_TO.
+ROUTED = "api-only-routed"
+
+
+def floor_paths(backend: str, topology: str) -> list[str]:
+    """Return the raw-floor paths measured on ``backend`` in ``topology``."""
+    return [
+        f"floor-{side}-{form}{way}"
+        for side in ("api", "cell")
+        for form in FORMS[backend]
+        for way in WAYS[topology]
+    ]
+
+
+def paths(backend: str, topology: str) -> list[str]:
+    """Return every path measured on ``backend`` in ``topology``."""
+    others = [ROUTED, *NOVA] if topology == "two-cells" else []
+    return [*PHASES, *floor_paths(backend, topology), *others]
+
+
+def routed(run: Callable[[], tuple[str, set[str]]]) -> Callable[[], tuple[str, set[str]]]:
+    """Wrap ``run`` so that shadowdb routes the members whatever the number of cells."""
+
+    def route_then_run() -> tuple[str, set[str]]:
+        saved = hosts_mod.SCATTER_UP_TO
+        hosts_mod.SCATTER_UP_TO = 1
+        try:
+            return run()
+        finally:
+            hosts_mod.SCATTER_UP_TO = saved
+
+    return route_then_run
+
+
+#: Every path name, for the contiguous benchmarks' parametrization (each skips what
+#: its backend and topology do not measure).
+ALL_PATHS = sorted(
+    {p for b in FORMS for t in TOPOLOGIES for p in paths(b, t)},
+    key=lambda p: (p not in PHASES, p),
+)
 
 _LIVE = "i.deleted = 0 AND (i.vm_state <> 'soft-delete' OR i.vm_state IS NULL)"
 
@@ -58,26 +117,41 @@ _LIVE = "i.deleted = 0 AND (i.vm_state <> 'soft-delete' OR i.vm_state IS NULL)"
 
 
 class RawFloor:
-    """The scheduler path's statements on bare DB-API connections, kept open."""
+    """The scheduler path's statements on bare DB-API connections, kept open.
 
-    def __init__(self, data: dataset.DataSet, dbs: Databases) -> None:
+    ``topology`` is the deployment the data set is read as: ``single-cell`` asks
+    ``cell1`` directly; ``two-cells`` routes the members first or asks both cells.
+    """
+
+    def __init__(self, data: dataset.DataSet, dbs: Databases, topology: str) -> None:
         self.backend = data.backend
+        self.topology = topology
         self.cell_id = dbs.cell("cell1").id
+        self.cells: dict[int, Any] = {}
+        connect_to = {"sqlite": self._sqlite, "mysql": self._mysql, "postgresql": self._pg}
+        open_ = connect_to[data.backend]
+        self.api: Any = open_(data.api_url)
+        self.cell: Any = open_(data.cell_urls["cell1"])
+        self.cells[self.cell_id] = self.cell
+        if topology == "two-cells":
+            self.cells[dbs.cell("cell2").id] = open_(data.cell_urls["cell2"])
+        self.pool = ThreadPoolExecutor(max_workers=2)
         if data.backend == "sqlite":
-            self.api: Any = self._sqlite(data.api_url)
-            self.cell: Any = self._sqlite(data.cell_urls["cell1"])
             self.mark = "?"
             json_from = "json_each(?) AS w CROSS JOIN {table}"
             json_match = "{column} = w.value"
-        else:
-            self.api = self._mysql(data.api_url)
-            self.cell = self._mysql(data.cell_urls["cell1"])
+        elif data.backend == "mysql":
             self.mark = "%s"
             json_from = (
                 "JSON_TABLE(%s, '$[*]' COLUMNS (uuid VARCHAR(36) CHARACTER SET utf8mb3"
                 " PATH '$')) AS w STRAIGHT_JOIN {table}"
             )
             json_match = "{column} = w.uuid"
+        else:
+            # PostgreSQL: the list as one array value, as shadowdb sends it.
+            self.mark = "%s"
+            json_from = "{table}"
+            json_match = "{column} = ANY(%s)"
         q = self.mark
         self.by_member = {
             side: (
@@ -112,6 +186,8 @@ class RawFloor:
             f"SELECT DISTINCT i.host FROM {json_from.format(table='instances i')}"
             f" WHERE {json_match.format(column='i.uuid')} AND {_LIVE} AND i.host IS NOT NULL"
         )
+        if "packed" not in FORMS[self.backend]:
+            return
         # The "packed" form: the JSON member list in, and every list back as one value
         # with its count, one row per statement (per cell for the routing): on MariaDB
         # shadowdb's GROUP_CONCAT form (shadowdb.packed), on SQLite json_group_array.
@@ -190,6 +266,18 @@ class RawFloor:
             autocommit=True,
         )
 
+    @staticmethod
+    def _pg(url: str) -> psycopg.Connection[Any]:
+        u = sa.make_url(url)
+        return psycopg.connect(
+            host=u.host,
+            port=u.port or 5432,
+            user=u.username,
+            password=u.password or "",
+            dbname=u.database,
+            autocommit=True,
+        )
+
     def _all(self, conn: Any, sql: str, params: tuple[Any, ...] | list[Any] | None) -> list[Any]:
         if self.backend == "sqlite":
             return conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
@@ -197,31 +285,57 @@ class RawFloor:
             cur.execute(sql, params)
             return list(cur.fetchall())
 
-    def run(self, side: str, form: str, instance: str) -> tuple[str, set[str]]:
+    def _form(self, form: str, uuids: list[str]) -> tuple[list[Any], str, str]:
+        """Return the argument, the routing and the hosts statements for ``uuids``."""
+        if form == "json":
+            arg: Any = uuids if self.backend == "postgresql" else json.dumps(uuids)
+            return [arg], self.route_json, self.hosts_json
+        marks = ", ".join([self.mark] * len(uuids))
+        route = (
+            f"SELECT instance_uuid, cell_id FROM instance_mappings WHERE instance_uuid IN ({marks})"
+        )
+        hosts = (
+            f"SELECT DISTINCT i.host FROM instances i WHERE i.uuid IN ({marks})"
+            f" AND {_LIVE} AND i.host IS NOT NULL"
+        )
+        return uuids, route, hosts
+
+    def _gather(
+        self, asks: list[tuple[Any, list[str]]], way: str, one: Callable[..., set[str]]
+    ) -> set[str]:
+        """Ask every (connection, uuids) pair, concurrently for ``-scatter``."""
+        found: set[str] = set()
+        if way == "-scatter":
+            for hosts in self.pool.map(lambda a: one(*a), asks):
+                found |= hosts
+        else:
+            for conn, uuids in asks:
+                found |= one(conn, uuids)
+        return found
+
+    def run(self, side: str, form: str, instance: str, way: str = "") -> tuple[str, set[str]]:
         """Run the scheduler path; return the group uuid and its hosts."""
         db = self.api if side == "api" else self.cell
         (row,) = self._all(db, self.by_member[side], (instance,))
         if form == "packed":
-            return row[1], self._run_packed(db, side, row[0])
+            return row[1], self._run_packed(db, side, row[0], way)
         # Sorted, as shadowdb sends them (the faster order when the pool is small).
         members = sorted(v for k, _, v in self._all(db, self.children[side], (row[0], row[0])) if k)
-        if form == "json":
-            arg: list[Any] = [json.dumps(members)]
-            route, hosts = self.route_json, self.hosts_json
-        else:
-            arg = members
-            marks = ", ".join([self.mark] * len(members))
-            route = (
-                "SELECT instance_uuid, cell_id FROM instance_mappings"
-                f" WHERE instance_uuid IN ({marks})"
-            )
-            hosts = (
-                f"SELECT DISTINCT i.host FROM instances i WHERE i.uuid IN ({marks})"
-                f" AND {_LIVE} AND i.host IS NOT NULL"
-            )
-        routed = [u for u, cell_id in self._all(self.api, route, arg) if cell_id == self.cell_id]
-        assert len(routed) == len(members)
-        return row[1], {h for (h,) in self._all(self.cell, hosts, arg)}
+        if way == "-route":
+            arg, route, _ = self._form(form, members)
+            by_cell: dict[int, list[str]] = {}
+            for uuid, cell_id in self._all(self.api, route, arg):
+                by_cell.setdefault(cell_id, []).append(uuid)
+            assert sum(map(len, by_cell.values())) == len(members)
+            asks = [(self.cells[cell_id], uuids) for cell_id, uuids in by_cell.items()]
+        else:  # the one cell, or every cell
+            asks = [(conn, members) for conn in self.cells.values()]
+
+        def one(conn: Any, uuids: list[str]) -> set[str]:
+            arg, _, hosts = self._form(form, uuids)
+            return {h for (h,) in self._all(conn, hosts, arg)}
+
+        return row[1], self._gather(asks, way, one)
 
     def _unpack(self, value: str, count: int) -> list[str]:
         if self.backend == "sqlite":
@@ -230,33 +344,43 @@ class RawFloor:
             return values
         return unpack(value, count, "values", "floor")
 
-    def _run_packed(self, db: Any, side: str, group_id: int) -> set[str]:
+    def _packed_rows(self, conn: Any, sql: str, uuids: list[str]) -> list[Any]:
+        if self.backend == "sqlite":
+            return self._all(conn, sql, [json.dumps(uuids)])
+        return self._all(conn, self._hexed(sql, uuids), None)
+
+    def _run_packed(self, db: Any, side: str, group_id: int, way: str) -> set[str]:
         rows = self._all(db, self.children_packed[side], (group_id, group_id))
         if self.backend == "sqlite":
             ((_, _, packed, count),) = rows
         else:
             ((packed, count),) = [(v, n) for kind, v, n in rows if kind]
         members = sorted(self._unpack(packed, count))
-        if self.backend == "sqlite":
-            route: str = self.route_packed
-            args: list[str] | None = [json.dumps(members)]
+        if way == "-route":
+            ((pairs, count),) = self._packed_rows(self.api, self.route_packed, members)
+            by_cell: dict[int, list[str]] = {}
+            for pair in self._unpack(pairs, count):
+                cell_id, _, uuid = pair.partition(PAIR_SEPARATOR)
+                by_cell.setdefault(int(cell_id), []).append(uuid)
+            asks = [(self.cells[cell_id], uuids) for cell_id, uuids in by_cell.items()]
         else:
-            route, args = self._hexed(self.route_packed, members), None
-        ((pairs, count),) = self._all(self.api, route, args)
-        routed = []
-        for pair in self._unpack(pairs, count):
-            cell_id, _, uuid = pair.partition(PAIR_SEPARATOR)
-            assert int(cell_id) == self.cell_id
-            routed.append(uuid)
-        if self.backend == "sqlite":
-            ((hosts, count),) = self._all(self.cell, self.hosts_packed, [json.dumps(routed)])
-        else:
-            ((hosts, count),) = self._all(self.cell, self._hexed(self.hosts_packed, routed), None)
-        return set(self._unpack(hosts, count))
+            asks = [(conn, members) for conn in self.cells.values()]
+
+        def one(conn: Any, uuids: list[str]) -> set[str]:
+            ((hosts, count),) = self._packed_rows(conn, self.hosts_packed, uuids)
+            return set(self._unpack(hosts, count))
+
+        return self._gather(asks, way, one)
 
     @staticmethod
     def _hexed(sql: str, uuids: list[str]) -> str:
         return sql.replace("{hex}", f"X'{json.dumps(uuids).encode().hex()}'")
+
+    def close(self) -> None:
+        """Close the connections and the scatter's threads."""
+        self.pool.shutdown()
+        for conn in (self.api, *self.cells.values()):
+            conn.close()
 
 
 # --------------------------------------------------------------------------- Nova-style
@@ -371,18 +495,48 @@ def nova_newton(dbs: Databases, instance: str) -> tuple[str, set[str]]:
 
 # --------------------------------------------------------------------------- the benchmark
 
-_floors: dict[str, RawFloor] = {}
+_floors: dict[tuple[str, str], RawFloor] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_floors() -> Iterator[None]:
+    """Close the raw floors' connections once the module's benchmarks are done."""
+    yield
+    for floor in _floors.values():
+        floor.close()
+    _floors.clear()
+
+
+def _floor(backend: str, topology: str, data: dataset.DataSet, dbs: Databases) -> RawFloor:
+    key = (backend, topology)
+    if key not in _floors:
+        _floors[key] = RawFloor(data, dbs, topology)
+    return _floors[key]
+
+
+def _floor_run(floor: RawFloor, path: str, instance: str) -> Callable[[], tuple[str, set[str]]]:
+    _, side, form, *way = path.split("-", 3)
+    return functools.partial(floor.run, side, form, instance, f"-{way[0]}" if way else "")
 
 
 @pytest.mark.parametrize("size", dataset.SIZES)
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", ALL_PATHS)
+@pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_scheduler_path(
-    benchmark: Any, backend: str, data: dataset.DataSet, dbs: Databases, path: str, size: int
+    benchmark: Any,
+    backend: str,
+    topology: str,
+    deployment: tuple[dataset.DataSet, Databases],
+    path: str,
+    size: int,
 ) -> None:
+    if path not in paths(backend, topology):
+        pytest.skip(f"{path} is not measured on {backend} in {topology}")
+    data, dbs = deployment
     group = data.groups[size]
     run: Callable[[], tuple[str, set[str]]]
-    if path in PHASES:
-        set_phase(dbs, Phase(path))
+    if path in PHASES or path == ROUTED:
+        set_phase(dbs, Phase(path.removesuffix("-routed")))
         ctx = RequestContext(dbs, None, None, is_admin=True)
 
         def run() -> tuple[str, set[str]]:
@@ -390,13 +544,11 @@ def test_scheduler_path(
             assert details is not None
             return details.uuid, set(details.hosts)
 
-    elif path in FLOORS:
-        floor = _floors.setdefault(backend, RawFloor(data, dbs))
-        _, side, form = path.split("-")
+        if path == ROUTED:
+            run = routed(run)
 
-        def run() -> tuple[str, set[str]]:
-            return floor.run(side, form, group.instance)
-
+    elif path.startswith("floor-"):
+        run = _floor_run(_floor(backend, topology, data, dbs), path, group.instance)
     else:
         nova = nova_style if path == "nova-style" else nova_newton
 
@@ -404,7 +556,11 @@ def test_scheduler_path(
             return nova(dbs, group.instance)
 
     benchmark.extra_info.update(
-        backend=backend, path=path, size=size, settings=server_settings(backend, dbs)
+        backend=backend,
+        topology=topology,
+        path=path,
+        size=size,
+        settings=server_settings(backend, dbs),
     )
     uuid, hosts = benchmark(run)
     assert uuid == group.uuid
@@ -415,13 +571,13 @@ def test_scheduler_path(
 ROUNDS = {10: 60, 100: 60, 1000: 50, 5000: 20}
 
 
-def _phase_pinned(data: dataset.DataSet, phase: Phase) -> Databases:
+def _phase_pinned(api_url: str, phase: Phase) -> Databases:
     """Connect a deployment whose phase cache holds ``phase`` for the whole run.
 
     Each phase then has its own process-like view and the phases can be measured in
     turns, without writing the phase row between calls.
     """
-    pinned = connect(data.api_url, settings=Settings(actor="bench"))
+    pinned = connect(api_url, settings=Settings(actor="bench"))
     store = pinned.phases
     store._cached = PhaseState(phase, 0, utcnow(), None)
     store._read_at = time.monotonic()
@@ -430,8 +586,13 @@ def _phase_pinned(data: dataset.DataSet, phase: Phase) -> Databases:
 
 
 @pytest.mark.parametrize("size", dataset.SIZES)
+@pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_interleaved(
-    benchmark: Any, backend: str, data: dataset.DataSet, dbs: Databases, size: int
+    benchmark: Any,
+    backend: str,
+    topology: str,
+    deployment: tuple[dataset.DataSet, Databases],
+    size: int,
 ) -> None:
     """Measure every path in shuffled turns, so machine noise hits them all alike.
 
@@ -440,9 +601,10 @@ def test_interleaved(
     each round runs every path once, in a fresh random order, and the medians over the
     rounds are the figures ``BENCHMARKS.md`` compares.
     """
+    data, dbs = deployment
     group = data.groups[size]
-    pinned = {phase: _phase_pinned(data, Phase(phase)) for phase in PHASES}
-    floor = _floors.setdefault(backend, RawFloor(data, dbs))
+    pinned = {phase: _phase_pinned(data.api_url, Phase(phase)) for phase in PHASES}
+    floor = _floor(backend, topology, data, dbs)
     runs: dict[str, Callable[[], tuple[str, set[str]]]] = {}
     for phase, pdbs in pinned.items():
         ctx = RequestContext(pdbs, None, None, is_admin=True)
@@ -453,11 +615,12 @@ def test_interleaved(
             return details.uuid, set(details.hosts)
 
         runs[phase] = run
-    for name in FLOORS:
-        _, side, form = name.split("-")
-        runs[name] = functools.partial(floor.run, side, form, group.instance)
-    runs["nova-style"] = functools.partial(nova_style, dbs, group.instance)
-    runs["nova-newton"] = functools.partial(nova_newton, dbs, group.instance)
+    for name in floor_paths(backend, topology):
+        runs[name] = _floor_run(floor, name, group.instance)
+    if topology == "two-cells":
+        runs[ROUTED] = routed(runs["api-only"])
+        runs["nova-style"] = functools.partial(nova_style, dbs, group.instance)
+        runs["nova-newton"] = functools.partial(nova_newton, dbs, group.instance)
     rng = random.Random(size)
     times: dict[str, list[float]] = {name: [] for name in runs}
     try:
@@ -472,11 +635,16 @@ def test_interleaved(
                 times[name].append(time.perf_counter() - started)
                 assert uuid == group.uuid
                 assert hosts == group.expected_hosts
+        # One more api-only call for pytest-benchmark's own table, before the pinned
+        # deployments are disposed of (a call after would open connections never closed).
+        uuid, _ = benchmark.pedantic(runs["api-only"], rounds=1, iterations=1)
+        assert uuid == group.uuid
     finally:
         for pdbs in pinned.values():
             pdbs.dispose()
     benchmark.extra_info.update(
         backend=backend,
+        topology=topology,
         path="interleaved",
         size=size,
         medians={name: statistics.median(t) for name, t in times.items()},
@@ -489,8 +657,6 @@ def test_interleaved(
         rounds={name: len(t) for name, t in times.items()},
         settings=server_settings(backend, dbs),
     )
-    uuid, _ = benchmark.pedantic(runs["api-only"], rounds=1, iterations=1)
-    assert uuid == group.uuid
 
 
 def test_instance_in_no_group(

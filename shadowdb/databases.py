@@ -22,7 +22,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, Engine
 
 from shadowdb import novaconf, urls
-from shadowdb.errors import DatabaseUnreachable, UnknownCell
+from shadowdb.errors import DatabaseUnreachable, ShadowDBError, UnknownCell
 from shadowdb.models import api_cell_mappings
 from shadowdb.packed import GROUP_CONCAT_MAX_LEN
 from shadowdb.phase import PhaseStore
@@ -311,6 +311,7 @@ class Databases:
         self.api_url = api_url
         self.api = api
         self._cells: tuple[Cell, ...] | None = None
+        self._cells_seen: tuple[int, int] | None = None
         self._lock = threading.Lock()
         self._engines: dict[str, Engine] = {}
         # Hot-path read engines, keyed by the engine they shadow (created on first use).
@@ -332,9 +333,22 @@ class Databases:
 
     @property
     def cells(self) -> tuple[Cell, ...]:
-        """Every cell in ``cell_mappings``, ordered by id (cached)."""
+        """Every cell in ``cell_mappings``, ordered by id (cached).
+
+        Read again when the phase read (:class:`PhaseStore`, every ``phase_ttl``) saw
+        ``cell_mappings`` change: the hot path asks one or two cells without routing
+        (:func:`shadowdb.hosts.targets`), so nothing else would reveal a cell registered
+        while this process runs. If that read fails, the list last read is kept.
+        """
         if self._cells is None:
             self.refresh_cells()
+        elif self._phases is not None:
+            seen = self._phases.cells_seen
+            if seen is not None and seen != self._cells_seen:
+                try:
+                    self.refresh_cells()
+                except ShadowDBError as err:
+                    log.warning("cell_list_stale", error=str(err).splitlines()[0])
         assert self._cells is not None
         return self._cells
 
@@ -347,6 +361,7 @@ class Databases:
             ).all()
         cells = []
         with self._lock:
+            self._cells_seen = (len(rows), max((row.id for row in rows), default=0))
             for row in rows:
                 url = cell_url(row.database_connection, self.settings, row.name or row.uuid)
                 key = url.render_as_string(hide_password=False)

@@ -1,11 +1,30 @@
 """Answer the scheduler's question: on which hosts do a group's instances run?
 
-Members are routed to their cells through ``instance_mappings`` (members without a
-mapping, or mapped to no known cell, are asked of every cell); each cell answers with
-**one** statement selecting only the distinct, non-null ``host`` of its live instances
-among them, and cells are asked concurrently. A cell that fails is an error the caller
-sees, or, with ``allow_partial``, an explicit and logged partial answer: never a silent
-skip.
+Which cells are asked depends on the deployment's topology (:func:`targets`). cell0
+(uuid ``00000000-0000-0000-0000-000000000000``) is never asked: its instances are the
+ones that never got a host (Nova's conductor skips it too when it gathers hosts). Of the
+other cells:
+
+* **one** (most deployments): it is asked directly, with no routing statement;
+* **two** (up to :data:`SCATTER_UP_TO`): both are asked, concurrently, with the whole
+  member list. A member not in a cell costs that cell one probe of its ``uuid`` index
+  that finds nothing, which measured cheaper than routing every member through
+  ``instance_mappings`` first (one probe of that index plus a read of its ``cell_id``
+  per member, on the API database, before any cell can be asked);
+* **more**: the members are routed through ``instance_mappings`` (members without a
+  mapping, or mapped to no known cell, are asked of every cell), so each cell probes
+  only its own members, whatever the number of cells.
+
+Each cell answers with **one** statement selecting only the distinct, non-null ``host``
+of its live instances among the members it is asked about, and cells are asked
+concurrently. A cell that fails is an error the caller sees, or, with ``allow_partial``,
+an explicit and logged partial answer: never a silent skip.
+
+The cells are the process's list (:attr:`shadowdb.databases.Databases.cells`, read from
+``cell_mappings`` at first use and on :meth:`~shadowdb.databases.Databases.refresh_cells`),
+as Nova's scheduler keeps its cell mappings until it is restarted or sent SIGHUP: without
+routing, a cell registered since is not seen (routing refreshes the list when it meets an
+unknown cell id).
 
 The member list travels as **one bound value**, whatever its size, in the form each
 backend plans best (``BENCHMARKS.md``, "get_hosts hot path", has the measurements):
@@ -54,7 +73,7 @@ from shadowdb.packed import (
     unpack,
 )
 
-__all__ = ["Hosts", "count_members_by_user", "hosts_of", "route"]
+__all__ = ["SCATTER_UP_TO", "Hosts", "count_members_by_user", "hosts_of", "route", "targets"]
 
 log = structlog.get_logger(__name__)
 
@@ -188,6 +207,32 @@ def route(dbs: Databases, members: Sequence[str]) -> dict[Cell, list[str]]:
     return routed
 
 
+# --------------------------------------------------------------------------- topology
+
+#: Ask every cell (cell0 aside) directly when there are at most this many; route the
+#: members through ``instance_mappings`` when there are more. Between two cells, asking
+#: both concurrently beat routing first, through shadowdb and through the raw drivers
+#: (``benchmarks/test_hot_path.py``, two-cells topology: ``api-only`` against
+#: ``api-only-routed``, the ``-scatter`` floors against the ``-route`` ones, at 100 and
+#: 1,000 members). Each further cell asked costs a probe per member that routing would
+#: spare it, so from three cells on the members are routed (a choice by that reasoning:
+#: the benchmark's data set has two cells).
+SCATTER_UP_TO = 2
+
+
+def targets(dbs: Databases, members: Sequence[str]) -> dict[Cell, list[str]]:
+    """Return the cells to ask about ``members``, each with the members to ask it about.
+
+    cell0 is never among them. With at most :data:`SCATTER_UP_TO` other cells, every one
+    of them gets every member and nothing is read to decide so; with more, the members
+    are routed (:func:`route`: one statement on the API database).
+    """
+    cells = [cell for cell in dbs.cells if not cell.is_cell0]
+    if len(cells) <= SCATTER_UP_TO:
+        return {cell: list(members) for cell in cells}
+    return {cell: uuids for cell, uuids in route(dbs, members).items() if not cell.is_cell0}
+
+
 # --------------------------------------------------------------------------- scatter-gather
 
 _pool: ThreadPoolExecutor | None = None
@@ -217,6 +262,8 @@ def _scatter(
             return None, (str(err).splitlines() or [type(err).__name__])[0]
 
     cells = list(routed)
+    if not cells:
+        return [], []
     outcomes = [one(cells[0])] if len(cells) == 1 else list(_executor().map(one, cells))
     answers: list[Any] = []
     failed: list[tuple[Cell, str]] = []
@@ -269,7 +316,7 @@ def hosts_of(
             return unpack(packed, count, "hosts", "cell")
         return [row[0] for row in result.all()]
 
-    answers, failed = _scatter(dbs, route(dbs, wanted), ask)
+    answers, failed = _scatter(dbs, targets(dbs, wanted), ask)
     found: set[str] = set()
     for hosts in answers:
         found.update(hosts)
@@ -313,7 +360,7 @@ def count_members_by_user(
             params["project_id"] = project_id
         return int(conn.execute(_STATEMENTS[backend][name], params).scalar_one())
 
-    answers, failed = _scatter(dbs, route(dbs, wanted), ask)
+    answers, failed = _scatter(dbs, targets(dbs, wanted), ask)
     if failed:
         raise CellUnavailable([c.name for c, _ in failed], failed[0][1])
     return sum(answers)

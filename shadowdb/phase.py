@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from shadowdb.errors import DatabaseUnreachable, NotTheWriterNode, SchemaError, UnknownPhase
-from shadowdb.models import api_phase_history, api_state, cell_state
+from shadowdb.models import api_cell_mappings, api_phase_history, api_state, cell_state
 from shadowdb.transactions import galera_node, read_again_once
 
 log = structlog.get_logger(__name__)
@@ -87,6 +87,18 @@ _SELECT_STATE = sa.select(
     api_state.c.default_cell_uuid,
     api_state.c.cells_retired,
     api_state.c.writer_node,
+).where(api_state.c.id == 1)
+
+
+#: The phase row as :class:`PhaseStore` reads it, with a fingerprint of ``cell_mappings``
+#: (how many rows, the highest id) in the same statement: a process learns that a cell was
+#: registered or removed as soon as it would learn of a phase change, at no extra cost.
+_SELECT_STATE_AND_CELLS = sa.select(
+    *_SELECT_STATE.selected_columns,
+    sa.select(sa.func.count()).select_from(api_cell_mappings).scalar_subquery().label("cells"),
+    sa.select(sa.func.coalesce(sa.func.max(api_cell_mappings.c.id), 0))
+    .scalar_subquery()
+    .label("last_cell"),
 ).where(api_state.c.id == 1)
 
 
@@ -189,6 +201,26 @@ def read_state(conn: Connection, *, for_update: bool = False, share: bool = Fals
     )
 
 
+def _read_state_and_cells(conn: Connection) -> tuple[PhaseState, tuple[int, int]]:
+    """Read the phase row (unlocked) and the fingerprint of ``cell_mappings``, in one go."""
+    try:
+        row = conn.execute(_SELECT_STATE_AND_CELLS).one_or_none()
+    except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:
+        if "shadowdb_state" in str(err.orig):
+            raise SchemaError("API database", "not synced (run `shadowdb db sync`)") from err
+        raise
+    if row is None:
+        raise SchemaError("API database", "not synced (run `shadowdb db sync`)")
+    state = PhaseState(
+        Phase(row.phase),
+        row.epoch,
+        row.changed_at,
+        row.default_cell_uuid,
+        bool(row.cells_retired),
+    )
+    return state, (int(row.cells), int(row.last_cell))
+
+
 def initialise_state(conn: Connection, actor: str) -> bool:
     """Create the phase row in ``cell-only`` at epoch 0 if it is missing.
 
@@ -229,6 +261,8 @@ class PhaseStore:
         self._lock = threading.Lock()
         self._cached: PhaseState | None = None
         self._read_at = 0.0
+        #: ``(rows, highest id)`` of ``cell_mappings`` at the last read, or None before one.
+        self.cells_seen: tuple[int, int] | None = None
 
     @property
     def ttl(self) -> float:
@@ -258,10 +292,11 @@ class PhaseStore:
     def fresh(self) -> PhaseState:
         """Read the phase from the API database and refresh the cache."""
         started = time.monotonic()
-        state = read_again_once(self._engine, self._label, read_state)
+        state, cells = read_again_once(self._engine, self._label, _read_state_and_cells)
         with self._lock:
             self._cached = state
             self._read_at = started
+            self.cells_seen = cells
         return state
 
     def observe(self, state: PhaseState) -> None:

@@ -25,9 +25,9 @@ from shadowdb import commands, models, schema
 from shadowdb.databases import Databases, connect, create_engine
 from shadowdb.phase import initialise_state
 from shadowdb.settings import Settings
-from tests.backends import BACKENDS, Server, worker_id
-from tests.cli_support import Cli
-from tests.proxy import Proxy, proxied
+from tests.support.backends import BACKENDS, Server, worker_id
+from tests.support.cli import Cli
+from tests.support.proxy import Proxy, proxied
 
 CELL_NAMES = ("cell1", "cell2")
 

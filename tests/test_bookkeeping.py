@@ -9,7 +9,7 @@ from shadowdb import bookkeeping
 from shadowdb.databases import reader, writer
 from shadowdb.sync import transaction
 from tests.conftest import Topology
-from tests.helpers import new_uuid
+from tests.support.helpers import new_uuid
 
 CELL_A, CELL_B = new_uuid(), new_uuid()
 

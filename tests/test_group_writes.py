@@ -8,7 +8,7 @@ from shadowdb.databases import writer
 from shadowdb.phase import utcnow
 from shadowdb.queries import API, CELL, GroupRecord, Side
 from tests.conftest import Topology
-from tests.helpers import new_uuid
+from tests.support.helpers import new_uuid
 
 
 def _record(uuid: str, members: tuple[str, ...]) -> GroupRecord:

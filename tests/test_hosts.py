@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
+from shadowdb import commands, models
 from shadowdb import hosts as hosts_mod
-from shadowdb import models
-from shadowdb.databases import create_engine
+from shadowdb.databases import CELL0_UUID, Databases, connect, create_engine
 from shadowdb.errors import CellUnavailable, GroupNotFound, OperationalError
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
+from shadowdb.settings import Settings
 from shadowdb.testing import StatementCounter
-from tests.conftest import Topology
-from tests.helpers import (
+from tests.conftest import FreshDatabases, Topology
+from tests.support.backends import Server
+from tests.support.helpers import (
     NOW,
     engines_of,
     map_instance,
@@ -91,6 +95,167 @@ def _unreachable(topology: Topology, name: str) -> None:
     )
 
 
+def _map_cell0(dbs: Databases, url: sa.URL) -> None:
+    """Map cell0 as ``nova-manage cell_v2 map_cell0`` does: its fixed uuid, first."""
+    now = dt.datetime(2026, 1, 1)
+    with dbs.api.begin() as conn:
+        conn.execute(
+            models.api_cell_mappings.insert().values(
+                created_at=now,
+                updated_at=now,
+                uuid=CELL0_UUID,
+                name="cell0",
+                transport_url="none:///",
+                database_connection=url.render_as_string(hide_password=False),
+                disabled=False,
+            )
+        )
+
+
+@pytest.fixture
+def single_cell(fresh: FreshDatabases, settings: Settings) -> Iterator[Topology]:
+    """The common Nova deployment: cell0 mapped first (on ``cell2``'s database), then cell1."""
+    yield from one_cell_and_cell0(fresh, settings)
+
+
+def one_cell_and_cell0(fresh: FreshDatabases, settings: Settings) -> Iterator[Topology]:
+    """Map cell0 first (on ``fresh``'s ``cell2`` database), then cell1; yield the topology."""
+    api_url = fresh.api_url.render_as_string(hide_password=False)
+    dbs = connect(api_url, settings=settings, create=True)
+    try:
+        commands.sync_schema(dbs)
+        _map_cell0(dbs, fresh.cell_urls["cell2"])
+        cell1 = fresh.cell_urls["cell1"].render_as_string(hide_password=False)
+        commands.add_cell(dbs, "cell1", cell1, create=True)
+        commands.sync_schema(dbs)
+        assert [c.name for c in dbs.refresh_cells()] == ["cell0", "cell1"]
+        urls = {"cell0": fresh.cell_urls["cell2"], "cell1": fresh.cell_urls["cell1"]}
+        yield Topology(fresh.backend, fresh.api_url, urls, settings, dbs)
+    finally:
+        dbs.dispose()
+
+
+@pytest.fixture
+def routed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Route members even between two cells, as deployments of three or more cells do."""
+    monkeypatch.setattr(hosts_mod, "SCATTER_UP_TO", 1)
+
+
+def _third_cell(topology: Topology, server: Server, tmp_path: Path) -> Iterator[str]:
+    """Register a third cell, ``cell3``, behind ``topology.dbs``'s back; yield its name."""
+    assert [c.name for c in topology.dbs.cells] == ["cell1", "cell2"]  # read before cell3
+    if server.backend == "sqlite":
+        url = sa.URL.create("sqlite+pysqlite", database=str(tmp_path / "cell3.sqlite"))
+    else:
+        name = f"{topology.cell_urls['cell1'].database}_cell3"
+        url = server.create(name)
+    with connect(topology.api_url_text, settings=topology.settings) as other:
+        commands.add_cell(other, "cell3", url.render_as_string(hide_password=False), create=True)
+        commands.sync_schema(other)
+    try:
+        yield "cell3"
+    finally:
+        if server.backend != "sqlite":
+            topology.dbs.dispose()
+            server.drop(str(url.database))
+
+
+@pytest.fixture
+def third_cell(topology: Topology, server: Server, tmp_path: Path) -> Iterator[str]:
+    """A third cell registered after ``topology.dbs`` read its list of cells."""
+    yield from _third_cell(topology, server, tmp_path)
+
+
+# --------------------------------------------------------------------------- topologies
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_one_cell_besides_cell0_is_asked_directly(single_cell: Topology, phase: Phase) -> None:
+    topology = single_cell
+    dbs = topology.dbs
+    live = [_seed(topology, "cell1", "h1"), _seed(topology, "cell1", "h2")]
+    gone = _seed(topology, "cell1", "h3", deleted=True)
+    failed = _seed(topology, "cell0", None)  # never scheduled: cell0, no host
+    unmapped = new_uuid()
+    seed_instance(topology.cell_engine("cell1"), unmapped, host="h4")
+    members = [*live, gone, failed, unmapped]
+    uuid = _group_in(topology, phase, members)
+    ctx = RequestContext(dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, uuid)
+    with StatementCounter(engines_of(dbs)) as counter:
+        assert group.get_hosts() == ["h1", "h2", "h4"]
+        assert group.count_members_by_user("u1") == 3
+    # No routing statement, cell0 never asked: one statement on cell1 per question.
+    assert counter.counts == {"api": 0, "cell0": 0, "cell1": 2}, counter.statements
+    assert not [s for _, s in counter.statements if "instance_mappings" in s]
+
+
+def test_a_cell_registered_while_the_process_runs_is_asked_after_the_next_phase_read(
+    single_cell: Topology, server: Server, tmp_path: Path
+) -> None:
+    """With one cell no routing runs, so the periodic phase read is what reveals a new
+    cell: its statement carries a fingerprint of ``cell_mappings``."""
+    topology = single_cell
+    dbs = topology.dbs
+    a = _seed(topology, "cell1", "h1")
+    b = new_uuid()  # to boot in a cell not registered yet
+    ctx = RequestContext(dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, _group_in(topology, Phase.API_ONLY, [a, b]))
+    assert group.get_hosts() == ["h1"]
+    if server.backend == "sqlite":
+        url = sa.URL.create("sqlite+pysqlite", database=str(tmp_path / "late.sqlite"))
+    else:
+        url = server.create(f"{topology.cell_urls['cell1'].database}_late")
+    try:
+        with connect(topology.api_url_text, settings=topology.settings) as other:
+            commands.add_cell(other, "late", url.render_as_string(hide_password=False), create=True)
+            commands.sync_schema(other)
+            seed_instance(other.cell("late").engine, b, host="h9")
+        assert [c.name for c in dbs.cells] == ["cell0", "cell1"]  # not read again yet
+        dbs.phases.fresh()  # the periodic read, as when the phase cache expires
+        assert group.get_hosts() == ["h1", "h9"]
+        assert [c.name for c in dbs.cells] == ["cell0", "cell1", "late"]
+    finally:
+        if server.backend != "sqlite":
+            dbs.dispose()
+            server.drop(str(url.database))
+
+
+def test_a_deployment_of_cell0_alone_asks_nothing(single_cell: Topology) -> None:
+    dbs = single_cell.dbs
+    dbs._cells = tuple(c for c in dbs.cells if c.is_cell0)
+    member = _seed(single_cell, "cell0", None)
+    with StatementCounter(engines_of(dbs)) as counter:
+        assert hosts_mod.hosts_of(dbs, [member]) == []
+    assert counter.total() == 0, counter.statements
+
+
+def test_two_cells_are_both_asked_without_routing(topology: Topology) -> None:
+    a = _seed(topology, "cell1", "h1")
+    b = _seed(topology, "cell1", "h2")
+    unmapped = new_uuid()
+    seed_instance(topology.cell_engine("cell2"), unmapped, host="h3")
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, _group_in(topology, Phase.API_ONLY, [a, b, unmapped]))
+    with StatementCounter(engines_of(topology.dbs)) as counter:
+        assert group.get_hosts() == ["h1", "h2", "h3"]
+    # Both cells asked about every member, even the one holding none of the mapped ones.
+    assert counter.counts == {"api": 0, "cell1": 1, "cell2": 1}, counter.statements
+    assert hosts_mod.targets(topology.dbs, [a]) == {c: [a] for c in topology.dbs.cells}
+
+
+def test_three_cells_are_routed(topology: Topology, third_cell: str) -> None:
+    dbs = topology.dbs
+    dbs.refresh_cells()
+    a = _seed(topology, "cell1", "h1")
+    c = _seed(topology, third_cell, "h3")
+    ctx = RequestContext(dbs, "p1", "u1")
+    group = InstanceGroup.get_by_uuid(ctx, _group_in(topology, Phase.API_ONLY, [a, c]))
+    with StatementCounter(engines_of(dbs)) as counter:
+        assert group.get_hosts() == ["h1", "h3"]
+    assert counter.counts == {"api": 1, "cell1": 1, "cell2": 0, "cell3": 1}, counter.statements
+
+
 @pytest.mark.parametrize("phase", list(Phase))
 def test_hosts_are_the_distinct_hosts_of_live_members(topology: Topology, phase: Phase) -> None:
     live = [_seed(topology, "cell1", "h1"), _seed(topology, "cell1", "h1")]
@@ -120,11 +285,11 @@ def test_members_in_two_cells_are_asked_concurrently_once_each(topology: Topolog
     group = InstanceGroup.get_by_uuid(ctx, uuid)
     with StatementCounter(engines_of(topology.dbs)) as counter:
         assert group.get_hosts() == ["h1", "h2"]
-    # One routing statement on the API database, one statement per cell.
-    assert counter.counts == {"api": 1, "cell1": 1, "cell2": 1}, counter.statements
+    # Two cells: no routing statement, one statement per cell.
+    assert counter.counts == {"api": 0, "cell1": 1, "cell2": 1}, counter.statements
 
 
-def test_members_of_one_cell_leave_the_other_cell_alone(topology: Topology) -> None:
+def test_members_of_one_cell_leave_the_other_cell_alone(topology: Topology, routed: None) -> None:
     a = _seed(topology, "cell2", "h2")
     ctx = RequestContext(topology.dbs, "p1", "u1")
     group = InstanceGroup.get_by_uuid(ctx, _group_in(topology, Phase.API_ONLY, [a]))
@@ -133,7 +298,7 @@ def test_members_of_one_cell_leave_the_other_cell_alone(topology: Topology) -> N
     assert counter.counts == {"api": 1, "cell1": 0, "cell2": 1}, counter.statements
 
 
-def test_unmapped_members_are_asked_of_every_cell(topology: Topology) -> None:
+def test_unmapped_members_are_asked_of_every_cell(topology: Topology, routed: None) -> None:
     a, b = new_uuid(), new_uuid()
     seed_instance(topology.cell_engine("cell1"), a, host="h1")
     seed_instance(topology.cell_engine("cell2"), b, host="h2")
@@ -144,7 +309,9 @@ def test_unmapped_members_are_asked_of_every_cell(topology: Topology) -> None:
     assert counter.counts == {"api": 1, "cell1": 1, "cell2": 1}, counter.statements
 
 
-def test_members_mapped_to_no_cell_yet_are_asked_of_every_cell(topology: Topology) -> None:
+def test_members_mapped_to_no_cell_yet_are_asked_of_every_cell(
+    topology: Topology, routed: None
+) -> None:
     # Nova writes an instance mapping with a NULL cell_id before the instance is
     # scheduled; such members may be anywhere, like unmapped ones.
     dbs = topology.dbs
@@ -166,7 +333,12 @@ def test_members_mapped_to_no_cell_yet_are_asked_of_every_cell(topology: Topolog
     }
 
 
-def test_thousands_of_members_take_one_statement_per_database(topology: Topology) -> None:
+@pytest.mark.parametrize(("strategy", "routings"), [("scatter", 0), ("routing", 2)])
+def test_thousands_of_members_take_one_statement_per_database(
+    topology: Topology, monkeypatch: pytest.MonkeyPatch, strategy: str, routings: int
+) -> None:
+    if strategy == "routing":
+        monkeypatch.setattr(hosts_mod, "SCATTER_UP_TO", 1)
     rows1 = [(new_uuid(), f"c1-{n % 37}") for n in range(2200)]
     rows2 = [(new_uuid(), None if n % 2 else f"c2-{n % 5}") for n in range(1300)]
     _bulk(topology, "cell1", rows1)
@@ -179,7 +351,7 @@ def test_thousands_of_members_take_one_statement_per_database(topology: Topology
     with StatementCounter(engines_of(topology.dbs)) as counter:
         assert group.get_hosts() == expected
         assert group.get_hosts(exclude=excluded) == [h for h in expected if h != "c1-0"]
-    assert counter.counts == {"api": 2, "cell1": 2, "cell2": 2}, counter.statements
+    assert counter.counts == {"api": routings, "cell1": 2, "cell2": 2}, counter.statements
     assert group.count_members_by_user("u1") == 3500
 
 
@@ -204,7 +376,7 @@ def _api_group_over(
     return uuid, members
 
 
-def test_lists_beyond_the_servers_default_concat_limit(topology: Topology) -> None:
+def test_lists_beyond_the_servers_default_concat_limit(topology: Topology, routed: None) -> None:
     # 40,000 members: MariaDB returns member lists and routings packed in one value
     # (shadowdb.packed), here 1.5 MiB, beyond its default group_concat_max_len (1 MiB).
     dbs = topology.dbs
@@ -245,7 +417,9 @@ def _limit_group_concat(engine: sa.Engine, limit: int) -> None:
 
 
 @pytest.mark.parametrize("backend", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)
-def test_a_packed_list_cut_short_is_an_error_never_a_shorter_answer(topology: Topology) -> None:
+def test_a_packed_list_cut_short_is_an_error_never_a_shorter_answer(
+    topology: Topology, routed: None
+) -> None:
     dbs = topology.dbs
     uuid, members = _api_group_over(topology, [(new_uuid(), f"host-{n:03d}") for n in range(40)])
     for engine in (dbs.api_fast, dbs.read_engine(dbs.cell("cell1").engine)):
@@ -318,7 +492,9 @@ def test_a_failed_cell_raises_naming_it(topology: Topology) -> None:
         group.count_members_by_user("u1")
 
 
-def test_a_failed_cell_gives_a_flagged_partial_answer_when_asked(topology: Topology) -> None:
+def test_a_failed_cell_gives_a_flagged_partial_answer_when_asked(
+    topology: Topology, routed: None
+) -> None:
     a = _seed(topology, "cell1", "h1")
     b = _seed(topology, "cell2", "h2")
     ctx = RequestContext(topology.dbs, "p1", "u1")
@@ -334,13 +510,34 @@ def test_a_failed_cell_gives_a_flagged_partial_answer_when_asked(topology: Topol
     assert only_cell1.get_hosts() == ["h1"]
 
 
-def test_an_unknown_cell_id_refreshes_the_cell_list_once(topology: Topology) -> None:
+def test_between_two_cells_a_failed_cell_fails_the_call_even_holding_no_member(
+    topology: Topology,
+) -> None:
+    a = _seed(topology, "cell1", "h1")
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    only_cell1 = InstanceGroup(ctx, uuid=new_uuid(), members=[a])
+    _unreachable(topology, "cell2")
+    # Asked without routing, cell2 might hold a member: its failure is never skipped.
+    with pytest.raises(CellUnavailable) as raised:
+        only_cell1.get_hosts()
+    assert raised.value.cells == ("cell2",)
+    hosts = only_cell1.get_hosts(allow_partial=True)
+    assert hosts == ["h1"] and hosts.failed_cells == ("cell2",)
+
+
+def test_an_unknown_cell_id_refreshes_the_cell_list_once(
+    topology: Topology, routed: None, third_cell: str
+) -> None:
+    # The process read the list before cell3 was registered: routing meets its id.
     dbs = topology.dbs
-    a = _seed(topology, "cell2", "h2")
-    dbs._cells = tuple(c for c in dbs.cells if c.name == "cell1")  # a stale list
-    group = InstanceGroup(RequestContext(dbs, "p1", "u1"), uuid=new_uuid(), members=[a])
-    assert group.get_hosts() == ["h2"]
-    assert [c.name for c in dbs.cells] == ["cell1", "cell2"]
+    a = _seed(topology, "cell1", "h1")
+    c = new_uuid()
+    with connect(topology.api_url_text, settings=topology.settings) as current:
+        seed_instance(current.cell(third_cell).engine, c, host="h3")
+        map_instance(current, c, third_cell)
+    group = InstanceGroup(RequestContext(dbs, "p1", "u1"), uuid=new_uuid(), members=[a, c])
+    assert group.get_hosts() == ["h1", "h3"]
+    assert [c.name for c in dbs.cells] == ["cell1", "cell2", "cell3"]
 
 
 def test_hosts_of_takes_members_directly(topology: Topology) -> None:

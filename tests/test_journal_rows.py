@@ -8,7 +8,7 @@ from shadowdb.databases import writer
 from shadowdb.phase import utcnow
 from shadowdb.queries import API, CELL, Side
 from tests.conftest import Topology
-from tests.helpers import new_uuid
+from tests.support.helpers import new_uuid
 
 
 @pytest.mark.parametrize("side_name", ["api", "cell"])

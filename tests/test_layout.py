@@ -175,3 +175,93 @@ def test_no_class_is_over_350_lines(name: str) -> None:
 def test_the_cli_reaches_every_tool_through_commands() -> None:
     direct = GRAPH["shadowdb.cli"] - CLI_MAY_IMPORT
     assert not direct, f"cli imports {sorted(direct)} directly"
+
+
+TESTS = Path(__file__).resolve().parent
+
+#: Test folders that follow no package module: the protocol and the system as a whole,
+#: the soak harness, and what the tests share.
+CROSS_CUTTING = frozenset({"protocol", "system", "soak", "support"})
+
+#: The package root is the public API; its test module says so.
+MIRROR_NAMES = {"shadowdb": "test_public_api.py"}
+
+#: Modules with no test module of their own yet, each with where its tests are today.
+#: The list only shrinks: a module that gains a test module must leave it (see below).
+NOT_MIRRORED = {
+    # python -m shadowdb: two lines calling the CLI, run by cli/test_end_to_end.py.
+    "shadowdb.__main__": "cli/test_end_to_end.py",
+    # Exercised through the layers above them, on every backend:
+    "shadowdb.bulk": "backfill/, diff/",
+    "shadowdb.errors": "test_public_api.py, cli/test_errors.py",
+    "shadowdb.failures": "test_transactions.py, objects/test_retries.py",
+    "shadowdb.fence": "protocol/test_failures.py, phases/test_isolation.py",
+    "shadowdb.journals": "protocol/, test_guards.py",
+    "shadowdb.location": "objects/, test_databases.py",
+    "shadowdb.locks": "protocol/, objects/test_writes.py",
+    "shadowdb.lookups": "objects/test_reads.py, phases/test_isolation.py",
+    "shadowdb.models": "test_schema.py",
+    "shadowdb.phase": "test_switcher.py, cli/test_phase.py, protocol/",
+    "shadowdb.queries": "objects/, protocol/",
+    "shadowdb.records": "objects/, backfill/",
+    "shadowdb.render": "cli/, diff/test_report.py",
+    "shadowdb.settings": "cli/test_ux.py, test_novaconf.py",
+    "shadowdb.signals": "objects/, test_switcher.py, backfill/test_cli.py",
+    "shadowdb.statements": "test_writes.py, phases/test_isolation.py",
+    "shadowdb.sync": "protocol/ (names kept for old imports)",
+    "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
+    "shadowdb.urls": "cli/test_errors.py, test_novaconf.py",
+    "shadowdb.backfill.backlog": "backfill/test_runner.py",
+    "shadowdb.backfill.chunks": "backfill/test_crash.py, backfill/test_parallel.py",
+    "shadowdb.backfill.conflicts": "backfill/test_cli.py",
+    "shadowdb.backfill.forward": "backfill/test_cli.py, backfill/test_properties.py",
+    "shadowdb.backfill.pacing": "backfill/test_cli.py",
+    "shadowdb.backfill.results": "backfill/test_cli.py",
+    "shadowdb.diff.findings": "diff/test_differ.py",
+    "shadowdb.diff.readers": "diff/test_differ.py",
+    "shadowdb.phases.api_only": "phases/test_isolation.py, objects/",
+    "shadowdb.phases.base": "phases/test_isolation.py, objects/",
+    "shadowdb.phases.cell_only": "phases/test_isolation.py, objects/",
+    "shadowdb.phases.dual_write_api_reads": "phases/test_isolation.py, objects/",
+    "shadowdb.phases.dual_write_cell_reads": "phases/test_isolation.py, objects/",
+}
+
+
+def _holds_tests(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.rglob("test_*.py"))
+
+
+def _mirrors(name: str) -> list[Path]:
+    """Return the test modules and folders of ``name`` that exist (a module's mirror)."""
+    if name in MIRROR_NAMES:
+        candidates = [TESTS / MIRROR_NAMES[name]]
+    else:
+        *parents, last = name.split(".")[1:]
+        base = TESTS.joinpath(*parents)
+        candidates = [base / f"test_{last}.py", base / last]
+    return [c for c in candidates if c.is_file() or _holds_tests(c)]
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - set(NOT_MIRRORED)))
+def test_every_package_module_has_a_test_module(name: str) -> None:
+    dotted = name.split(".")[1:]
+    where = "/".join([*dotted[:-1], f"test_{dotted[-1]}.py"]) if dotted else ""
+    assert _mirrors(name), f"{name} has no test module: tests/{where} (or a folder)"
+
+
+@pytest.mark.parametrize("name", sorted(NOT_MIRRORED))
+def test_every_exemption_is_still_needed(name: str) -> None:
+    assert name in MODULES, f"{name} is no package module: drop it from NOT_MIRRORED"
+    assert not _mirrors(name), f"{name} has a test module now: drop it from NOT_MIRRORED"
+
+
+def test_every_test_folder_is_named_after_a_package_module() -> None:
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    strays = {f for f in folders - CROSS_CUTTING if f"shadowdb.{f}" not in MODULES}
+    assert folders and not strays, f"test folders named after no module: {sorted(strays)}"
+
+
+def test_the_mirror_check_sees_a_missing_test_module() -> None:
+    assert _mirrors("shadowdb.switcher") and _mirrors("shadowdb.backfill")
+    assert not _mirrors("shadowdb.no_such_module")
+    assert not _mirrors("shadowdb.backfill.no_such_module")

@@ -22,8 +22,8 @@ from shadowdb.errors import InvalidInput
 from shadowdb.novaconf import fill_template, read_config_files
 from shadowdb.settings import Settings
 from shadowdb.testing import write_legacy_cells
-from tests.cli_support import Cli, text
 from tests.conftest import FreshDatabases
+from tests.support.cli import Cli, text
 
 #: Nova's test template (every substitution, with text around each).
 _NOVA_TEMPLATE = (

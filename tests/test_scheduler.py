@@ -6,11 +6,13 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from shadowdb import hosts as hosts_mod
 from shadowdb.errors import CellUnavailable, UnsupportedPolicy
 from shadowdb.objects import RequestContext
 from shadowdb.phase import Phase
@@ -27,9 +29,10 @@ from shadowdb.scheduler import (
     soft_affinity_weight,
     soft_anti_affinity_weight,
 )
+from shadowdb.settings import Settings
 from shadowdb.testing import StatementCounter
-from tests.conftest import Topology
-from tests.helpers import (
+from tests.conftest import FreshDatabases, Topology
+from tests.support.helpers import (
     engines_of,
     map_instance,
     new_uuid,
@@ -38,7 +41,7 @@ from tests.helpers import (
     seed_cell_group,
     seed_instance,
 )
-from tests.test_hosts import _cache_phase, _unreachable
+from tests.test_hosts import _cache_phase, _unreachable, one_cell_and_cell0
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,7 +154,21 @@ def test_a_failed_cell_fails_the_details_or_flags_them(topology: Topology) -> No
 # --------------------------------------------------------------------------- statement counts
 
 
-def test_api_hit_in_dual_write_api_reads_asks_cells_only_for_hosts(topology: Topology) -> None:
+def _route_if(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Route between the two cells, as deployments of three cells or more do."""
+    if strategy == "routing":
+        monkeypatch.setattr(hosts_mod, "SCATTER_UP_TO", 1)
+
+
+#: Two cells: both asked about every member (the default), or the members routed first.
+STRATEGIES = ["scatter", "routing"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_api_hit_in_dual_write_api_reads_asks_cells_only_for_hosts(
+    topology: Topology, strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _route_if(strategy, monkeypatch)
     member = _placed(topology, "cell2", "h2")
     _group(topology, Phase.DUAL_WRITE_API_READS, [member], "affinity")
     ctx = RequestContext(topology.dbs, "p1", "u1")
@@ -159,13 +176,21 @@ def test_api_hit_in_dual_write_api_reads_asks_cells_only_for_hosts(topology: Top
     with StatementCounter(engines_of(topology.dbs)) as counter:
         details = get_group_details(ctx, member)
     assert details is not None and details.hosts == {"h2"}
-    # API: the group by member, its children, the routing; cell2: the hosts. No fallback.
-    assert counter.counts == {"api": 3, "cell1": 0, "cell2": 1}, counter.statements
+    if strategy == "routing":
+        # API: the group by member, its children, the routing; cell2: the hosts.
+        assert counter.counts == {"api": 3, "cell1": 0, "cell2": 1}, counter.statements
+    else:
+        # API: the group by member, its children; each cell: the hosts. No fallback.
+        assert counter.counts == {"api": 2, "cell1": 1, "cell2": 1}, counter.statements
     (hosts_query,) = [s for name, s in counter.statements if name == "cell2"]
     assert "DISTINCT i.host" in hosts_query
 
 
-def test_api_only_touches_cells_only_for_hosts(topology: Topology) -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_api_only_touches_cells_only_for_hosts(
+    topology: Topology, strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _route_if(strategy, monkeypatch)
     a = _placed(topology, "cell1", "h1")
     b = _placed(topology, "cell2", "h2")
     _group(topology, Phase.API_ONLY, [a, b], "anti-affinity")
@@ -177,12 +202,17 @@ def test_api_only_touches_cells_only_for_hosts(topology: Topology) -> None:
     with StatementCounter(engines_of(topology.dbs)) as counter:
         details = get_group_details(ctx, a)
     assert details is not None and details.hosts == {"h1", "h2"}
-    assert counter.counts == {"api": 3, "cell1": 1, "cell2": 1}, counter.statements
+    routings = 1 if strategy == "routing" else 0
+    assert counter.counts == {"api": 2 + routings, "cell1": 1, "cell2": 1}, counter.statements
     assert all("DISTINCT i.host" in s for name, s in counter.statements if name != "api")
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("phase", [Phase.CELL_ONLY, Phase.DUAL_WRITE_CELL_READS])
-def test_cell_reads_load_the_group_from_its_cell(topology: Topology, phase: Phase) -> None:
+def test_cell_reads_load_the_group_from_its_cell(
+    topology: Topology, phase: Phase, strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _route_if(strategy, monkeypatch)
     member = _placed(topology, "cell1", "h1")
     _group(topology, phase, [member], "soft-affinity")
     ctx = RequestContext(topology.dbs, "p1", "u1")
@@ -190,8 +220,47 @@ def test_cell_reads_load_the_group_from_its_cell(topology: Topology, phase: Phas
     with StatementCounter(engines_of(topology.dbs)) as counter:
         details = get_group_details(ctx, member)
     assert details is not None and details.hosts == {"h1"}
-    # cell1: the group by member, its children, the hosts; API: the routing only.
-    assert counter.counts == {"api": 1, "cell1": 3, "cell2": 0}, counter.statements
+    if strategy == "routing":
+        # cell1: the group by member, its children, the hosts; API: the routing only.
+        assert counter.counts == {"api": 1, "cell1": 3, "cell2": 0}, counter.statements
+    else:
+        # cell1: the group by member, its children, the hosts; cell2: the hosts.
+        assert counter.counts == {"api": 0, "cell1": 3, "cell2": 1}, counter.statements
+
+
+@pytest.fixture
+def single_cell(fresh: FreshDatabases, settings: Settings) -> Iterator[Topology]:
+    """cell0 mapped first, then cell1: the deployment most Nova clouds are."""
+    yield from one_cell_and_cell0(fresh, settings)
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_one_cell_besides_cell0_no_routing_and_cell0_never_asked_for_hosts(
+    single_cell: Topology, phase: Phase
+) -> None:
+    topology = single_cell
+    a = _placed(topology, "cell1", "h1")
+    b = _placed(topology, "cell1", "h2")
+    failed = _placed(topology, "cell0", None)  # never scheduled: in cell0, no host
+    new = _placed(topology, "cell1", None)  # being scheduled
+    uuid = _group(topology, phase, [a, b, failed, new], "anti-affinity")
+    ctx = RequestContext(topology.dbs, "p1", "u1")
+    _cache_phase(topology)
+    with StatementCounter(engines_of(topology.dbs)) as counter:
+        details = get_group_details(ctx, new)
+    assert details is not None and details.uuid == uuid
+    assert details.hosts == {"h1", "h2"}
+    assert not [s for _, s in counter.statements if "instance_mappings" in s]
+    # cell0 is never asked for hosts; the cell-read phases may look for the group there
+    # (the group lookup asks every cell), nothing else.
+    cell0 = [s for name, s in counter.statements if name == "cell0"]
+    assert all("instance_group_member" in s for s in cell0), cell0
+    if phase in (Phase.DUAL_WRITE_API_READS, Phase.API_ONLY):
+        # API: the group by member, its children; cell1: the hosts.
+        assert counter.counts == {"api": 2, "cell0": 0, "cell1": 1}, counter.statements
+    else:
+        # cell1: the group by member, its children, the hosts.
+        assert counter.counts["api"] == 0 and counter.counts["cell1"] == 3, counter.statements
 
 
 # --------------------------------------------------------------------------- pure functions

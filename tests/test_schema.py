@@ -1,6 +1,6 @@
 """shadowdb's schema against Nova's, its alembic trees walked, its models against its migrations.
 
-The expected Nova structure comes from :mod:`tests.fixtures.nova_schema`, transcribed by
+The expected Nova structure comes from :mod:`tests.support.nova_schema`, transcribed by
 hand from Nova 34.0.0's migrations; nothing here is derived from ``shadowdb.models``
 except in the models-against-migrations check, whose point is to compare the two.
 """
@@ -19,7 +19,7 @@ from shadowdb import commands, models, schema
 from shadowdb.databases import connect, create_engine
 from shadowdb.settings import Settings
 from tests.conftest import FreshDatabases
-from tests.fixtures.nova_schema import NOVA_API, NOVA_CELL, assert_nova_tables
+from tests.support.nova_schema import NOVA_API, NOVA_CELL, assert_nova_tables
 
 VERSION_TABLES = {"api": "shadowdb_api_version", "cell": "shadowdb_cell_version"}
 METADATA = {"api": models.api_metadata, "cell": models.cell_metadata}

@@ -17,14 +17,14 @@ import sqlalchemy as sa
 import structlog
 import structlog.testing
 
-from shadowdb import commands, diff, models, signals, switcher
+from shadowdb import commands, diff, journals, models, signals, switcher
 from shadowdb.backfill import backfill, backlog
 from shadowdb.databases import Databases, connect, reader
 from shadowdb.errors import DatabaseUnreachable, GuardRefused, ScanIncomplete, UnknownPhase
 from shadowdb.phase import Phase, read_cell_state, read_state, utcnow
 from shadowdb.switcher import GUARDS, TRANSITIONS, StepKind, Switcher
 from tests.conftest import Topology
-from tests.helpers import put_in_phase
+from tests.support.helpers import put_in_phase
 
 C, CR, AR, A = (
     Phase.CELL_ONLY,
@@ -306,6 +306,41 @@ def test_guard_counts_unmigrated_groups_across_batches(
     assert refusal(topology.dbs, AR) == (
         "4 live cell groups not in the API database (cell1: 4); run backfill",
     )
+
+
+def test_a_write_between_its_two_commits_does_not_refuse_the_move_to_api_reads(
+    topology: Topology,
+) -> None:
+    """A dual-write-cell-reads create whose cell half committed (with its outbox entry) and
+    whose API half has not run yet is in flight, not unmigrated: the move goes through and
+    the exact journal check under the lock brings its API copy over."""
+    go(topology.dbs, CR)
+    backfill(topology.dbs)
+    commands.diff_report(topology.dbs, sleep=no_sleep)
+    group = new_uuid()
+    cell1 = topology.cell_engine("cell1")
+    add_cell_group(cell1, group)
+    epoch = topology.dbs.phases.fresh().epoch
+    with cell1.begin() as conn:
+        conn.execute(
+            models.cell_journal.insert().values(
+                group_uuid=group, created_at=sa.func.now(), epoch=epoch, error=journals.OUTBOX
+            )
+        )
+    assert backlog.uncopied(topology.dbs, topology.dbs.cell("cell1")) == 0
+    Switcher(topology.dbs).run(AR)
+    assert topology.dbs.phases.fresh().phase is AR
+    with reader(topology.dbs.api) as conn:
+        assert (
+            conn.execute(
+                sa.select(models.api_groups.c.name).where(models.api_groups.c.uuid == group)
+            ).scalar_one()
+            == "g"
+        )
+    with reader(cell1) as conn:
+        assert (
+            conn.execute(sa.select(sa.func.count()).select_from(models.cell_journal)).scalar() == 0
+        )
 
 
 def test_guard_into_api_only_lists_journals_and_unmigrated_groups(topology: Topology) -> None:

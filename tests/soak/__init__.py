@@ -14,5 +14,5 @@
   reads of a group after its destroy was acknowledged, duplicate rows, journals left
   over, the final diff-report.
 
-``scripts/soak`` runs it; ``tests/test_soak.py`` runs a short version in the suite.
+``scripts/soak`` runs it; ``tests/system/test_soak.py`` runs a short version in the suite.
 """

@@ -32,10 +32,10 @@ from shadowdb.databases import connect
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.settings import Settings
 from shadowdb.testing import LegacyGroup, write_legacy_cells
-from tests.backends import Server
-from tests.proxy import Proxy
 from tests.soak import checker
 from tests.soak.writer import PROJECT
+from tests.support.backends import Server
+from tests.support.proxy import Proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 

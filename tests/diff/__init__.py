@@ -1,0 +1,1 @@
+"""Tests of shadowdb.diff: the differ and the diff-report command."""

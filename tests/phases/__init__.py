@@ -1,0 +1,1 @@
+"""Tests of shadowdb.phases: which databases each phase's strategy touches."""

@@ -1,0 +1,114 @@
+"""Which database each phase touches, proven by counting statements per engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shadowdb import signals
+from shadowdb.errors import GroupNotFound
+from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
+from shadowdb.phase import Phase
+from shadowdb.testing import StatementCounter
+from tests.conftest import Topology
+from tests.support.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group
+
+
+def _cells(topology: Topology) -> StatementCounter:
+    return StatementCounter({c.name: c.engine for c in topology.dbs.cells})
+
+
+def test_api_only_queries_no_cell(topology: Topology) -> None:
+    dbs = topology.dbs
+    put_in_phase(dbs, Phase.API_ONLY)
+    ctx = RequestContext(dbs, "p1", "u1")
+    # A legacy copy still sits in a cell (copies stay until cleanup): it must not leak in.
+    legacy = seed_cell_group(topology.cell_engine("cell1"), name="legacy")
+    member = new_uuid()
+    with _cells(topology) as counter:
+        g = InstanceGroup(ctx, name="web", project_id="p1", user_id="u1", policies=["affinity"])
+        g.create()
+        InstanceGroup.add_members(ctx, g.uuid, [member])
+        assert InstanceGroup.get_by_uuid(ctx, g.uuid).members == [member]
+        assert InstanceGroup.get_by_name(ctx, "web").uuid == g.uuid
+        assert InstanceGroup.get_by_hint(ctx, g.uuid).uuid == g.uuid
+        assert InstanceGroup.get_by_instance_uuid(ctx, member).uuid == g.uuid
+        with pytest.raises(GroupNotFound):
+            InstanceGroup.get_by_instance_uuid(ctx, new_uuid())
+        with pytest.raises(GroupNotFound):
+            InstanceGroup.get_by_uuid(ctx, legacy)
+        g.name = "web2"
+        g.save()
+        InstanceGroup.remove_members(ctx, g.uuid, [member])
+        g.refresh()
+        assert (g.name, g.members) == ("web2", [])
+        assert [x.uuid for x in InstanceGroupList.get_all(ctx)] == [g.uuid]
+        assert [x.uuid for x in InstanceGroupList.get_by_project_id(ctx, "p1")] == [g.uuid]
+        assert InstanceGroupList.get_counts(ctx, "p1", "u1") == {
+            "project": {"server_groups": 1},
+            "user": {"server_groups": 1},
+        }
+        assert g.get_hosts() == []  # no members left: no cell query either
+        g.destroy()
+    assert counter.total() == 0, counter.statements
+
+
+@pytest.mark.parametrize("lookup", ["uuid", "name", "hint", "instance"])
+def test_cell_only_group_is_found_by_fallback_in_dual_write_api_reads(
+    topology: Topology, lookup: str
+) -> None:
+    dbs = topology.dbs
+    put_in_phase(dbs, Phase.DUAL_WRITE_API_READS)
+    ctx = RequestContext(dbs, "p1", "u1")
+    member = new_uuid()
+    uuid = seed_cell_group(topology.cell_engine("cell2"), name="only-in-cell", members=[member])
+    seen: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        seen.append(kwargs)
+
+    signals.fallback_read.connect(receiver, sender=dbs)
+    try:
+        find = {
+            "uuid": lambda: InstanceGroup.get_by_uuid(ctx, uuid),
+            "name": lambda: InstanceGroup.get_by_name(ctx, "only-in-cell"),
+            "hint": lambda: InstanceGroup.get_by_hint(ctx, "only-in-cell"),
+            "instance": lambda: InstanceGroup.get_by_instance_uuid(ctx, member),
+        }[lookup]
+        group = find()
+    finally:
+        signals.fallback_read.disconnect(receiver, sender=dbs)
+    assert (group.uuid, group.name, group.members) == (uuid, "only-in-cell", [member])
+    assert len(seen) == 1
+    assert seen[0]["cell"] == "cell2"
+    assert seen[0]["what"] == (
+        "uuid" if lookup == "uuid" else "name" if lookup in ("name", "hint") else "instance"
+    )
+
+
+def test_api_hit_in_dual_write_api_reads_queries_no_cell(topology: Topology) -> None:
+    dbs = topology.dbs
+    put_in_phase(dbs, Phase.DUAL_WRITE_API_READS)
+    ctx = RequestContext(dbs, "p1", "u1")
+    member = new_uuid()
+    uuid = seed_api_group(dbs.api, name="in-api", members=[member])
+    with _cells(topology) as counter:
+        assert InstanceGroup.get_by_uuid(ctx, uuid).name == "in-api"
+        assert InstanceGroup.get_by_name(ctx, "in-api").uuid == uuid
+        assert InstanceGroup.get_by_instance_uuid(ctx, member).uuid == uuid
+    assert counter.total() == 0, counter.statements
+
+
+def test_uuid_in_both_databases_is_listed_once_with_the_api_copy(topology: Topology) -> None:
+    dbs = topology.dbs
+    put_in_phase(dbs, Phase.DUAL_WRITE_API_READS)
+    ctx = RequestContext(dbs, "p1", "u1")
+    uuid = new_uuid()
+    seed_cell_group(topology.cell_engine("cell1"), uuid=uuid, name="cell-copy")
+    seed_api_group(dbs.api, uuid=uuid, name="api-copy")
+    only_cell = seed_cell_group(topology.cell_engine("cell2"), name="cell-only")
+    listed = InstanceGroupList.get_all(ctx)
+    assert [(g.uuid, g.name) for g in listed] == [(uuid, "api-copy"), (only_cell, "cell-only")]
+    assert InstanceGroup.get_by_uuid(ctx, uuid).name == "api-copy"
+    assert InstanceGroupList.get_counts(ctx, "p1") == {"project": {"server_groups": 2}}

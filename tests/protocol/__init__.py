@@ -1,0 +1,1 @@
+"""The write protocol as a whole: known failures, the model check, races, outages, crashes."""

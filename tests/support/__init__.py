@@ -1,0 +1,1 @@
+"""What shadowdb's tests share: seeding, backends, the CLI runner, proxies, subprocess scripts."""

@@ -1,0 +1,1 @@
+"""Whole-system tests: the soak, Galera, the documents, fuzzing, Nova-built deployments, imports."""
