@@ -6,7 +6,7 @@ The README's cutover order, as the guards enforce it::
     -> phase set dual-write-api-reads -> (backfill) -> diff-report
     -> phase set api-only -> cleanup --yes
 
-:func:`advise` reads a :class:`~shadowdb.commands.Status` and names the one command to
+:func:`advise` reads a :class:`~shadowdb.status.Status` and names the one command to
 run next, or says why none can run. The rules, first match wins:
 
 1. no cell besides cell0: ``cell add``;
@@ -43,7 +43,7 @@ from shadowdb.phase import Phase, read_state
 from shadowdb.switcher import Switcher
 
 if TYPE_CHECKING:
-    from shadowdb.commands import LastDiff, Status
+    from shadowdb.status import LastDiff, Status
 
 __all__ = ["Advice", "advise"]
 

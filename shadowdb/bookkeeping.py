@@ -13,7 +13,8 @@ fenced transaction). Sections, one per table:
   removes, and the ``instance_mappings`` that keep a cell in use;
 - **backfill chunks**: ``shadowdb_backfill_chunks``, the ranges the backfill scans and
   their checkpoints;
-- **backfill conflicts**: ``shadowdb_backfill_conflicts``, the groups it refused to copy.
+- **backfill conflicts**: ``shadowdb_backfill_conflicts``, the groups it refused to copy;
+- **journals**: which groups each side's journal holds (``status`` compares them).
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ __all__ = [
     "add_chunks",
     "append_phase_history",
     "cell_mapping_named",
+    "chunk_scans",
     "chunks_covered_to",
     "claim_chunk",
+    "conflicts_by_cell",
     "delete_cell_mapping",
     "forget_conflict",
     "insert_cell_mapping",
     "instances_mapped_to",
+    "journaled_groups",
     "move_checkpoint",
     "read_phase_history",
     "record_conflict",
@@ -250,6 +254,12 @@ def add_chunks(conn: Connection, cell_uuid: str, starts: Sequence[int], size: in
     )
 
 
+def chunk_scans(conn: Connection) -> list[tuple[str, bool, int]]:
+    """Return ``(cell_uuid, done, end_id)`` of every chunk: how far each cell's scan stands."""
+    rows = conn.execute(sa.select(_chunks.c.cell_uuid, _chunks.c.done, _chunks.c.end_id)).all()
+    return [(row.cell_uuid, bool(row.done), int(row.end_id)) for row in rows]
+
+
 def claim_chunk(conn: Connection, cell_uuids: Sequence[str], *, lock: bool) -> Chunk | None:
     """Return the first pending chunk of these cells, or ``None``.
 
@@ -345,3 +355,17 @@ def recorded_conflicts(
 def forget_conflict(conn: Connection, conflict_id: int) -> None:
     """Delete a recorded conflict (it resolved)."""
     conn.execute(_conflicts.delete().where(_conflicts.c.id == conflict_id))
+
+
+def conflicts_by_cell(conn: Connection) -> list[tuple[str, str]]:
+    """Return ``(cell_uuid, kind)`` of every recorded conflict (``status`` counts them)."""
+    rows = conn.execute(sa.select(_conflicts.c.cell_uuid, _conflicts.c.kind)).all()
+    return [(row.cell_uuid, row.kind) for row in rows]
+
+
+# ------------------------------------------------------------------------ shadowdb journals
+
+
+def journaled_groups(conn: Connection, journal: sa.Table) -> set[str]:
+    """Return the uuids of the groups with a pending entry in ``journal`` (either side's)."""
+    return set(conn.scalars(sa.select(journal.c.group_uuid)))

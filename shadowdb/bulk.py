@@ -8,13 +8,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-__all__ = ["CHUNK", "BulkInsert", "by_ids", "chunks"]
+__all__ = ["MAX_IN_LIST", "BulkInsert", "by_ids", "chunks"]
 
-#: Most bound parameters one statement carries (SQLite's historic limit is 999).
-CHUNK = 500
+#: Values per ``IN (...)`` list, the most bound parameters one statement carries: under
+#: every backend's bind-parameter limit (SQLite's historic limit is 999). The one place
+#: this number lives; every module that cuts a list of uuids or ids uses it.
+MAX_IN_LIST = 500
 
 
-def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+def chunks(values: Sequence[Any], size: int = MAX_IN_LIST) -> Iterable[Sequence[Any]]:
     """Cut ``values`` into slices of at most ``size`` (one statement's worth each)."""
     for start in range(0, len(values), size):
         yield values[start : start + size]
@@ -24,7 +26,7 @@ def by_ids(column: sa.Column[Any], ids: Iterable[int]) -> list[sa.ColumnElement[
     """Return WHERE clauses, one per statement, that together cover ``column`` in ``ids``.
 
     Dense ids (a batch of consecutive groups, as the backfill reads them) become one
-    ``BETWEEN``: one statement instead of one per chunk of 500, and on a table without an
+    ``BETWEEN``: one statement instead of one per :data:`MAX_IN_LIST` ids, and on a table without an
     index on ``column`` one scan instead of several (Nova's child tables have no index on
     ``group_id``: only MySQL's InnoDB adds one for the foreign key). The range may hold
     ids not asked for: callers keep only rows of ``ids``.

@@ -40,6 +40,7 @@ import structlog
 
 from shadowdb import diff
 from shadowdb.backfill import uncopied_among
+from shadowdb.bulk import MAX_IN_LIST
 from shadowdb.databases import Cell, Databases, reader, writer
 from shadowdb.errors import DatabaseUnreachable, GuardRefused
 from shadowdb.fence import pin_cell
@@ -51,8 +52,6 @@ from shadowdb.sync import commit, transaction
 __all__ = ["CleanupResult", "cleanup", "completed", "refusals"]
 
 log = structlog.get_logger(__name__)
-
-_BATCH = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +146,7 @@ def completed(state: PhaseState, last: diff.StoredResult | None) -> bool:
 
 
 #: What a completed cleanup records as the newest diff-report result.
-_DONE = "cleanup retired the cell copies"
+_DONE = diff.CLEANED_UP
 
 _UNRETIRED = (
     "a `backfill --reverse` rebuilt the cell copies while cleanup ran; nothing was purged: "
@@ -170,7 +169,7 @@ def _retire_groups(dbs: Databases, cell: Cell, state: PhaseState) -> tuple[CellC
                 sa.select(g.c.id, g.c.uuid)
                 .where(g.c.deleted == 0, g.c.id > after)
                 .order_by(g.c.id)
-                .limit(_BATCH)
+                .limit(MAX_IN_LIST)  # the ids go into one IN list
                 .with_for_update()
             ).all()
             if not rows:
@@ -205,7 +204,7 @@ def _retire_orphans(cell: Cell, state: PhaseState, table: sa.Table) -> int:
                     sa.select(table.c.id)
                     .where(table.c.deleted == 0, table.c.group_id.not_in(live))
                     .order_by(table.c.id)
-                    .limit(_BATCH)
+                    .limit(MAX_IN_LIST)  # the ids go into one IN list
                 )
             )
             if not ids:

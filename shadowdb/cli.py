@@ -135,56 +135,13 @@ def _cmd_cell_list(args: argparse.Namespace, settings: Settings, out: _Output) -
 def _cmd_status(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
     with connect(args.api_url, settings=settings) as dbs:
         result = commands.status(dbs)
+    # The whole status prints either way; the exit code tells a script a cell is down.
+    code = ExitCode.OK if result.reachable else ExitCode.OPERATIONAL
     if out.json:
         out.emit_json(result)
-        return ExitCode.OK
-    out.line(
-        f"phase: {result.phase} (epoch {result.epoch}, "
-        f"since {result.changed_at:%Y-%m-%d %H:%M:%S}Z)"
-        + (", cell copies retired" if result.cells_retired else "")
-    )
-    _cells_table(out, result.cells)
-    if result.health:
-        out.table(
-            None,
-            ("Cell", "Reachable", "Not in the API database", "Journal", "Conflicts"),
-            [
-                (h.name, "yes", str(h.backlog), str(h.journal), str(h.conflicts))
-                if h.reachable and h.synced
-                else (h.name, f"yes, not synced: {h.error}", "?", "?", str(h.conflicts))
-                if h.reachable
-                else (h.name, f"no: {h.error}", "?", "?", str(h.conflicts))
-                for h in result.health
-            ],
-        )
-    out.line(f"API database: {result.api_database}")
-    out.line(
-        f"API journal: {result.api_journal}; groups journaled on both sides: "
-        f"{result.journal_conflicts}"
-    )
-    last = result.diff
-    if last is None:
-        out.line("last diff-report: none")
-    else:
-        found = (
-            "clean"
-            if last.clean
-            else f"incomplete ({last.detail or 'no detail'})"
-            if last.outcome == "incomplete"
-            else f"{last.differences} differences ("
-            + ", ".join(f"{k}: {n}" for k, n in sorted(last.counts.items()))
-            + ")"
-        )
-        out.line(
-            f"last diff-report: {found}, started {last.started_at:%Y-%m-%d %H:%M:%S}Z "
-            f"({last.age_seconds}s ago) in {last.phase} at epoch {last.epoch}, "
-            f"scope {last.scope}; "
-            + ("admits the phase change" if last.gates else "admits no phase change: ")
-            + "; ".join(last.blockers)
-        )
-    out.line(f"next step: {result.next_step or 'none'}")
-    out.line(f"why: {result.reason}")
-    return ExitCode.OK
+        return code
+    render.status(out, result)
+    return code
 
 
 def _cmd_phase_show(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
@@ -382,8 +339,6 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings, out: _Output) -> Exi
     import io
     from pathlib import Path
 
-    from shadowdb import demo
-
     if args.api_url is not None:
         raise errors.InvalidInput("demo runs on its own embedded databases: drop --api-url")
     # Each step runs as the command line runs it; under --format json only the report shows.
@@ -393,35 +348,18 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings, out: _Output) -> Exi
     def run(argv: list[str], environ: dict[str, str]) -> int:
         return main([*argv, *extra], stdout=steps_out, environ=environ)
 
-    options = demo.DemoOptions(
+    options = commands.DemoOptions(
         groups=args.groups,
         cells=args.cells,
         data_dir=Path(args.data_dir) if args.data_dir else settings.data_dir,
         writers=args.writers,
     )
-    report = demo.run_demo(options, run, steps_out)
+    report = commands.demo(options, run, steps_out)
     code = ExitCode.OK if report.ok else ExitCode.MORE
     if out.json:
         out.emit_json({**render.jsonable(report), "ok": report.ok, "exit_code": int(code)})
         return code
-    out.line()
-    out.table(
-        "Cutover under live traffic",
-        ("Phase", "Time"),
-        [(p.phase, f"{p.seconds:.1f}s") for p in report.phases],
-    )
-    out.line(f"rows moved by backfill: {report.rows_moved}")
-    out.line(f"fallback reads (dual-write-api-reads): {report.fallback_reads}")
-    out.line(f"shadow-write failures (journaled): {report.shadow_write_failures}")
-    out.line(f"final diff-report: {report.final_diff} ({report.final_differences} differing keys)")
-    out.line(
-        f"Live traffic: {report.writes} acknowledged writes, {report.lookups} scheduler "
-        f"lookups, {report.error_count} errors; {report.checked} groups checked in the API "
-        f"database: {report.missing} missing or stale."
-    )
-    for error in report.errors:
-        out.line(f"  error: {error}")
-    out.line("every acknowledged write is accounted for" if report.ok else "demo FAILED")
+    render.demo_report(out, report)
     return code
 
 
@@ -464,7 +402,8 @@ environment:
 exit codes:
   0    success; for backfill, nothing left to do
   1    more to do (backfill) or differences found (diff-report)
-  2    operational: a database unreachable, a migration or a write failed
+  2    operational: a database unreachable (status: after printing the whole status),
+       a migration or a write failed
   3    refused by a guard, or the command does not run in this phase
   127  bad input: usage, malformed URL, unknown cell or phase, bad value
   130  interrupted (Ctrl-C): what was committed stays; run it again to resume"""

@@ -12,10 +12,9 @@ import datetime as dt
 import sqlite3
 import time
 import uuid as uuidlib
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import sqlalchemy as sa
 import structlog
@@ -23,13 +22,14 @@ import structlog
 from shadowdb import advice, bookkeeping, diff, novaconf, schema, urls
 from shadowdb import backfill as backfilling
 from shadowdb import cleanup as cleaning
+from shadowdb import demo as demoing
+from shadowdb import status as standing
 from shadowdb.bookkeeping import HistoryEntry
 from shadowdb.databases import (
     CELL0_UUID,
     Cell,
     Databases,
     cell_url,
-    choose_default,
     create_engine,
     database_errors,
     database_identity,
@@ -42,23 +42,17 @@ from shadowdb.errors import (
     CellInUse,
     DatabaseUnreachable,
     InvalidInput,
-    OperationalError,
     SchemaError,
 )
 from shadowdb.fence import settle
 from shadowdb.models import (
-    api_backfill_chunks,
-    api_backfill_conflicts,
     api_state,
-    cell_groups,
-    cell_journal,
     cell_state,
 )
-from shadowdb.models import api_journal as api_journal_table
-from shadowdb.phase import Phase, PhaseState, initialise_state, read_state, utcnow
-from shadowdb.queries import API, CELL
-from shadowdb.switcher import CleanRecentDiff, Switcher, allowed_next
-from shadowdb.sync import one_line
+from shadowdb.phase import Phase, initialise_state, read_state
+from shadowdb.queries import CELL
+from shadowdb.status import CellHealth, CellInfo, LastDiff, Status
+from shadowdb.switcher import Switcher, allowed_next
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -68,6 +62,8 @@ __all__ = [
     "CellInfo",
     "CleanupResult",
     "DatabaseSync",
+    "DemoOptions",
+    "DemoReport",
     "DiffKind",
     "DiffReport",
     "HistoryEntry",
@@ -81,6 +77,7 @@ __all__ = [
     "backfill_migrations",
     "backfill_remaining",
     "cleanup",
+    "demo",
     "diff_report",
     "list_cells",
     "phase_history",
@@ -101,6 +98,8 @@ DiffKind = diff.DiffKind
 DiffReport = diff.DiffReport
 BackfillStep = backfilling.BatchStep
 CleanupResult = cleaning.CleanupResult
+DemoOptions = demoing.DemoOptions
+DemoReport = demoing.DemoReport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,124 +123,6 @@ class SyncResult:
 
     databases: tuple[DatabaseSync, ...]
     state_created: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class CellInfo:
-    """A registered cell as operators see it (the URL's password masked)."""
-
-    name: str
-    uuid: str
-    url: str
-    default: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class CellHealth:
-    """How one cell stands in the cutover.
-
-    Attributes:
-        name: the cell's name.
-        reachable: it answered.
-        error: why not, one line (None if it answered).
-        backlog: its live groups the API database lacks (None if unreachable).
-        journal: its pending journal entries (None if unreachable).
-        conflicts: its groups backfill recorded as conflicts and would not copy.
-        synced: its schema is at shadowdb's newest revision (``db sync`` brings it there).
-        unscanned: backfill has group ids of this cell left to scan (it scans each id
-            range once: a group that appears behind its checkpoints, written to the cell
-            outside shadowdb, is copied through ``diff-report --repair`` instead).
-    """
-
-    name: str
-    reachable: bool
-    error: str | None
-    backlog: int | None
-    journal: int | None
-    conflicts: int = 0
-    synced: bool = True
-    unscanned: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class LastDiff:
-    """The newest diff-report on record, and whether it still admits a phase change.
-
-    Attributes:
-        started_at: when it began (UTC).
-        finished_at: when it ended (UTC).
-        phase: the phase it ran in.
-        epoch: the epoch it ran at.
-        scope: ``all``, or the one cell it compared.
-        outcome: ``clean``, ``differences`` or ``incomplete``.
-        differences: how many keys differed.
-        counts: differing keys per kind.
-        repaired: keys its ``--repair`` enqueued for backfill.
-        unexplained: differences no pending journal entry explained (None: not recorded).
-        age_seconds: how long ago it began.
-        current: it ran at the current epoch.
-        recent: it began at most ``diff_max_age`` seconds ago.
-        gates: it admits the phase change it is needed for (``clean-recent-diff``).
-        blockers: why not, one line each (empty when it gates).
-        detail: what cut an incomplete run short (or recorded it: ``cleanup``).
-    """
-
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    phase: str
-    epoch: int
-    scope: str
-    outcome: str
-    differences: int
-    counts: dict[str, int]
-    repaired: int
-    unexplained: int | None
-    age_seconds: int
-    current: bool
-    recent: bool
-    gates: bool
-    blockers: tuple[str, ...]
-    detail: str | None = None
-
-    @property
-    def clean(self) -> bool:
-        """It completed and found no difference."""
-        return self.outcome == "clean"
-
-
-@dataclasses.dataclass(frozen=True)
-class Status:
-    """Where the cutover stands, and the command to run next.
-
-    Attributes:
-        phase: the phase's name.
-        epoch: bumped on every phase change.
-        changed_at: when the phase was last set (UTC).
-        cells: the registered cells.
-        health: each cell but cell0: reachable, backlog, journal, conflicts.
-        api_database: the API database in use (password masked).
-        api_journal: the API journal's pending entries.
-        journal_conflicts: groups journaled on both sides (never resolved silently).
-        conflicts: the groups backfill recorded as conflicts, per kind.
-        cells_retired: ``cleanup`` has retired the cell copies.
-        diff: the newest diff-report, if any.
-        next_step: the command to run next, or None when none can (or need) run.
-        reason: why that command, or why none.
-    """
-
-    phase: str
-    epoch: int
-    changed_at: dt.datetime
-    cells: tuple[CellInfo, ...]
-    health: tuple[CellHealth, ...] = ()
-    api_database: str = ""
-    api_journal: int = 0
-    journal_conflicts: int = 0
-    conflicts: dict[str, int] = dataclasses.field(default_factory=dict)
-    cells_retired: bool = False
-    diff: LastDiff | None = None
-    next_step: str | None = None
-    reason: str = ""
 
 
 def _sync_one(engine: sa.Engine, tree: str, label: str) -> DatabaseSync:
@@ -410,12 +291,7 @@ def add_cell(
 
 def list_cells(dbs: Databases) -> list[CellInfo]:
     """List the registered cells, oldest first, passwords masked."""
-    with reader(dbs.api, dbs.api_label) as conn:
-        state = read_state(conn)
-    cells = dbs.refresh_cells()
-    chosen = choose_default(cells, state.default_cell_uuid)
-    default = None if chosen is None else chosen.uuid
-    return [CellInfo(c.name, c.uuid, urls.mask(c.url), c.uuid == default) for c in cells]
+    return standing.cell_infos(dbs)
 
 
 def remove_cell(dbs: Databases, name: str) -> None:
@@ -432,7 +308,10 @@ def remove_cell(dbs: Databases, name: str) -> None:
     try:
         with reader(cell.engine, cell.label) as conn:
             g = CELL.groups
-            live = conn.scalar(sa.select(sa.func.count()).select_from(g).where(g.c.deleted == 0))
+            # A database never synced holds no group table, and so no group.
+            live = sa.inspect(conn).has_table(g.name) and conn.scalar(
+                sa.select(sa.func.count()).select_from(g).where(g.c.deleted == 0)
+            )
             if live:
                 reasons.append(f"it holds {live} live group(s)")
             try:
@@ -482,94 +361,13 @@ def status(dbs: Databases) -> Status:
     """Report where the cutover stands and the command to run next.
 
     Reads the phase, each cell's backlog, journal and conflicts, the API journal and the
-    newest diff-report, then works out the next step from the guards
-    (:mod:`shadowdb.advice`). Finishes a half-done phase change on the way, as every
-    command does.
+    newest diff-report (:mod:`shadowdb.status`), then works out the next step from the
+    guards (:mod:`shadowdb.advice`). Finishes a half-done phase change on the way, as
+    every command does.
     """
-    state, _problems = settle(dbs)
-    with reader(dbs.api, dbs.api_label) as conn:
-        api_journal = API.journal_count(conn)
-        api_journaled = set(conn.scalars(sa.select(api_journal_table.c.group_uuid)))
-        conflict_rows = conn.execute(
-            sa.select(api_backfill_conflicts.c.cell_uuid, api_backfill_conflicts.c.kind)
-        ).all()
-        last = diff.last_result(conn)
-        c = api_backfill_chunks
-        chunks = conn.execute(sa.select(c.c.cell_uuid, c.c.done, c.c.end_id)).all()
-    health = []
-    both_sides: set[str] = set()
-    head = schema.head_revision("cell")
-    for cell in dbs.refresh_cells():
-        if cell.is_cell0:
-            continue  # never holds a group
-        conflicts = sum(1 for row in conflict_rows if row.cell_uuid == cell.uuid)
-        try:
-            with reader(cell.engine, cell.label) as conn:
-                at = schema.current_revision(conn, "cell")
-                if at != head:
-                    # Registered but not synced: no journal or phase row to read yet.
-                    error = f"schema at {at or 'no shadowdb revision'}, not {head}"
-                    health.append(
-                        CellHealth(cell.name, True, error, None, None, conflicts, synced=False)
-                    )
-                    continue
-                journal = CELL.journal_count(conn)
-                top = conn.scalar(sa.select(sa.func.max(cell_groups.c.id))) or 0
-                if journal and api_journaled:
-                    both_sides |= api_journaled & set(
-                        conn.scalars(sa.select(cell_journal.c.group_uuid))
-                    )
-            backlog = backfilling.uncopied(dbs, cell)
-        except OperationalError as err:
-            health.append(CellHealth(cell.name, False, one_line(err), None, None, conflicts))
-            continue
-        mine = [row for row in chunks if row.cell_uuid == cell.uuid]
-        unscanned = any(not row.done for row in mine) or top > max(
-            (row.end_id for row in mine), default=0
-        )
-        health.append(
-            CellHealth(cell.name, True, None, backlog, journal, conflicts, unscanned=unscanned)
-        )
-    result = Status(
-        phase=state.phase.value,
-        epoch=state.epoch,
-        changed_at=state.changed_at,
-        cells=tuple(list_cells(dbs)),
-        health=tuple(health),
-        api_database=urls.mask(dbs.api_url),
-        api_journal=api_journal,
-        journal_conflicts=len(both_sides),
-        conflicts=dict(Counter(row.kind for row in conflict_rows)),
-        cells_retired=state.cells_retired,
-        diff=None if last is None else _last_diff(dbs, state, last),
-    )
+    result = standing.gather(dbs)
     found = advice.advise(dbs, result)
     return dataclasses.replace(result, next_step=found.next_step, reason=found.reason)
-
-
-def _last_diff(dbs: Databases, state: PhaseState, last: diff.StoredResult) -> LastDiff:
-    age = max(0, int((utcnow() - last.started_at).total_seconds()))
-    # The guard phase set runs (api-only's only move, back, admits journaled differences).
-    guard = CleanRecentDiff(explained=state.phase is Phase.API_ONLY)
-    blockers = tuple(guard.check(dbs, state, state.phase))
-    return LastDiff(
-        started_at=last.started_at,
-        finished_at=last.finished_at,
-        phase=last.phase,
-        epoch=last.epoch,
-        scope=last.scope,
-        outcome=last.outcome,
-        differences=last.differences,
-        counts=last.counts,
-        repaired=last.repaired,
-        unexplained=last.unexplained,
-        age_seconds=age,
-        current=last.epoch == state.epoch,
-        recent=age <= dbs.settings.diff_max_age,
-        gates=not blockers,
-        blockers=blockers,
-        detail=last.detail,
-    )
 
 
 # --------------------------------------------------------------------------- phase
@@ -728,32 +526,10 @@ def diff_report(
 # --------------------------------------------------------------------------- backfill, cleanup
 
 
-def backfill(
-    dbs: Databases,
-    *,
-    max_count: int | None = None,
-    cell: str | None = None,
-    batch_size: int = DEFAULT_BATCH,
-    max_rate: float | None = None,
-    reverse: bool = False,
-    on_batch: Callable[[str, BackfillStep], None] | None = None,
-    on_start: Callable[[], None] | None = None,
-) -> BackfillResult:
-    """Copy legacy cell groups into the API database (or back, ``reverse``).
-
-    See :func:`shadowdb.backfill.backfill`: ``nova-manage db online_data_migrations``
-    semantics, resumable from its checkpoints after any interruption.
-    """
-    return backfilling.backfill(
-        dbs,
-        max_count=max_count,
-        cell=cell,
-        batch_size=batch_size,
-        max_rate=max_rate,
-        reverse=reverse,
-        on_batch=on_batch,
-        on_start=on_start,
-    )
+#: Copy legacy cell groups into the API database (or back, ``reverse``): the library
+#: verb is the backfill package's own (``nova-manage db online_data_migrations`` semantics,
+#: resumable from its checkpoints after any interruption).
+backfill = backfilling.backfill
 
 
 def backfill_migrations(dbs: Databases, *, reverse: bool = False) -> tuple[str, ...]:
@@ -769,3 +545,14 @@ def backfill_remaining(dbs: Databases, *, cell: str | None = None, reverse: bool
 def cleanup(dbs: Databases) -> CleanupResult:
     """Soft-delete the legacy cell copies (see :func:`shadowdb.cleanup.cleanup`)."""
     return cleaning.cleanup(dbs)
+
+
+def demo(
+    options: DemoOptions, run: Callable[[list[str], dict[str, str]], int], out: TextIO
+) -> DemoReport:
+    """Run a whole cutover under live traffic on embedded databases (``shadowdb demo``).
+
+    Each step is ``run`` with its argv and environment, as the command line runs it; the
+    steps' output goes to ``out``.
+    """
+    return demoing.run_demo(options, run, out)

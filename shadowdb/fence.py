@@ -134,7 +134,7 @@ def pin_cell(conn: Connection, cell: Cell, planned: PhaseState) -> PhaseState:
         CellBehind: the cell lags the plan (a change whose API commit happened), or a
             change is prepared in it (only the API database's row tells its outcome).
     """
-    found = read_cell_state(conn, share=True)
+    found = read_cell_state(conn, share=True, label=cell.label)
     if found is None or found.epoch < planned.epoch or found.next_epoch is not None:
         raise CellBehind(cell, planned, found)
     if found.epoch > planned.epoch:
@@ -189,7 +189,7 @@ def settle_cell(dbs: Databases, cell: Cell, hint: PhaseState | None = None) -> b
     """
     try:
         with writer(cell.engine, cell.label) as conn:
-            found = read_cell_state(conn, for_update=True)
+            found = read_cell_state(conn, for_update=True, label=cell.label)
             idle = found is not None and found.next_epoch is None
             if idle and hint is not None and found is not None and found.epoch >= hint.epoch:
                 return False
@@ -254,7 +254,7 @@ def lagging(dbs: Databases, state: PhaseState) -> list[str]:
     for cell in dbs.cells:
         try:
             with reader(cell.engine, cell.label) as conn:
-                found = read_cell_state(conn)
+                found = read_cell_state(conn, label=cell.label)
         except DatabaseUnreachable as err:
             problems.append(f"{cell.label}: unreachable ({err})")
             continue

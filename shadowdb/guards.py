@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 from sqlalchemy.engine import Connection
 
-from shadowdb import diff
+from shadowdb import diff, schema
 from shadowdb.backfill import uncopied
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import DatabaseUnreachable, OperationalError
@@ -71,7 +71,20 @@ class Guard(Protocol):
         ...
 
 
+def _synced(cell: Cell) -> bool:
+    """Say whether the cell's schema is at shadowdb's newest revision (True if unknown)."""
+    try:
+        with reader(cell.engine, cell.label) as conn:
+            return schema.current_revision(conn, "cell") == schema.head_revision("cell")
+    except OperationalError:
+        return True  # unreachable: the error itself says so
+
+
 def _unreachable(cell: Cell, err: OperationalError) -> str:
+    if not _synced(cell):
+        # The error would name whichever statement failed first (possibly the API
+        # database's, in a statement that joins both): name the cell and the cure.
+        return f"{cell.label} not checked: it is not synced (run `shadowdb db sync`)"
     if isinstance(err, DatabaseUnreachable) and err.database == cell.label:
         return f"{cell.label} unreachable, not checked: {err.detail}"
     return f"{cell.label} not checked: {err}"
@@ -351,6 +364,13 @@ class CleanRecentDiff:
         if last is None:
             return [f"no diff-report on record; {run}"]
         when = f"the last diff-report (started {last.started_at:%Y-%m-%d %H:%M:%S}Z)"
+        if last.superseded_by(diff.CLEANED_UP):
+            # Not a diff-report: cleanup's record that the copies the last one compared
+            # are gone. Only rebuilt cell copies can be compared again.
+            return [
+                f"{diff.CLEANED_UP} at {last.started_at:%Y-%m-%d %H:%M:%S}Z: run "
+                "`shadowdb backfill --reverse`, then `shadowdb diff-report`"
+            ]
         if last.outcome == "incomplete":
             return [f"{when} did not complete; {run}"]
         admitted = (

@@ -140,9 +140,15 @@ def _queue_fairly(conn: Connection, for_update: bool) -> None:
 
 
 def read_cell_state(
-    conn: Connection, *, for_update: bool = False, share: bool = False
+    conn: Connection,
+    *,
+    for_update: bool = False,
+    share: bool = False,
+    label: str = "cell database",
 ) -> PhaseState | None:
     """Read a cell's phase row (the fence, :mod:`shadowdb.fence`); ``None`` if it has none.
+
+    ``label`` names the cell in errors (``cell NAME``): an operator has to know which.
 
     Raises:
         SchemaError: the cell database was never synced by shadowdb.
@@ -155,7 +161,7 @@ def read_cell_state(
         row = conn.execute(stmt).one_or_none()
     except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:
         if "shadowdb_state" in str(err.orig):
-            raise SchemaError("cell database", "not synced (run `shadowdb db sync`)") from err
+            raise SchemaError(label, "not synced (run `shadowdb db sync`)") from err
         raise
     if row is None:
         return None
@@ -174,7 +180,24 @@ def read_state(conn: Connection, *, for_update: bool = False, share: bool = Fals
     Raises:
         SchemaError: the API database was never synced by shadowdb.
     """
-    stmt = _locking(_SELECT_STATE, for_update, share)
+    row = _api_state_row(conn, _locking(_SELECT_STATE, for_update, share), for_update)
+    if for_update or share:
+        check_writer_node(conn, row.writer_node, "API database")
+    return _api_state_of(row)
+
+
+def _read_state_and_cells(conn: Connection) -> tuple[PhaseState, tuple[int, int]]:
+    """Read the phase row (unlocked) and the fingerprint of ``cell_mappings``, in one go."""
+    row = _api_state_row(conn, _SELECT_STATE_AND_CELLS)
+    return _api_state_of(row), (int(row.cells), int(row.last_cell))
+
+
+def _api_state_row(conn: Connection, stmt: sa.Select[Any], for_update: bool = False) -> Any:
+    """Run a read of the API phase row; a database never synced says so.
+
+    Raises:
+        SchemaError: the API database was never synced by shadowdb.
+    """
     try:
         _queue_fairly(conn, for_update)
         row = conn.execute(stmt).one_or_none()
@@ -184,8 +207,10 @@ def read_state(conn: Connection, *, for_update: bool = False, share: bool = Fals
         raise
     if row is None:
         raise SchemaError("API database", "not synced (run `shadowdb db sync`)")
-    if for_update or share:
-        check_writer_node(conn, row.writer_node, "API database")
+    return row
+
+
+def _api_state_of(row: Any) -> PhaseState:
     return PhaseState(
         Phase(row.phase),
         row.epoch,
@@ -193,26 +218,6 @@ def read_state(conn: Connection, *, for_update: bool = False, share: bool = Fals
         row.default_cell_uuid,
         bool(row.cells_retired),
     )
-
-
-def _read_state_and_cells(conn: Connection) -> tuple[PhaseState, tuple[int, int]]:
-    """Read the phase row (unlocked) and the fingerprint of ``cell_mappings``, in one go."""
-    try:
-        row = conn.execute(_SELECT_STATE_AND_CELLS).one_or_none()
-    except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:
-        if "shadowdb_state" in str(err.orig):
-            raise SchemaError("API database", "not synced (run `shadowdb db sync`)") from err
-        raise
-    if row is None:
-        raise SchemaError("API database", "not synced (run `shadowdb db sync`)")
-    state = PhaseState(
-        Phase(row.phase),
-        row.epoch,
-        row.changed_at,
-        row.default_cell_uuid,
-        bool(row.cells_retired),
-    )
-    return state, (int(row.cells), int(row.last_cell))
 
 
 def initialise_state(conn: Connection, actor: str) -> bool:

@@ -28,8 +28,10 @@ __all__ = [
     "Output",
     "backfill_summary",
     "cells_table",
+    "demo_report",
     "diff_report",
     "jsonable",
+    "status",
 ]
 
 
@@ -305,3 +307,75 @@ def _diff_table(out: Output, report: DiffReport) -> None:
     out.table(None, columns, rows, keep=("Key",))
     if out.terminal and not report.keys_only:
         out.line("each side's group data: diff-report --format json (or --output FILE)")
+
+
+def status(out: Output, result: commands.Status) -> None:
+    """Print where the cutover stands and the next step (``shadowdb status``)."""
+    out.line(
+        f"phase: {result.phase} (epoch {result.epoch}, "
+        f"since {result.changed_at:%Y-%m-%d %H:%M:%S}Z)"
+        + (", cell copies retired" if result.cells_retired else "")
+    )
+    cells_table(out, result.cells)
+    if result.health:
+        out.table(
+            None,
+            ("Cell", "Reachable", "Not in the API database", "Journal", "Conflicts"),
+            [
+                (h.name, "yes", str(h.backlog), str(h.journal), str(h.conflicts))
+                if h.reachable and h.synced
+                else (h.name, f"yes, not synced: {h.error}", "?", "?", str(h.conflicts))
+                if h.reachable
+                else (h.name, f"no: {h.error}", "?", "?", str(h.conflicts))
+                for h in result.health
+            ],
+        )
+    out.line(f"API database: {result.api_database}")
+    out.line(
+        f"API journal: {result.api_journal}; groups journaled on both sides: "
+        f"{result.journal_conflicts}"
+    )
+    last = result.diff
+    if last is None:
+        out.line("last diff-report: none")
+    else:
+        found = (
+            "clean"
+            if last.clean
+            else f"incomplete ({last.detail or 'no detail'})"
+            if last.outcome == "incomplete"
+            else f"{last.differences} differences ("
+            + ", ".join(f"{k}: {n}" for k, n in sorted(last.counts.items()))
+            + ")"
+        )
+        out.line(
+            f"last diff-report: {found}, started {last.started_at:%Y-%m-%d %H:%M:%S}Z "
+            f"({last.age_seconds}s ago) in {last.phase} at epoch {last.epoch}, "
+            f"scope {last.scope}; "
+            + ("admits the phase change" if last.gates else "admits no phase change: ")
+            + "; ".join(last.blockers)
+        )
+    out.line(f"next step: {result.next_step or 'none'}")
+    out.line(f"why: {result.reason}")
+
+
+def demo_report(out: Output, report: commands.DemoReport) -> None:
+    """Print what ``shadowdb demo`` did, phase by phase, and whether it accounted for all."""
+    out.line()
+    out.table(
+        "Cutover under live traffic",
+        ("Phase", "Time"),
+        [(p.phase, f"{p.seconds:.1f}s") for p in report.phases],
+    )
+    out.line(f"rows moved by backfill: {report.rows_moved}")
+    out.line(f"fallback reads (dual-write-api-reads): {report.fallback_reads}")
+    out.line(f"shadow-write failures (journaled): {report.shadow_write_failures}")
+    out.line(f"final diff-report: {report.final_diff} ({report.final_differences} differing keys)")
+    out.line(
+        f"Live traffic: {report.writes} acknowledged writes, {report.lookups} scheduler "
+        f"lookups, {report.error_count} errors; {report.checked} groups checked in the API "
+        f"database: {report.missing} missing or stale."
+    )
+    for error in report.errors:
+        out.line(f"  error: {error}")
+    out.line("every acknowledged write is accounted for" if report.ok else "demo FAILED")

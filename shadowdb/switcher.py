@@ -338,7 +338,9 @@ class Switcher:
                 # Refused before anything is written: a change needs every cell's fence.
                 conn = stack.enter_context(transaction(cell.engine, cell.label))
                 with database_errors(cell.label):
-                    held.append((cell, conn, read_cell_state(conn, for_update=True)))
+                    held.append(
+                        (cell, conn, read_cell_state(conn, for_update=True, label=cell.label))
+                    )
             aconn = stack.enter_context(transaction(self.dbs.api, self.dbs.api_label))
             with database_errors(self.dbs.api_label):
                 state = read_state(aconn, for_update=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import random
+import re
 import threading
 import uuid as uuid_mod
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,12 +49,14 @@ class StatementCounter:
     Attributes:
         counts: statements per engine name.
         statements: (engine name, SQL text) in the order sent.
+        seen: per engine name, (SQL text, parameters) in the order sent.
     """
 
     def __init__(self, engines: dict[str, sa.Engine] | Iterable[tuple[str, sa.Engine]]) -> None:
         self._engines = dict(engines)
         self.counts: dict[str, int] = dict.fromkeys(self._engines, 0)
         self.statements: list[tuple[str, str]] = []
+        self.seen: dict[str, list[tuple[str, Any]]] = {name: [] for name in self._engines}
         self._lock = threading.Lock()
         self._listeners: list[tuple[sa.Engine, Any]] = []
 
@@ -61,10 +64,11 @@ class StatementCounter:
         for name, engine in self._engines.items():
 
             def listener(*args: Any, _name: str = name) -> None:
-                statement = args[2]
+                statement, parameters = args[2], args[3]
                 with self._lock:
                     self.counts[_name] += 1
                     self.statements.append((_name, str(statement)))
+                    self.seen[_name].append((str(statement), parameters))
 
             event.listen(engine, "before_cursor_execute", listener)
             self._listeners.append((engine, listener))
@@ -83,6 +87,26 @@ class StatementCounter:
     def total(self, *names: str) -> int:
         """Return the number of statements sent through the named engines (all if none)."""
         return sum(n for name, n in self.counts.items() if not names or name in names)
+
+    def texts(self, name: str, containing: str = "") -> list[str]:
+        """Return the statements engine ``name`` ran whose text contains ``containing``."""
+        return [text for text, _ in self.seen[name] if containing in text]
+
+    def sent(self) -> str:
+        """Return everything sent to any database: statements and parameters, as text.
+
+        Hex literals written into a statement (MariaDB's member lists,
+        :class:`shadowdb.packed.Hex`) are decoded, so a value is found whichever way it
+        travelled.
+        """
+
+        def decoded(text: str) -> str:
+            return _HEX_LITERAL.sub(lambda m: bytes.fromhex(m[1]).decode(), text)
+
+        return repr([(decoded(t), params) for sent in self.seen.values() for t, params in sent])
+
+
+_HEX_LITERAL = re.compile(r"X'([0-9a-f]*)'")
 
 
 # --------------------------------------------------------------------------- legacy cells

@@ -347,6 +347,28 @@ def test_a_cell_unreachable_advises_nothing_and_says_why(topology: Topology) -> 
 
 
 @pytest.mark.sqlite
+def test_status_shows_a_cell_whose_sqlite_file_is_missing_and_exits_2(
+    topology: Topology,
+) -> None:
+    _legacy(topology)
+    path = topology.settings.data_dir / "gone.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with connect(topology.api_url_text, settings=topology.settings) as dbs:
+        commands.add_cell(dbs, "gone", f"sqlite:///{path}", create=True)
+    commands.sync_schema(topology.dbs)
+    path.unlink()
+    code, out, err = _cli(["status", "--api-url", topology.api_url_text])
+    assert code == cli.ExitCode.OPERATIONAL, err
+    assert "gone" in out and "no: " in out and "next step: none" in out
+    assert "cannot reach cell gone" in out
+    code, out, err = _cli(["status", "--format", "json", "--api-url", topology.api_url_text])
+    assert code == cli.ExitCode.OPERATIONAL, err
+    health = {h["name"]: h for h in json.loads(out)["health"]}
+    assert not health["gone"]["reachable"] and health["cell1"]["reachable"]
+    assert not path.exists()
+
+
+@pytest.mark.sqlite
 def test_a_cell_not_synced_advises_db_sync(topology: Topology) -> None:
     path = topology.settings.data_dir / "late.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -276,6 +276,48 @@ def test_cell_remove_deletes_only_a_mapping_that_holds_nothing(
         fresh.server.drop(str(extra.database))
 
 
+def test_cell_remove_deletes_the_mapping_of_a_database_never_synced(
+    nova_like: tuple[Databases, FreshDatabases],
+) -> None:
+    # The runbook's slip: `cell add --create` to a new database, then `cell remove` before
+    # any `db sync`: the database holds no table at all, so it holds nothing.
+    dbs, fresh = nova_like
+    api = _text(fresh.api_url)
+    extra = fresh.server.create(f"{fresh.cell_urls['cell1'].database}_u".rsplit("/", 1)[-1])
+    try:
+        commands.add_cell(dbs, "cell3", _text(extra))
+        with reader(dbs.cell("cell3").engine, "cell3") as conn:
+            assert not sa.inspect(conn).has_table("instance_groups")
+        code, _out, err = _cli("cell", "remove", "cell3", "--api-url", api)
+        assert code == 0, err
+        assert "cell3" not in [name for name, _url in _mappings(dbs)]
+    finally:
+        dbs.dispose()
+        fresh.server.drop(str(extra.database))
+
+
+def test_errors_about_a_cell_never_synced_name_it_and_db_sync(
+    nova_like: tuple[Databases, FreshDatabases],
+) -> None:
+    dbs, fresh = nova_like
+    api = _text(fresh.api_url)
+    commands.set_default_cell(dbs, "cell1")
+    commands.set_phase(dbs, Phase.DUAL_WRITE_CELL_READS)
+    extra = fresh.server.create(f"{fresh.cell_urls['cell1'].database}_n".rsplit("/", 1)[-1])
+    try:
+        commands.add_cell(dbs, "cell3", _text(extra))
+        code, out, err = _cli("diff-report", "--cell", "cell3", "--api-url", api)
+        assert code == 2 and out == "", err
+        assert "cell cell3" in err and "shadowdb db sync" in err, err
+        code, out, err = _cli("phase", "set", "dual-write-api-reads", "--dry-run", "--api-url", api)
+        assert code == 3, err
+        assert "cell cell3 not checked: it is not synced (run `shadowdb db sync`)" in err
+        assert "API database" not in err and "no such table" not in err, err
+    finally:
+        dbs.dispose()
+        fresh.server.drop(str(extra.database))
+
+
 def test_every_phase_change_of_a_deployment_without_cells_is_refused(
     fresh: FreshDatabases,
 ) -> None:

@@ -141,9 +141,10 @@ from shadowdb.diff.differ import DEFAULT_CHUNK, RECHECKS, Differ, Progress
 from shadowdb.diff.findings import DiffKind, DiffReport, Finding, RowCounts, authority
 from shadowdb.diff.readers import read_copies
 from shadowdb.diff.report import run_diff
-from shadowdb.diff.results import StoredResult, last_result, record_superseded
+from shadowdb.diff.results import CLEANED_UP, StoredResult, last_result, record_superseded
 
 __all__ = [
+    "CLEANED_UP",
     "DEFAULT_CHUNK",
     "RECHECKS",
     "Copy",

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
+from shadowdb.bulk import chunks
 from shadowdb.databases import Cell, Databases, database_errors, reader
 from shadowdb.diff.checksums import SPACE, Copy, Tally, bucket_of, make_copy, rows_of
 from shadowdb.errors import OperationalError, ScanIncomplete
@@ -37,9 +38,6 @@ __all__ = [
     "read_orphans",
     "snapshot",
 ]
-
-#: Rows per ``IN (...)`` list: under every backend's bind-parameter limit.
-_IN = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +79,6 @@ def count(conn: Connection, table: sa.FromClause, *where: sa.ColumnElement[bool]
     return int(conn.execute(stmt).scalar_one())
 
 
-def _chunked(values: Sequence[Any], size: int = _IN) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
 def _build(
     rows: Iterable[sa.Row[Any]], policies: dict[int, list[str]], members: dict[int, list[str]]
 ) -> dict[str, Copy]:
@@ -125,13 +118,13 @@ def read_copies(
     g, p, m = side.groups, side.policies, side.members
     wanted = set(uuids)
     rows: list[sa.Row[Any]] = []
-    for chunk in _chunked(sorted(wanted)):
+    for chunk in chunks(sorted(wanted)):
         stmt = sa.select(*_group_columns(side)).where(g.c.uuid.in_(chunk), *_live(side, g))
         rows.extend(r for r in conn.execute(stmt) if r.uuid in wanted)
     if lock:
         ids = sorted(r.id for r in rows)
         rows = []
-        for chunk in _chunked(ids):
+        for chunk in chunks(ids):
             # Read again under the lock: a row deleted meanwhile is no longer live (a group
             # created meanwhile is a write in flight, seen by the next re-check).
             stmt = (
@@ -143,7 +136,7 @@ def read_copies(
             rows.extend(r for r in conn.execute(stmt) if r.uuid in wanted)
     policies: dict[int, list[str]] = {}
     members: dict[int, list[str]] = {}
-    for chunk in _chunked([r.id for r in rows]):
+    for chunk in chunks([r.id for r in rows]):
         for gid, policy in conn.execute(
             sa.select(p.c.group_id, p.c.policy).where(p.c.group_id.in_(chunk), *_live(side, p))
         ):

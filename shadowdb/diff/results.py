@@ -20,7 +20,10 @@ from shadowdb.diff.findings import RowCounts
 from shadowdb.models import api_diff_results
 from shadowdb.phase import PhaseState, utcnow
 
-__all__ = ["StoredResult", "insert_result", "last_result", "record_superseded"]
+__all__ = ["CLEANED_UP", "StoredResult", "insert_result", "last_result", "record_superseded"]
+
+#: What ``cleanup`` records as the result superseding every earlier run.
+CLEANED_UP = "cleanup retired the cell copies"
 
 
 @dataclasses.dataclass(frozen=True)

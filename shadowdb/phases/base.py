@@ -42,6 +42,7 @@ __all__ = [
     "api_transaction",
     "cell_transaction",
     "check_scope",
+    "find_cell_copy",
     "find_in_api",
     "find_in_api_with_phase",
     "find_in_cells",
@@ -159,6 +160,19 @@ def find_in_cells(dbs: Databases, lookup: Lookup, scope: Scope) -> tuple[GroupRe
     if not candidates:
         return None
     return min(candidates, key=lambda c: (c[0].created_at is None, c[0].created_at or 0))
+
+
+def find_cell_copy(dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord:
+    """Return the group from the cells (:func:`find_in_cells`), for the cell-reading phases.
+
+    Raises:
+        GroupNotFound: no cell holds it (the lookup's own error).
+        DatabaseUnreachable: a cell that might hold the answer could not be asked.
+    """
+    found = find_in_cells(dbs, lookup, scope)
+    if found is None:
+        raise lookup.not_found()
+    return found[0]
 
 
 def list_api(dbs: Databases, scope: Scope) -> list[GroupRecord]:

@@ -14,7 +14,7 @@ from shadowdb.phases.base import (
     Lookup,
     cell_transaction,
     check_scope,
-    find_in_cells,
+    find_cell_copy,
     list_cells,
     target_cell,
 )
@@ -30,10 +30,7 @@ class CellOnly:
 
     def find(self, dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord:
         """Look the group up in the cells."""
-        found = find_in_cells(dbs, lookup, scope)
-        if found is None:
-            raise lookup.not_found()
-        return found[0]
+        return find_cell_copy(dbs, lookup, scope)
 
     def list(self, dbs: Databases, scope: Scope) -> list[GroupRecord]:
         """List the cells' groups."""

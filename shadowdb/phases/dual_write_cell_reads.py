@@ -33,15 +33,13 @@ from shadowdb.fence import CellBehind, EpochChanged, settle_cell
 from shadowdb.journals import OUTBOX, note_entry, replay
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
-    Lookup,
     cell_transaction,
     check_scope,
-    find_in_cells,
-    list_cells,
     shadow_failed,
     target_cell,
 )
-from shadowdb.queries import API, CELL, GroupRecord, Scope
+from shadowdb.phases.cell_only import CellOnly
+from shadowdb.queries import API, CELL, Scope
 from shadowdb.transactions import commit
 from shadowdb.writes import Create, Write, Written, apply
 
@@ -56,16 +54,9 @@ class DualWriteCellReads:
 
     phase = Phase.DUAL_WRITE_CELL_READS
 
-    def find(self, dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord:
-        """Look the group up in the cells (the authority)."""
-        found = find_in_cells(dbs, lookup, scope)
-        if found is None:
-            raise lookup.not_found()
-        return found[0]
-
-    def list(self, dbs: Databases, scope: Scope) -> list[GroupRecord]:
-        """List the cells' groups."""
-        return list_cells(dbs, scope)
+    # Reads are cell-only's: the cells are still the authority.
+    find = CellOnly.find
+    list = CellOnly.list
 
     def write(
         self, dbs: Databases, state: PhaseState, write: Write, *, scope: Scope | None

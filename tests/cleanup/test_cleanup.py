@@ -105,6 +105,18 @@ def test_cleanup_needs_yes(topology: Topology) -> None:
     assert dump(topology.cell_engine("cell1"), models.cell_metadata) == before
 
 
+def test_phase_set_after_cleanup_names_cleanup_and_the_rebuild_not_a_diff_report(
+    topology: Topology,
+) -> None:
+    _migrated(topology)
+    assert _cli(topology)("cleanup", "--yes").code == ExitCode.OK
+    run = _cli(topology)("phase", "set", "dual-write-api-reads")
+    assert run.code == ExitCode.REFUSED, run.err
+    assert "cleanup retired the cell copies at " in run.err
+    assert "run `shadowdb backfill --reverse`, then `shadowdb diff-report`" in run.err
+    assert "did not complete" not in run.err
+
+
 def test_leaving_api_only_after_cleanup_recreates_cell_copies(topology: Topology) -> None:
     uuids = _migrated(topology)
     assert _cli(topology)("cleanup", "--yes").code == ExitCode.OK

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid as uuidlib
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +12,7 @@ import sqlalchemy as sa
 from shadowdb import models
 from shadowdb.databases import Databases, writer
 from shadowdb.phase import Phase, utcnow
+from shadowdb.testing import StatementCounter
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5)
 
@@ -216,60 +216,8 @@ def dump_all(dbs: Databases) -> dict[str, dict[str, list[tuple[Any, ...]]]]:
     return out
 
 
-class StatementLog:
-    """Record the statements (text, parameters) that engines execute inside a ``with`` block.
-
-    ``log.seen[name]`` lists what engine ``name`` ran, hooked on SQLAlchemy's
-    ``before_cursor_execute`` event; the hooks are removed when the block ends.
-    """
-
-    def __init__(self, engines: dict[str, sa.Engine]) -> None:
-        self.engines = engines
-        self.seen: dict[str, list[tuple[str, Any]]] = {name: [] for name in engines}
-        self._hooks: list[tuple[sa.Engine, Any]] = []
-
-    def __enter__(self) -> StatementLog:
-        for name, engine in self.engines.items():
-
-            def hook(
-                _conn: Any,
-                _cursor: Any,
-                statement: str,
-                parameters: Any,
-                _context: Any,
-                _executemany: bool,
-                _name: str = name,
-            ) -> None:
-                self.seen[_name].append((statement, parameters))
-
-            sa.event.listen(engine, "before_cursor_execute", hook)
-            self._hooks.append((engine, hook))
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        for engine, hook in self._hooks:
-            sa.event.remove(engine, "before_cursor_execute", hook)
-        self._hooks.clear()
-
-    def texts(self, name: str, containing: str = "") -> list[str]:
-        """Return the statements engine ``name`` ran whose text contains ``containing``."""
-        return [s for s, _ in self.seen[name] if containing in s]
-
-    def sent(self) -> str:
-        """Return everything sent to any database: statements and parameters, as text.
-
-        Hex literals written into a statement (MariaDB's member lists,
-        :class:`shadowdb.packed.Hex`) are decoded, so a value is found whichever way it
-        travelled.
-        """
-
-        def decoded(statement: str) -> str:
-            return _HEX_LITERAL.sub(lambda m: bytes.fromhex(m[1]).decode(), statement)
-
-        return repr([(decoded(s), params) for stmts in self.seen.values() for s, params in stmts])
-
-
-_HEX_LITERAL = re.compile(r"X'([0-9a-f]*)'")
+#: The former name of :class:`shadowdb.testing.StatementCounter`, for the tests that use it.
+StatementLog = StatementCounter
 
 
 def _side_tables(side: str) -> tuple[sa.Table, sa.Table, sa.Table, str]:
