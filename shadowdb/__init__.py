@@ -29,10 +29,10 @@ if TYPE_CHECKING:
         ShadowDBError,
         UnsupportedPolicy,
     )
+    from shadowdb.journals import drain_journals
     from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
     from shadowdb.phase import Phase
     from shadowdb.settings import Settings
-    from shadowdb.sync import drain_journals
 
 #: Every public name, loaded on first use: importing a light module (``shadowdb.scheduler``,
 #: which the scheduler imports on every worker start, or the command line's entry point,
@@ -63,7 +63,7 @@ _LAZY = {
     "RequestContext": "shadowdb.objects",
     "Phase": "shadowdb.phase",
     "Settings": "shadowdb.settings",
-    "drain_journals": "shadowdb.sync",
+    "drain_journals": "shadowdb.journals",
 }
 
 

@@ -47,7 +47,7 @@ from shadowdb.fence import pin_cell
 from shadowdb.models import api_journal, api_state, api_tombstones
 from shadowdb.phase import Phase, PhaseState, read_state
 from shadowdb.queries import CELL
-from shadowdb.sync import commit, transaction
+from shadowdb.transactions import commit, transaction
 
 __all__ = ["CleanupResult", "cleanup", "completed", "refusals"]
 

@@ -30,9 +30,10 @@ from shadowdb import diff, schema
 from shadowdb.backfill import uncopied
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import DatabaseUnreachable, OperationalError
+from shadowdb.journals import OUTBOX
 from shadowdb.phase import Phase, PhaseState, read_state, utcnow
 from shadowdb.queries import API, CELL, GroupRecord, GroupTables, JournalEntry
-from shadowdb.sync import OUTBOX, copy_group
+from shadowdb.writes import copy_group
 
 __all__ = [
     "GUARDS",

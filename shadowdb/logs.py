@@ -7,7 +7,7 @@ depends on who runs shadowdb:
   host owns. If the host has not configured structlog itself, :func:`library_defaults`
   (run when ``shadowdb`` is imported) points structlog at the standard library, as
   structlog documents for code that runs inside an application using ``logging``: each
-  event becomes a record of the logger named after its module (``shadowdb.sync``, ...)
+  event becomes a record of the logger named after its module (``shadowdb.journals``, ...)
   with the event name as its message and the context in its ``extra`` keys, filtered,
   formatted and handled however the host configured ``logging``. No handler is added,
   no level is set and nothing is written to stdout. A host that configures structlog

@@ -17,12 +17,12 @@ from shadowdb import backfill as backfilling
 from shadowdb import bookkeeping, diff, schema, urls
 from shadowdb.databases import Databases, choose_default, reader
 from shadowdb.errors import OperationalError
+from shadowdb.failures import one_line
 from shadowdb.fence import settle
 from shadowdb.models import api_journal, cell_journal
 from shadowdb.phase import Phase, PhaseState, read_state, utcnow
 from shadowdb.queries import API, CELL
 from shadowdb.switcher import CleanRecentDiff
-from shadowdb.sync import one_line
 
 __all__ = ["CellHealth", "CellInfo", "LastDiff", "Status", "cell_infos", "gather"]
 

@@ -58,6 +58,7 @@ from sqlalchemy.engine import Connection
 from shadowdb import bookkeeping, signals
 from shadowdb.databases import Cell, Databases, database_errors
 from shadowdb.errors import GuardRefused, OperationalError, ShadowDBError
+from shadowdb.failures import one_line
 from shadowdb.fence import describe_row, prepare_cell, settle, settle_cell, settled_at
 from shadowdb.guards import (
     GUARDS,
@@ -72,8 +73,9 @@ from shadowdb.guards import (
     allowed_next,
     transition_refusal,
 )
+from shadowdb.journals import drain_journals
 from shadowdb.phase import Phase, PhaseState, read_cell_state, read_state, utcnow
-from shadowdb.sync import commit, drain_journals, one_line, transaction
+from shadowdb.transactions import commit, transaction
 
 __all__ = [
     "GUARDS",

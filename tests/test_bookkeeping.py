@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from shadowdb import bookkeeping
 from shadowdb.databases import reader, writer
-from shadowdb.sync import transaction
+from shadowdb.transactions import transaction
 from tests.conftest import Topology
 from tests.support.helpers import new_uuid
 

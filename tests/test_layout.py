@@ -208,7 +208,6 @@ NOT_MIRRORED = {
     "shadowdb.settings": "cli/test_ux.py, test_novaconf.py",
     "shadowdb.signals": "objects/, test_switcher.py, backfill/test_cli.py",
     "shadowdb.statements": "test_writes.py, phases/test_isolation.py",
-    "shadowdb.sync": "protocol/ (names kept for old imports)",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
     "shadowdb.urls": "cli/test_errors.py, test_novaconf.py",
     "shadowdb.backfill.backlog": "backfill/test_runner.py",

@@ -22,7 +22,7 @@ from shadowdb.bookkeeping import Chunk
 from shadowdb.databases import Cell, Databases, reader, writer
 from shadowdb.errors import DatabaseUnreachable
 from shadowdb.queries import CELL
-from shadowdb.sync import commit, transaction
+from shadowdb.transactions import commit, transaction
 
 __all__ = ["CHUNK_IDS", "Chunks", "Claim"]
 

@@ -16,18 +16,14 @@ from shadowdb.backfill.conflicts import ConflictStore
 from shadowdb.backfill.results import BatchStep
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import GuardRefused, ShadowDBError
+from shadowdb.failures import one_line
 from shadowdb.fence import CellBehind, EpochChanged
+from shadowdb.location import default_cell, locate
+from shadowdb.locks import api_transaction, cell_transaction
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.queries import API, CELL, GroupRecord
-from shadowdb.sync import (
-    api_transaction,
-    cell_transaction,
-    commit,
-    copy_group,
-    default_cell,
-    locate,
-    one_line,
-)
+from shadowdb.transactions import commit
+from shadowdb.writes import copy_group
 
 __all__ = ["REVERSE_PHASES", "ReverseCopier"]
 

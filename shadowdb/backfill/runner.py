@@ -20,10 +20,11 @@ from shadowdb.backfill.results import BackfillResult, BatchStep, Migration, Migr
 from shadowdb.backfill.reverse import REVERSE_PHASES, ReverseCopier
 from shadowdb.databases import Cell, Databases, writer
 from shadowdb.errors import GuardRefused, InvalidInput, ShadowDBError
+from shadowdb.failures import one_line
 from shadowdb.fence import settle
+from shadowdb.journals import drain_journals
 from shadowdb.models import api_state
 from shadowdb.phase import Phase, read_state
-from shadowdb.sync import drain_journals, one_line
 
 __all__ = ["Backfiller", "backfill", "remaining"]
 

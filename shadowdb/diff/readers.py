@@ -22,7 +22,7 @@ from shadowdb.databases import Cell, Databases, database_errors, reader
 from shadowdb.diff.checksums import SPACE, Copy, Tally, bucket_of, make_copy, rows_of
 from shadowdb.errors import OperationalError, ScanIncomplete
 from shadowdb.queries import API, CELL, GroupTables
-from shadowdb.sync import transaction
+from shadowdb.transactions import transaction
 
 __all__ = [
     "ChunkReader",
@@ -404,7 +404,7 @@ def observe(
     """Read both sides of each pending key, holding its live cell row's lock.
 
     ``pending`` maps each key to the cells that held it live when last read; the first
-    one is locked the way writers lock it (:mod:`shadowdb.sync`).
+    one is locked the way writers lock it (:mod:`shadowdb.locks`).
     """
     by_cell: dict[str | None, list[str]] = {}
     for uuid, held in pending.items():

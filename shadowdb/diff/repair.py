@@ -17,9 +17,9 @@ import structlog
 from shadowdb.databases import Databases, reader, writer
 from shadowdb.diff.findings import Finding
 from shadowdb.diff.readers import Seen
+from shadowdb.location import default_cell
 from shadowdb.phase import Phase, PhaseState
 from shadowdb.queries import API, CELL
-from shadowdb.sync import default_cell
 
 __all__ = ["enqueue_repairs"]
 

@@ -19,9 +19,9 @@ from shadowdb.diff.findings import DiffKind, DiffReport, RowCounts, authority_by
 from shadowdb.diff.repair import enqueue_repairs
 from shadowdb.diff.results import insert_result
 from shadowdb.errors import GuardRefused, InvalidInput, OperationalError, ShadowDBError
+from shadowdb.failures import one_line
 from shadowdb.fence import lagging, settle
 from shadowdb.phase import Phase, PhaseState, utcnow
-from shadowdb.sync import one_line
 
 __all__ = ["run_diff"]
 

@@ -27,9 +27,9 @@ from shadowdb import signals
 from shadowdb.backfill import ForwardCopier, backfill
 from shadowdb.databases import Databases, connect
 from shadowdb.errors import GroupNotFound
+from shadowdb.journals import drain_journals
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
 from shadowdb.phase import Phase
-from shadowdb.sync import drain_journals
 from tests.conftest import Topology, empty_topology
 from tests.support.helpers import group_state, put_in_phase, seed_cell_group
 

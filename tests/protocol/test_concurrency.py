@@ -30,11 +30,11 @@ import pytest
 import sqlalchemy as sa
 
 from shadowdb.errors import GroupNotFound
+from shadowdb.journals import drain_journals
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
 from shadowdb.switcher import Switcher
-from shadowdb.sync import drain_journals
 from tests.conftest import Topology
 from tests.support.helpers import group_state, new_uuid, put_in_phase
 

@@ -31,11 +31,11 @@ from shadowdb.errors import (
     JournalConflict,
     OperationalError,
 )
+from shadowdb.journals import OUTBOX, drain_journals
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
 from shadowdb.switcher import Switcher
-from shadowdb.sync import OUTBOX, drain_journals
 from tests.conftest import Topology, _db_name
 from tests.protocol.test_faults import SERVERS
 from tests.support.backends import Server

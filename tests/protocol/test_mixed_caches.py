@@ -22,10 +22,10 @@ from shadowdb import commands
 from shadowdb.backfill import backfill
 from shadowdb.databases import Databases, connect
 from shadowdb.errors import GuardRefused, ShadowDBError
+from shadowdb.journals import drain_journals
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.switcher import Switcher
-from shadowdb.sync import drain_journals
 from tests.conftest import Topology
 from tests.protocol.test_faults import SERVERS
 from tests.support.helpers import group_state, seed_cell_group

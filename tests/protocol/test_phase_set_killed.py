@@ -22,10 +22,10 @@ from shadowdb import commands
 from shadowdb.backfill import backfill
 from shadowdb.databases import Databases, connect
 from shadowdb.errors import GroupNotFound
+from shadowdb.journals import drain_journals
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.phase import Phase
 from shadowdb.switcher import Switcher
-from shadowdb.sync import drain_journals
 from tests.conftest import Topology
 from tests.support.helpers import put_in_phase, seed_api_group, seed_cell_group
 

@@ -3,8 +3,9 @@
 The databases are the API database and two cells (``c1``, ``c2``); a group copy is a
 version number (``None``: absent, deleted or never there). The processes are the ones of
 the real system, each step one transaction (or one commit) of the real code, with the
-real write order and locks of :mod:`shadowdb.phases`, :mod:`shadowdb.sync`,
-:mod:`shadowdb.backfill`, :mod:`shadowdb.diff` and :mod:`shadowdb.switcher`:
+real write order and locks of :mod:`shadowdb.phases`, :mod:`shadowdb.locks`,
+:mod:`shadowdb.journals`, :mod:`shadowdb.backfill`, :mod:`shadowdb.diff` and
+:mod:`shadowdb.switcher`:
 
 * writers, each one operation (update or destroy) under the phase it cached, fenced by
   the phase row of every database it writes (re-planning, or settling a lagging cell);
