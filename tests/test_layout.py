@@ -56,7 +56,6 @@ CORE = (
     "queries",
     "records",
     "statements",
-    "sync",
     "testing",
     "transactions",
     "writes",
