@@ -1,7 +1,7 @@
 """Read and write shadowdb's own bookkeeping rows: the SQL on shadowdb's own tables lives here.
 
 :mod:`shadowdb.queries` holds the SQL on Nova's group tables; this module holds the SQL on
-the tables shadowdb adds for itself and on the mapping rows ``shadowdb cell`` manages. Each
+the tables shadowdb adds for itself and on the mapping rows its cell commands manage. Each
 function takes a :class:`~sqlalchemy.engine.Connection` and neither opens nor commits one:
 the caller scopes the unit of work (``reader``/``writer``, a savepoint, or the switcher's
 fenced transaction). Sections, one per table:
@@ -9,8 +9,8 @@ fenced transaction). Sections, one per table:
 - **phase state**: the single ``shadowdb_state`` row of the API database (its phase,
   epoch, default cell, writer node), and each cell database's own (its writer node);
 - **phase history**: ``shadowdb_phase_history``, one row per recorded phase change;
-- **cell mappings**: Nova's ``cell_mappings`` rows that ``shadowdb cell`` adds and
-  removes, and the ``instance_mappings`` that keep a cell in use;
+- **cell mappings**: Nova's ``cell_mappings`` rows that the cell commands add and
+  remove, and the ``instance_mappings`` that keep a cell in use;
 - **backfill chunks**: ``shadowdb_backfill_chunks``, the ranges the backfill scans and
   their checkpoints;
 - **backfill conflicts**: ``shadowdb_backfill_conflicts``, the groups it refused to copy;

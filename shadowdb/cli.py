@@ -181,23 +181,7 @@ def _cmd_phase_history(args: argparse.Namespace, settings: Settings, out: _Outpu
     if out.json:
         out.emit_json(entries)
         return ExitCode.OK
-    out.table(
-        None,
-        ("Epoch", "From", "To", "Changed at (UTC)", "Actor", "Reason", "Forced", "Overridden"),
-        [
-            (
-                e.epoch,
-                e.from_phase,
-                e.to_phase,
-                f"{e.changed_at:%Y-%m-%d %H:%M:%S}",
-                e.actor,
-                e.reason,
-                "yes" if e.forced else "",
-                "; ".join(e.overridden),
-            )
-            for e in entries
-        ],
-    )
+    render.phase_history(out, entries)
     return ExitCode.OK
 
 
@@ -402,8 +386,7 @@ environment:
 exit codes:
   0    success; for backfill, nothing left to do
   1    more to do (backfill) or differences found (diff-report)
-  2    operational: a database unreachable (status: after printing the whole status),
-       a migration or a write failed
+  2    operational: a database unreachable (status prints first), a write failed
   3    refused by a guard, or the command does not run in this phase
   127  bad input: usage, malformed URL, unknown cell or phase, bad value
   130  interrupted (Ctrl-C): what was committed stays; run it again to resume"""

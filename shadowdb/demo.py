@@ -344,7 +344,7 @@ def run_demo(options: DemoOptions, run: Runner, out: TextIO) -> DemoReport:
         out.flush()
         code = run(list(argv), environ)
         if code not in allowed:
-            raise ShadowDBError(f"demo: `shadowdb {' '.join(argv)}` exited {code}")
+            raise ShadowDBError(f"demo: the step 'shadowdb {' '.join(argv)}' exited {code}")
         return code
 
     step("db", "sync")

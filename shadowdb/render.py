@@ -379,3 +379,39 @@ def demo_report(out: Output, report: commands.DemoReport) -> None:
     for error in report.errors:
         out.line(f"  error: {error}")
     out.line("every acknowledged write is accounted for" if report.ok else "demo FAILED")
+
+
+_HISTORY = ("Epoch", "From", "To", "Changed at (UTC)", "Actor", "Reason", "Forced", "Overridden")
+
+
+def phase_history(out: Output, entries: Sequence[commands.HistoryEntry]) -> None:
+    """Print the phase history: a table where it fits, else one block per change.
+
+    A phase name is the value an operator reads and types back: on a terminal too narrow
+    for the table (eight columns, two of them phase names, do not fit 80), each change
+    is a few lines of words, never a name broken across lines.
+    """
+    rows = [
+        (
+            str(e.epoch),
+            e.from_phase or "",
+            e.to_phase,
+            f"{e.changed_at:%Y-%m-%d %H:%M:%S}",
+            e.actor or "",
+            e.reason or "",
+            "yes" if e.forced else "",
+            "; ".join(e.overridden),
+        )
+        for e in entries
+    ]
+    wide = sum(max(len(h), *(len(r[i]) for r in rows)) + 3 for i, h in enumerate(_HISTORY))
+    if not out.terminal or wide + 1 <= out.console.width:
+        out.table(None, _HISTORY, rows)
+        return
+    for epoch, frm, to, when, actor, reason, forced, overridden in rows:
+        detail = f"  by {actor or '?'}" + (f": {reason}" if reason else "")
+        if forced:
+            detail += f" (forced; overridden: {overridden})" if overridden else " (forced)"
+        for text in (f"epoch {epoch}, {when} UTC", f"  {frm or '(none)'} -> {to}", detail):
+            # Wrapped by rich at spaces, within the terminal's width.
+            out.console.print(text, markup=False, soft_wrap=False)

@@ -335,3 +335,15 @@ def test_cli_reaches_the_tools_through_commands_only() -> None:
         tools = {"backfill", "cleanup", "diff", "switcher", "sync", "objects", "hosts"}
         assert not imported & tools, (module, imported & tools)
     assert len((PACKAGE / "cli.py").read_text(encoding="utf-8").splitlines()) < 700
+
+
+@SQLITE_ONLY
+def test_phase_history_on_80_columns_never_breaks_a_phase_name(topology: Topology) -> None:
+    commands.set_phase(topology.dbs, "dual-write-cell-reads", reason="a reason long enough " * 4)
+    env = terminal_env(environment(topology), columns=80)
+    code, screen, err = run_on_terminal([SHADOWDB, "phase", "history"], env)
+    assert code == ExitCode.OK, err
+    lines = screen.splitlines()
+    assert all(len(line) <= 80 for line in lines), screen
+    assert "…" not in screen
+    assert any("cell-only -> dual-write-cell-reads" in line for line in lines), screen
