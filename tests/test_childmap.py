@@ -71,6 +71,11 @@ def _seed_many(engine: sa.Engine, first: int, count: int) -> None:
                 for k in range(5)
             ],
         )
+    if engine.dialect.name == "postgresql":
+        # As autovacuum would: without statistics the planner takes any table for tiny.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for table in ("instance_groups", *CHILD_TABLES):
+                conn.exec_driver_sql(f"ANALYZE {table}")
 
 
 def _built(dbs: Databases, cell: str) -> int | None:
@@ -265,7 +270,9 @@ def test_kill_9_during_the_map_build_then_resume_converges(topology: Topology) -
     crashed = run_crashing(topology, "--batch-size", "5", crash_at="locked:1")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     line = next(x for x in crashed.stderr.splitlines() if x.startswith("crash-events: "))
-    assert [e[0] for e in json.loads(line.removeprefix("crash-events: "))] == ["scanned", "locked"]
+    steps = [e[0] for e in json.loads(line.removeprefix("crash-events: "))]
+    # Killed in the first batch that locked anything (an empty chunk may come first).
+    assert steps[-1] == "locked" and "locked" not in steps[:-1] and "copied" not in steps
     dbs = topology.dbs
     assert _built(dbs, "cell1") is None and _built(dbs, "cell2") is None
     with reader(topology.cell_engine("cell1")) as conn:
