@@ -202,6 +202,14 @@ def deployment(backend: str, request: pytest.FixtureRequest) -> Iterator[Deploym
 def _empty_api(dep: Deployment) -> None:
     """Empty the API group tables and the backfill's bookkeeping, before every round."""
     with dep.dbs.api.begin() as conn:
+        if dep.backend == "postgresql":
+            # A row-by-row DELETE checks every foreign key of every group (no index on
+            # group_id there either): minutes at 10,000 groups.
+            conn.exec_driver_sql(
+                "TRUNCATE instance_group_member, instance_group_policy, instance_groups,"
+                " shadowdb_backfill_chunks, shadowdb_backfill_conflicts"
+            )
+            return
         for table in (
             models.api_members,
             models.api_policies,
