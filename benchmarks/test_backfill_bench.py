@@ -18,7 +18,7 @@ size:
 Every round checks what arrived. The figures are rows per second (rows / best round)
 and the backfill's ratio to the floor, held to >= 0.5 at batch size 1,000. At 30,000 and
 100,000 groups the backfill's time is also held to grow at most as the work does, to the
-power 1.1, from its time at 10,000 groups in the same run (``-k 10000`` runs the smallest
+power 1.1, from its time at 10,000 groups in the same run (``-k 10k`` runs the smallest
 size alone): Nova's child tables have no index on ``group_id``, and a backfill reading
 children by ``group_id`` grew with the square of the deployment.
 
@@ -188,7 +188,7 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="module", params=list(SIZES))
+@pytest.fixture(scope="module", params=list(SIZES), ids=lambda n: f"{n // 1000}k-groups")
 def deployment(backend: str, request: pytest.FixtureRequest) -> Iterator[Deployment]:
     deployment = build(backend, int(request.param))
     try:
