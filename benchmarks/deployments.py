@@ -1,4 +1,4 @@
-"""Make the empty databases a benchmark deploys shadowdb on (SQLite, MariaDB or PostgreSQL)."""
+"""Make the empty databases a benchmark deploys shadowdb on (SQLite files, MariaDB, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,29 @@ def mysql_url(name: str) -> str:
 
 
 def postgresql_url(name: str) -> str:
-    """Return the URL of PostgreSQL database ``name`` on the local server (as postgres)."""
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    """Return the URL of PostgreSQL database ``name`` (``SHADOWDB_BENCH_POSTGRESQL_URL``'s)."""
+    base = os.environ.get(
+        "SHADOWDB_BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    )
+    return (
+        sa.make_url(base)
+        .set(drivername="postgresql+psycopg", database=name)
+        .render_as_string(hide_password=False)
+    )
+
+
+def _fresh_postgresql(db_names: Sequence[str]) -> list[str]:
+    admin = sa.create_engine(postgresql_url("postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for name in db_names:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as err:
+        pytest.skip(f"postgresql unreachable: {err}")
+    finally:
+        admin.dispose()
+    return [postgresql_url(n) for n in db_names]
 
 
 def fresh_urls(backend: str, topic: str, db_names: Sequence[str]) -> list[str]:
@@ -41,17 +62,7 @@ def fresh_urls(backend: str, topic: str, db_names: Sequence[str]) -> list[str]:
             path.unlink()
         return [f"sqlite:///{folder / n}.sqlite" for n in ("api", "cell1", "cell2")]
     if backend == "postgresql":
-        admin = sa.create_engine(postgresql_url("postgres"), isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                for name in db_names:
-                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                    conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        except sa.exc.OperationalError as err:
-            pytest.skip(f"postgresql unreachable: {err}")
-        finally:
-            admin.dispose()
-        return [postgresql_url(n) for n in db_names]
+        return _fresh_postgresql(db_names)
     admin = sa.create_engine(mysql_url(""), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:

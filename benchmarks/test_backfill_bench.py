@@ -1,9 +1,10 @@
 """Measure the backfill's copy rate beside a plain bulk copy of the same rows, in one run.
 
-The data: 10,000 legacy groups with 2 policies and 5 members each (80,000 rows) in cell
-``cell1`` of a deployment of its own (``cell2`` registered and empty: the backfill asks
-every other cell about twins), on SQLite and MariaDB. The API tables are emptied before
-every round. Measured, on each backend:
+The data: 10,000, 30,000 or 100,000 legacy groups with 2 policies and 5 members each (8
+rows a group) in cell ``cell1`` of a deployment of its own (``cell2`` registered and
+empty: the backfill asks every other cell about twins), on SQLite, MariaDB and
+PostgreSQL. The API tables are emptied before every round. Measured, on each backend and
+size:
 
 * ``plain-copy-core`` and ``plain-copy-dbapi``, the baseline: SELECT the live rows in
   chunks of 1,000 groups (by id range), ``executemany`` INSERT into the API tables, one
@@ -14,18 +15,25 @@ every round. Measured, on each backend:
   N`` runs it (chunk claims and checkpoints, cell rows locked, the phase barrier, twin
   and journal checks, three commits per batch), at Nova's default batch (50) and at 1,000.
 
-Every round checks what arrived. The figures are rows per second (80,000 / best round)
-and the backfill's ratio to the floor, held to >= 0.5 at batch size 1,000.
+Every round checks what arrived. The figures are rows per second (rows / best round)
+and the backfill's ratio to the floor, held to >= 0.5 at batch size 1,000. At 30,000 and
+100,000 groups the backfill's time is also held to grow at most as the work does, to the
+power 1.1, from its time at 10,000 groups in the same run (``-k 10k`` runs the smallest
+size alone): Nova's child tables have no index on ``group_id``, and a backfill reading
+children by ``group_id`` grew with the square of the deployment.
 
 The deployment lives in ``$SHADOWDB_BENCH_DIR/backfill`` (SQLite; default
 ``./.bench-data``) and in the ``sdbbench_backfill_*`` databases on the local MariaDB
-(``SHADOWDB_BENCH_MYSQL_URL``, default root on 127.0.0.1), rebuilt on every session.
+(``SHADOWDB_BENCH_MYSQL_URL``, default root on 127.0.0.1) and the local PostgreSQL
+(``SHADOWDB_BENCH_POSTGRESQL_URL``, default postgres on 127.0.0.1), rebuilt on every
+session.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import sqlite3
 import time
 import uuid as uuidlib
@@ -42,12 +50,14 @@ from shadowdb.databases import Databases, connect
 from shadowdb.phase import Phase, utcnow
 from shadowdb.settings import Settings
 
-GROUPS = 10_000
+#: Deployment sizes (groups), and the rounds measured at each.
+SIZES = {10_000: 5, 30_000: 3, 100_000: 2}
 POLICIES = ("anti-affinity", "soft-affinity")
 MEMBERS = 5
-ROWS = GROUPS * (1 + len(POLICIES) + MEMBERS)
+ROWS_PER_GROUP = 1 + len(POLICIES) + MEMBERS
 CHUNK = 1_000
-ROUNDS = 5
+#: The backfill's time may grow at most as the work does to this power, from 10,000 up.
+MAX_EXPONENT = 1.1
 #: The backfill must copy at least this fraction of the plain copy's rows per second...
 TARGET = 0.5
 #: ... from this batch size up (the default batch, Nova's 50, is reported, not held to it).
@@ -57,6 +67,7 @@ NOW = dt.datetime(2026, 5, 1, 12, 0, 0)
 BACKENDS = [
     pytest.param("sqlite", marks=pytest.mark.sqlite),
     pytest.param("mysql", marks=pytest.mark.mysql),
+    pytest.param("postgresql", marks=pytest.mark.postgresql),
 ]
 _DB_NAMES = ("sdbbench_backfill_api", "sdbbench_backfill_cell1", "sdbbench_backfill_cell2")
 
@@ -66,11 +77,21 @@ class Deployment:
     """The benchmark's deployment: URLs, shadowdb's databases, plain engines for the copy."""
 
     backend: str
+    groups: int
     api_url: str
     cell_url: str
     dbs: Databases
     plain_cell: sa.Engine
     plain_api: sa.Engine
+
+    @property
+    def rows(self) -> int:
+        """Rows the deployment's live groups hold (groups, policies, members)."""
+        return self.groups * ROWS_PER_GROUP
+
+    @property
+    def rounds(self) -> int:
+        return SIZES[self.groups]
 
 
 # --------------------------------------------------------------------------- set-up
@@ -80,13 +101,13 @@ def _urls(backend: str) -> list[str]:
     return fresh_urls(backend, "backfill", _DB_NAMES)
 
 
-def _seed(engine: sa.Engine) -> None:
-    """Insert the legacy groups into cell1, ids 1..GROUPS."""
+def _seed(engine: sa.Engine, groups: int) -> None:
+    """Insert the legacy groups into cell1, ids 1..groups."""
     g, p, m = models.cell_groups, models.cell_policies, models.cell_members
-    names = [str(uuidlib.UUID(int=n, version=4)) for n in range(1, GROUPS + 1)]
+    names = [str(uuidlib.UUID(int=n, version=4)) for n in range(1, groups + 1)]
     with engine.begin() as conn:
-        for start in range(0, GROUPS, CHUNK):
-            ids = range(start + 1, min(start + CHUNK, GROUPS) + 1)
+        for start in range(0, groups, CHUNK):
+            ids = range(start + 1, min(start + CHUNK, groups) + 1)
             conn.execute(
                 g.insert(),
                 [
@@ -126,7 +147,7 @@ def _seed(engine: sa.Engine) -> None:
             )
 
 
-def build(backend: str) -> Deployment:
+def build(backend: str, groups: int) -> Deployment:
     """Create the deployment on ``backend`` afresh, seeded and in a dual-write phase."""
     api_url, cell1_url, cell2_url = _urls(backend)
     settings = Settings(actor="bench", phase_ttl=0.0, write_grace=0.0)
@@ -137,7 +158,11 @@ def build(backend: str) -> Deployment:
     commands.sync_schema(dbs)
     dbs.dispose()
     dbs = connect(api_url, settings=settings)
-    _seed(dbs.cell("cell1").engine)
+    _seed(dbs.cell("cell1").engine, groups)
+    if backend == "postgresql":
+        # As autovacuum would, before any backfill of a real deployment.
+        with dbs.cell("cell1").engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
     with dbs.api.begin() as conn:
         conn.execute(
             models.api_state.update().values(
@@ -148,13 +173,24 @@ def build(backend: str) -> Deployment:
         )
     dbs.phases.invalidate()
     return Deployment(
-        backend, api_url, cell1_url, dbs, sa.create_engine(cell1_url), sa.create_engine(api_url)
+        backend,
+        groups,
+        api_url,
+        cell1_url,
+        dbs,
+        sa.create_engine(cell1_url),
+        sa.create_engine(api_url),
     )
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
-    deployment = build(str(request.param))
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module", params=list(SIZES), ids=lambda n: f"{n // 1000}k-groups")
+def deployment(backend: str, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    deployment = build(backend, int(request.param))
     try:
         yield deployment
     finally:
@@ -166,6 +202,14 @@ def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
 def _empty_api(dep: Deployment) -> None:
     """Empty the API group tables and the backfill's bookkeeping, before every round."""
     with dep.dbs.api.begin() as conn:
+        if dep.backend == "postgresql":
+            # A row-by-row DELETE checks every foreign key of every group (no index on
+            # group_id there either): minutes at 10,000 groups.
+            conn.exec_driver_sql(
+                "TRUNCATE instance_group_member, instance_group_policy, instance_groups,"
+                " shadowdb_backfill_chunks, shadowdb_backfill_conflicts"
+            )
+            return
         for table in (
             models.api_members,
             models.api_policies,
@@ -239,6 +283,16 @@ def _dbapi_connect(url: str) -> Any:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return sqlite3.connect(str(parsed.database))
+    if parsed.get_backend_name() == "postgresql":
+        import psycopg
+
+        return psycopg.connect(
+            host=parsed.host,
+            port=parsed.port or 5432,
+            user=parsed.username,
+            password=parsed.password or "",
+            dbname=parsed.database,
+        )
     import pymysql
 
     return pymysql.connect(
@@ -252,7 +306,7 @@ def _dbapi_connect(url: str) -> Any:
 
 
 def plain_copy_dbapi(source_url: str, target_url: str) -> int:
-    """:func:`plain_copy` on bare DB-API connections (sqlite3, PyMySQL): tuples, no ORM/Core."""
+    """:func:`plain_copy` on bare DB-API connections (sqlite3, PyMySQL, psycopg): tuples."""
     src, dst = _dbapi_connect(source_url), _dbapi_connect(target_url)
     mark = "?" if isinstance(src, sqlite3.Connection) else "%s"
     copied = 0
@@ -304,19 +358,19 @@ def plain_copy_dbapi(source_url: str, target_url: str) -> int:
     return copied
 
 
-def run_backfill(dbs: Databases, batch_size: int) -> int:
+def run_backfill(dep: Deployment, batch_size: int) -> int:
     """Run the backfill to completion; return the rows it copied."""
-    result = backfill(dbs, batch_size=batch_size, sleep=lambda _s: None)
+    result = backfill(dep.dbs, batch_size=batch_size, sleep=lambda _s: None)
     assert result.outcome == "done", result
     done = {t.migration: t.done for t in result.totals}
-    assert done["migrate_instance_groups"] == GROUPS, result
-    return done["migrate_instance_groups"] * (1 + len(POLICIES) + MEMBERS)
+    assert done["migrate_instance_groups"] == dep.groups, result
+    return done["migrate_instance_groups"] * ROWS_PER_GROUP
 
 
 # --------------------------------------------------------------------------- measurements
 
-#: Best seconds per (backend, what), for the ratio check in the same run.
-_best: dict[tuple[str, str], float] = {}
+#: Best seconds per (backend, groups, what), for the ratio checks in the same run.
+_best: dict[tuple[str, int, str], float] = {}
 
 PLAIN = {
     "plain-copy-core": lambda dep: plain_copy(dep.plain_cell, dep.plain_api),
@@ -325,17 +379,18 @@ PLAIN = {
 
 
 def _measure(benchmark: Any, dep: Deployment, what: str, fn: Callable[[], int]) -> float:
-    copied = benchmark.pedantic(fn, setup=lambda: _empty_api(dep), rounds=ROUNDS, iterations=1)
-    assert copied == ROWS
-    assert _api_rows(dep) == ROWS
+    copied = benchmark.pedantic(fn, setup=lambda: _empty_api(dep), rounds=dep.rounds, iterations=1)
+    assert copied == dep.rows
+    assert _api_rows(dep) == dep.rows
     best = float(benchmark.stats.stats.min)
-    _best[(dep.backend, what)] = best
+    _best[(dep.backend, dep.groups, what)] = best
     benchmark.extra_info.update(
         {
             "backend": dep.backend,
+            "groups": dep.groups,
             "what": what,
-            "rows": ROWS,
-            "rows_per_s": round(ROWS / best),
+            "rows": dep.rows,
+            "rows_per_s": round(dep.rows / best),
             "settings": _settings(dep),
         }
     )
@@ -349,15 +404,15 @@ def _settings(dep: Deployment) -> dict[str, str]:
 def _floor(dep: Deployment) -> float:
     """Return the faster plain copy's best seconds (measured here if it was deselected)."""
     for what, copy in PLAIN.items():
-        if (dep.backend, what) not in _best:
+        if (dep.backend, dep.groups, what) not in _best:
             times = []
-            for _ in range(ROUNDS):
+            for _ in range(dep.rounds):
                 _empty_api(dep)
                 started = time.perf_counter()
-                assert copy(dep) == ROWS
+                assert copy(dep) == dep.rows
                 times.append(time.perf_counter() - started)
-            _best[(dep.backend, what)] = min(times)
-    return min(_best[(dep.backend, what)] for what in PLAIN)
+            _best[(dep.backend, dep.groups, what)] = min(times)
+    return min(_best[(dep.backend, dep.groups, what)] for what in PLAIN)
 
 
 @pytest.mark.benchmark(group="backfill")
@@ -373,9 +428,19 @@ def test_backfill(benchmark: Any, deployment: Deployment, batch_size: int) -> No
         benchmark,
         deployment,
         f"backfill-{batch_size}",
-        lambda: run_backfill(deployment.dbs, batch_size),
+        lambda: run_backfill(deployment, batch_size),
     )
     ratio = _floor(deployment) / seconds
     benchmark.extra_info["ratio_to_plain_copy"] = round(ratio, 3)
+    smallest = min(SIZES)
+    base = _best.get((deployment.backend, smallest, f"backfill-{batch_size}"))
+    if deployment.groups > smallest and base is not None:
+        # Time ~ work ** exponent: 1 is linear; a read per batch that scans grows as 2.
+        exponent = math.log(seconds / base) / math.log(deployment.groups / smallest)
+        benchmark.extra_info["growth_exponent"] = round(exponent, 3)
+        assert exponent <= MAX_EXPONENT, (
+            f"backfill time grows as the work to the power {exponent:.2f} "
+            f"from {smallest} to {deployment.groups} groups"
+        )
     if batch_size >= TARGET_BATCH:
         assert ratio >= TARGET, f"backfill at {ratio:.2f}x the plain copy's rate"

@@ -397,6 +397,29 @@ cell_group_locks = sa.Table(
     **_MYSQL,
 )
 
+cell_child_map = sa.Table(
+    "shadowdb_child_map",
+    cell_metadata,
+    # Which group each live policy ('p') and member ('m') row belonged to when the map was
+    # built, so that a backfill batch finds its children without scanning Nova's tables,
+    # which have no index on group_id (shadowdb.childmap).
+    sa.Column("kind", sa.String(length=1), primary_key=True),
+    sa.Column("child_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("group_id", sa.Integer, nullable=False),
+    sa.Index("shadowdb_child_map_kind_group_id_idx", "kind", "group_id"),
+    **_MYSQL,
+)
+
+cell_child_map_built = sa.Table(
+    "shadowdb_child_map_built",
+    cell_metadata,
+    # A single row: the phase epoch the child map was built at (NULL: never built).
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.Integer, nullable=True),
+    sa.Column("built_at", sa.DateTime, nullable=True),
+    **_MYSQL,
+)
+
 #: Nova's own tables, in creation order (parents first); shadowdb adopts them as they are.
 NOVA_API_TABLES = (
     "cell_mappings",

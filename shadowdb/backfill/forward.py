@@ -32,7 +32,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
-from shadowdb import signals
+from shadowdb import childmap, signals
 from shadowdb.backfill.chunks import Chunks
 from shadowdb.backfill.conflicts import ConflictStore
 from shadowdb.backfill.pacing import Pacer
@@ -182,7 +182,7 @@ class ForwardCopier:
             if fenced is None or fenced.phase not in FORWARD_PHASES:
                 at = "no phase" if fenced is None else fenced.phase.value
                 raise GuardRefused(at, [f"{cell.label} is in {at}: the phase moved"])
-            records = CELL.lock_many(cconn, ids)
+            records = childmap.lock_many(cconn, ids, fenced.epoch)
             if not records:
                 return 0, 0
             signals.send(
@@ -199,6 +199,7 @@ class ForwardCopier:
                         [f"the phase moved to {state.phase.value} (epoch {state.epoch})"],
                     )
                 there = {r.uuid: r for r in API.get_many(aconn, uuids)}
+                records = childmap.exact(cconn, records, there)
                 journaled = cell_journaled | API.journaled(aconn, uuids)
                 buried = API.tombstoned(aconn, [u for u in uuids if u not in there])
                 todo: list[GroupRecord] = []
