@@ -24,8 +24,8 @@ import structlog
 from benchmarks import dataset
 from shadowdb import models
 from shadowdb.databases import Databases, connect
-from shadowdb.phase import Phase
 from shadowdb.settings import Settings
+from shadowdb.state import Phase
 
 BACKENDS = dataset.BACKENDS
 TOPOLOGIES = ("single-cell", "two-cells")

@@ -47,8 +47,8 @@ from benchmarks.deployments import fresh_urls, server_settings
 from shadowdb import commands, models
 from shadowdb.backfill import DEFAULT_BATCH, backfill
 from shadowdb.databases import Databases, connect
-from shadowdb.phase import Phase, utcnow
 from shadowdb.settings import Settings
+from shadowdb.state import Phase, utcnow
 
 #: Deployment sizes (groups), and the rounds measured at each.
 SIZES = {10_000: 5, 30_000: 3, 100_000: 2}

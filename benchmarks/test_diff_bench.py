@@ -52,8 +52,8 @@ from benchmarks.deployments import fresh_urls, server_settings
 from shadowdb import commands, models
 from shadowdb.databases import Databases, connect
 from shadowdb.diff import DEFAULT_CHUNK
-from shadowdb.phase import Phase, utcnow
 from shadowdb.settings import Settings
+from shadowdb.state import Phase, utcnow
 
 SIZES = (10_000, 30_000, 100_000)
 POLICIES = ("anti-affinity", "affinity", "soft-anti-affinity", "soft-affinity")

@@ -54,9 +54,9 @@ from shadowdb import models
 from shadowdb.databases import SQLITE_READ_CACHE_KIB, SQLITE_READ_MMAP, Databases, connect
 from shadowdb.objects import RequestContext
 from shadowdb.packed import PAIR_SEPARATOR, concat_sql, pair_sql, unpack
-from shadowdb.phase import Phase, PhaseState, utcnow
 from shadowdb.scheduler import get_group_details
 from shadowdb.settings import Settings
+from shadowdb.state import Phase, PhaseState, utcnow
 
 PHASES = [p.value for p in Phase]
 #: The member-list formulations of the raw floor, per backend.

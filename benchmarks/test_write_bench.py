@@ -45,8 +45,8 @@ from shadowdb import commands, models
 from shadowdb.databases import Databases, connect, writer
 from shadowdb.fence import settle
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase, utcnow
 from shadowdb.settings import Settings
+from shadowdb.state import Phase, utcnow
 
 #: Rounds per phase (each round: three writes through shadowdb and on each raw side).
 ROUNDS = 60

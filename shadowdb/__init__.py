@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     )
     from shadowdb.journals import drain_journals
     from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
-    from shadowdb.phase import Phase
     from shadowdb.settings import Settings
+    from shadowdb.state import Phase
 
 #: Every public name, loaded on first use: importing a light module (``shadowdb.scheduler``,
 #: which the scheduler imports on every worker start, or the command line's entry point,
@@ -61,7 +61,7 @@ _LAZY = {
     "InstanceGroup": "shadowdb.objects",
     "InstanceGroupList": "shadowdb.objects",
     "RequestContext": "shadowdb.objects",
-    "Phase": "shadowdb.phase",
+    "Phase": "shadowdb.state",
     "Settings": "shadowdb.settings",
     "drain_journals": "shadowdb.journals",
 }

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from shadowdb import cleanup, diff
 from shadowdb.databases import Databases, reader
 from shadowdb.errors import GuardRefused, OperationalError
-from shadowdb.phase import Phase, read_state
+from shadowdb.state import Phase, read_state
 from shadowdb.switcher import Switcher
 
 if TYPE_CHECKING:

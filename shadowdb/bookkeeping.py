@@ -34,7 +34,7 @@ from shadowdb.models import (
     api_phase_history,
     api_state,
 )
-from shadowdb.phase import utcnow
+from shadowdb.state import utcnow
 
 __all__ = [
     "Chunk",

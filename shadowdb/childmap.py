@@ -49,9 +49,9 @@ from sqlalchemy.engine import Connection
 
 from shadowdb import models
 from shadowdb.bulk import by_ids
-from shadowdb.phase import utcnow
 from shadowdb.queries import CELL, GroupRecord
 from shadowdb.records import GROUP_COLUMNS
+from shadowdb.state import utcnow
 
 __all__ = ["build", "exact", "lock_many"]
 

@@ -45,8 +45,8 @@ from shadowdb.databases import Cell, Databases, reader, writer
 from shadowdb.errors import DatabaseUnreachable, GuardRefused
 from shadowdb.fence import pin_cell
 from shadowdb.models import api_journal, api_state, api_tombstones
-from shadowdb.phase import Phase, PhaseState, read_state
 from shadowdb.queries import CELL
+from shadowdb.state import Phase, PhaseState, read_state
 from shadowdb.transactions import commit, transaction
 
 __all__ = ["CleanupResult", "cleanup", "completed", "refusals"]

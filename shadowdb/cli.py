@@ -21,10 +21,10 @@ from typing import Any, NoReturn, TextIO
 
 from shadowdb import __version__, commands, errors, logs, render, urls
 from shadowdb.databases import cell_url, connect
-from shadowdb.phase import Phase
 from shadowdb.render import Output as _Output
 from shadowdb.render import cells_table as _cells_table
 from shadowdb.settings import Settings
+from shadowdb.state import Phase
 
 __all__ = ["ExitCode", "main"]
 

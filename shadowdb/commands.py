@@ -49,8 +49,8 @@ from shadowdb.models import (
     api_state,
     cell_state,
 )
-from shadowdb.phase import Phase, initialise_state, read_state
 from shadowdb.queries import CELL
+from shadowdb.state import Phase, initialise_state, read_state
 from shadowdb.status import CellHealth, CellInfo, LastDiff, Status
 from shadowdb.switcher import Switcher, allowed_next
 
@@ -164,7 +164,7 @@ def _record_writer_nodes(dbs: Databases, cells: Sequence[Cell]) -> None:
     """On Galera, make the node this ``db sync`` runs through the one shadowdb writes through.
 
     Each database's phase row records it; every write transaction's locking read of that
-    row refuses another node (:func:`shadowdb.phase.check_writer_node`). Off Galera this
+    row refuses another node (:func:`shadowdb.state.check_writer_node`). Off Galera this
     writes nothing.
     """
     targets = [

@@ -25,8 +25,8 @@ from shadowdb import novaconf, urls
 from shadowdb.errors import DatabaseUnreachable, ShadowDBError, UnknownCell
 from shadowdb.models import api_cell_mappings
 from shadowdb.packed import GROUP_CONCAT_MAX_LEN
-from shadowdb.phase import PhaseStore
 from shadowdb.settings import Settings
+from shadowdb.state import PhaseStore
 
 # Units of work live in shadowdb.transactions; their names stay importable from here.
 from shadowdb.transactions import (

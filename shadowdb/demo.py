@@ -38,9 +38,9 @@ from shadowdb import diff, models, signals
 from shadowdb.databases import Databases, connect, reader
 from shadowdb.errors import InvalidInput, ShadowDBError
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import utcnow
 from shadowdb.queries import API
 from shadowdb.settings import Settings
+from shadowdb.state import utcnow
 
 __all__ = ["DemoOptions", "DemoReport", "PhaseTime", "run_demo"]
 

@@ -46,7 +46,7 @@ from sqlalchemy.engine import Connection
 from shadowdb.databases import Cell, Databases, reader, writer
 from shadowdb.errors import DatabaseUnreachable, ShadowDBError
 from shadowdb.models import api_cell_mappings, cell_state
-from shadowdb.phase import PhaseState, read_cell_state, read_state
+from shadowdb.state import PhaseState, read_cell_state, read_state
 
 __all__ = [
     "CellBehind",

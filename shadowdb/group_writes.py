@@ -18,8 +18,8 @@ from sqlalchemy.engine import Connection
 
 from shadowdb import models
 from shadowdb.bulk import BulkInsert, chunks
-from shadowdb.phase import utcnow
 from shadowdb.records import COPIED_FIELDS, GroupRecord
+from shadowdb.state import utcnow
 
 __all__ = ["GroupWrites"]
 

@@ -31,8 +31,8 @@ from shadowdb.backfill import uncopied
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import DatabaseUnreachable, OperationalError
 from shadowdb.journals import OUTBOX
-from shadowdb.phase import Phase, PhaseState, read_state, utcnow
 from shadowdb.queries import API, CELL, GroupRecord, GroupTables, JournalEntry
+from shadowdb.state import Phase, PhaseState, read_state, utcnow
 from shadowdb.writes import copy_group
 
 __all__ = [

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from shadowdb.bulk import chunks
-from shadowdb.phase import utcnow
 from shadowdb.records import JournalEntry
+from shadowdb.state import utcnow
 
 __all__ = ["JournalRows"]
 

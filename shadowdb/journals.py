@@ -22,8 +22,8 @@ from shadowdb.failures import DB_FAILURES, one_line
 from shadowdb.fence import CellBehind, EpochChanged
 from shadowdb.location import default_cell, locate
 from shadowdb.locks import api_transaction, cell_transaction
-from shadowdb.phase import read_state
 from shadowdb.queries import API, CELL, Side
+from shadowdb.state import read_state
 from shadowdb.transactions import commit, reader, transaction
 from shadowdb.writes import copy_group
 

@@ -8,8 +8,8 @@ import sqlalchemy as sa
 
 from shadowdb.databases import Cell, Databases, choose_default
 from shadowdb.errors import DatabaseUnreachable, NoDefaultCell
-from shadowdb.phase import PhaseState
 from shadowdb.queries import CELL
+from shadowdb.state import PhaseState
 from shadowdb.transactions import read_again_once
 
 __all__ = ["Location", "default_cell", "locate"]

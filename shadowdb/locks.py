@@ -16,8 +16,8 @@ from sqlalchemy.engine import Connection
 
 from shadowdb.databases import Cell, Databases
 from shadowdb.fence import pin_api, pin_cell
-from shadowdb.phase import PhaseState
 from shadowdb.queries import API, CELL, GroupRecord
+from shadowdb.state import PhaseState
 from shadowdb.transactions import transaction
 
 __all__ = ["api_transaction", "cell_transaction", "lock_api", "lock_cell"]

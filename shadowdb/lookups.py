@@ -23,8 +23,8 @@ from sqlalchemy.engine import Connection
 
 from shadowdb.errors import SchemaError
 from shadowdb.packed import PACKING_BACKENDS, unpack
-from shadowdb.phase import Phase, PhaseState
 from shadowdb.queries import API, GroupRecord, Scope, Side
+from shadowdb.state import Phase, PhaseState
 
 __all__ = ["Key", "find", "find_with_phase"]
 

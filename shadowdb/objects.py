@@ -40,10 +40,10 @@ from shadowdb.errors import (
     TransientError,
 )
 from shadowdb.fence import CellBehind, CellsChanged, EpochChanged, settle_cell
-from shadowdb.phase import PhaseState, utcnow
 from shadowdb.phases import strategy_for
 from shadowdb.phases.base import Lookup
 from shadowdb.queries import GroupRecord, Scope
+from shadowdb.state import PhaseState, utcnow
 from shadowdb.writes import AddMembers, Create, Destroy, RemoveMembers, Save, Write, Written
 
 __all__ = ["POLICIES", "InstanceGroup", "InstanceGroupList", "RequestContext"]

@@ -74,7 +74,7 @@ from shadowdb.guards import (
     transition_refusal,
 )
 from shadowdb.journals import drain_journals
-from shadowdb.phase import Phase, PhaseState, read_cell_state, read_state, utcnow
+from shadowdb.state import Phase, PhaseState, read_cell_state, read_state, utcnow
 from shadowdb.transactions import commit, transaction
 
 __all__ = [

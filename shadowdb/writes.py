@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from shadowdb.errors import GroupExists, GroupNotFound
-from shadowdb.phase import utcnow
 from shadowdb.queries import COPIED_FIELDS, GroupRecord, Side
+from shadowdb.state import utcnow
 
 __all__ = [
     "AddMembers",

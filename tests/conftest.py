@@ -23,8 +23,8 @@ from sqlalchemy.engine import URL
 
 from shadowdb import commands, models, schema
 from shadowdb.databases import Databases, connect, create_engine
-from shadowdb.phase import initialise_state
 from shadowdb.settings import Settings
+from shadowdb.state import initialise_state
 from tests.support.backends import BACKENDS, Server, worker_id
 from tests.support.cli import Cli
 from tests.support.proxy import Proxy, proxied

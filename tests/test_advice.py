@@ -19,8 +19,8 @@ from shadowdb import cli, commands, models
 from shadowdb.databases import connect, reader, writer
 from shadowdb.errors import DatabaseUnreachable, GuardRefused
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import read_state, utcnow
 from shadowdb.queries import API
+from shadowdb.state import read_state, utcnow
 from shadowdb.switcher import TRANSITIONS
 from shadowdb.testing import write_legacy_cells
 from tests.conftest import FreshDatabases, Topology

@@ -18,8 +18,8 @@ from shadowdb.backfill import ForwardCopier, backfill
 from shadowdb.databases import Databases, reader
 from shadowdb.journals import drain_journals
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
 from shadowdb.queries import API
+from shadowdb.state import Phase
 from shadowdb.testing import StatementCounter
 from tests.conftest import Topology
 from tests.support.backfill import diff, environment, run_crashing, seed_legacy

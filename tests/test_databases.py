@@ -23,8 +23,8 @@ from shadowdb.cleanup import cleanup
 from shadowdb.databases import CELL0_UUID, Databases, connect, reader
 from shadowdb.errors import GuardRefused, InvalidInput, NoDefaultCell, UnknownCell
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase, read_state
 from shadowdb.queries import CELL
+from shadowdb.state import Phase, read_state
 from tests.conftest import FreshDatabases, Topology
 from tests.support.backends import Server, worker_id
 from tests.support.helpers import cutover_through, new_uuid, put_in_phase, seed_cell_group

@@ -17,8 +17,8 @@ from shadowdb import hosts as hosts_mod
 from shadowdb.databases import CELL0_UUID, Databases, connect, create_engine
 from shadowdb.errors import CellUnavailable, GroupNotFound, OperationalError
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
 from shadowdb.settings import Settings
+from shadowdb.state import Phase
 from shadowdb.testing import StatementCounter
 from tests.conftest import FreshDatabases, Topology
 from tests.support.backends import Server

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shadowdb.databases import writer
-from shadowdb.phase import utcnow
 from shadowdb.queries import API, CELL, Side
+from shadowdb.state import utcnow
 from tests.conftest import Topology
 from tests.support.helpers import new_uuid
 

@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from shadowdb import hosts as hosts_mod
 from shadowdb.errors import CellUnavailable, UnsupportedPolicy
 from shadowdb.objects import RequestContext
-from shadowdb.phase import Phase
 from shadowdb.scheduler import (
     AFFINITY_FILTER,
     ALL_ENABLED,
@@ -30,6 +29,7 @@ from shadowdb.scheduler import (
     soft_anti_affinity_weight,
 )
 from shadowdb.settings import Settings
+from shadowdb.state import Phase
 from shadowdb.testing import StatementCounter
 from tests.conftest import FreshDatabases, Topology
 from tests.support.helpers import (

@@ -21,7 +21,7 @@ from shadowdb import commands, diff, journals, models, signals, switcher
 from shadowdb.backfill import backfill, backlog
 from shadowdb.databases import Databases, connect, reader
 from shadowdb.errors import DatabaseUnreachable, GuardRefused, ScanIncomplete, UnknownPhase
-from shadowdb.phase import Phase, read_cell_state, read_state, utcnow
+from shadowdb.state import Phase, read_cell_state, read_state, utcnow
 from shadowdb.switcher import GUARDS, TRANSITIONS, StepKind, Switcher
 from tests.conftest import Topology
 from tests.support.helpers import put_in_phase

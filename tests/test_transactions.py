@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from shadowdb import transactions
 from shadowdb.errors import DatabaseUnreachable
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.backends import Server
 from tests.support.diff import seed_pair

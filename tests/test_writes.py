@@ -15,7 +15,7 @@ import pytest
 
 from shadowdb.databases import Databases, connect
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from shadowdb.testing import StatementCounter
 from tests.conftest import Topology
 from tests.support.helpers import engines_of, new_uuid, put_in_phase

@@ -40,8 +40,8 @@ from shadowdb.backfill.results import BatchStep
 from shadowdb.databases import Cell, Databases, reader
 from shadowdb.errors import DatabaseUnreachable, GuardRefused, InvalidInput, ShadowDBError
 from shadowdb.failures import one_line
-from shadowdb.phase import Phase, read_cell_state, read_state
 from shadowdb.queries import API, CELL, GroupRecord
+from shadowdb.state import Phase, read_cell_state, read_state
 from shadowdb.transactions import commit, transaction
 
 __all__ = ["DEFAULT_BATCH", "FORWARD_PHASES", "ForwardCopier"]

@@ -20,8 +20,8 @@ from shadowdb.failures import one_line
 from shadowdb.fence import CellBehind, EpochChanged
 from shadowdb.location import default_cell, locate
 from shadowdb.locks import api_transaction, cell_transaction
-from shadowdb.phase import Phase, PhaseState
 from shadowdb.queries import API, CELL, GroupRecord
+from shadowdb.state import Phase, PhaseState
 from shadowdb.transactions import commit
 from shadowdb.writes import copy_group
 

@@ -24,7 +24,7 @@ from shadowdb.failures import one_line
 from shadowdb.fence import settle
 from shadowdb.journals import drain_journals
 from shadowdb.models import api_state
-from shadowdb.phase import Phase, read_state
+from shadowdb.state import Phase, read_state
 
 __all__ = ["Backfiller", "backfill", "remaining"]
 

@@ -36,8 +36,8 @@ from shadowdb.diff.readers import (
     snapshot,
 )
 from shadowdb.errors import InvalidInput
-from shadowdb.phase import PhaseState
 from shadowdb.queries import API, CELL, GroupTables
+from shadowdb.state import PhaseState
 
 __all__ = ["DEFAULT_CHUNK", "RECHECKS", "Differ", "Progress"]
 

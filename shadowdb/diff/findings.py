@@ -15,8 +15,8 @@ from typing import Any
 from shadowdb.databases import Databases, reader
 from shadowdb.diff.checksums import Copy
 from shadowdb.diff.readers import Orphan, Seen
-from shadowdb.phase import Phase
 from shadowdb.queries import API, COMPARED_FIELDS
+from shadowdb.state import Phase
 
 __all__ = [
     "DiffKind",

@@ -18,8 +18,8 @@ from shadowdb.databases import Databases, reader, writer
 from shadowdb.diff.findings import Finding
 from shadowdb.diff.readers import Seen
 from shadowdb.location import default_cell
-from shadowdb.phase import Phase, PhaseState
 from shadowdb.queries import API, CELL
+from shadowdb.state import Phase, PhaseState
 
 __all__ = ["enqueue_repairs"]
 

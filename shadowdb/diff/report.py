@@ -21,7 +21,7 @@ from shadowdb.diff.results import insert_result
 from shadowdb.errors import GuardRefused, InvalidInput, OperationalError, ShadowDBError
 from shadowdb.failures import one_line
 from shadowdb.fence import lagging, settle
-from shadowdb.phase import Phase, PhaseState, utcnow
+from shadowdb.state import Phase, PhaseState, utcnow
 
 __all__ = ["run_diff"]
 

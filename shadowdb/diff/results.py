@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from shadowdb.diff.findings import RowCounts
 from shadowdb.models import api_diff_results
-from shadowdb.phase import PhaseState, utcnow
+from shadowdb.state import PhaseState, utcnow
 
 __all__ = ["CLEANED_UP", "StoredResult", "insert_result", "last_result", "record_superseded"]
 

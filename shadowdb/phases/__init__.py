@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from shadowdb.phase import Phase
 from shadowdb.phases.api_only import ApiOnly
 from shadowdb.phases.base import PhaseStrategy
 from shadowdb.phases.cell_only import CellOnly
 from shadowdb.phases.dual_write_api_reads import DualWriteApiReads
 from shadowdb.phases.dual_write_cell_reads import DualWriteCellReads
+from shadowdb.state import Phase
 
 __all__ = ["STRATEGIES", "PhaseStrategy", "strategy_for"]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from shadowdb.databases import Databases
 from shadowdb.fence import pin_api
-from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
     check_scope,
@@ -24,6 +23,7 @@ from shadowdb.phases.base import (
     list_api,
 )
 from shadowdb.queries import API, GroupRecord, Scope
+from shadowdb.state import Phase, PhaseState
 from shadowdb.transactions import commit, transaction
 from shadowdb.writes import Write, Written, apply
 

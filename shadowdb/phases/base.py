@@ -30,8 +30,8 @@ from shadowdb.fence import EpochChanged
 from shadowdb.journals import announce_conflict
 from shadowdb.location import default_cell, locate
 from shadowdb.locks import api_transaction, cell_transaction
-from shadowdb.phase import Phase, PhaseState
 from shadowdb.queries import API, CELL, GroupRecord, Scope, Side
+from shadowdb.state import Phase, PhaseState
 from shadowdb.writes import Write, Written
 
 __all__ = [

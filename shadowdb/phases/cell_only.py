@@ -9,7 +9,6 @@ new epoch, and the write is re-planned under the phase the cell names.
 from __future__ import annotations
 
 from shadowdb.databases import Databases
-from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     Lookup,
     cell_transaction,
@@ -19,6 +18,7 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import CELL, GroupRecord, Scope
+from shadowdb.state import Phase, PhaseState
 from shadowdb.transactions import commit
 from shadowdb.writes import Create, Write, Written, apply
 

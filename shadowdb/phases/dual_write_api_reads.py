@@ -39,7 +39,6 @@ from shadowdb.failures import DB_FAILURES
 from shadowdb.fence import check_cells
 from shadowdb.journals import note_entry
 from shadowdb.locks import lock_api, lock_cell
-from shadowdb.phase import Phase, PhaseState, read_state
 from shadowdb.phases.base import (
     Lookup,
     api_transaction,
@@ -55,6 +54,7 @@ from shadowdb.phases.base import (
     target_cell,
 )
 from shadowdb.queries import API, CELL, GroupRecord, Scope
+from shadowdb.state import Phase, PhaseState, read_state
 from shadowdb.transactions import commit, transaction
 from shadowdb.writes import Create, Write, Written, apply, copy_group
 

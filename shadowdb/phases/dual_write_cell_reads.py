@@ -31,7 +31,6 @@ from shadowdb.errors import GroupExists, ShadowDBError
 from shadowdb.failures import DB_FAILURES
 from shadowdb.fence import CellBehind, EpochChanged, settle_cell
 from shadowdb.journals import OUTBOX, note_entry, replay
-from shadowdb.phase import Phase, PhaseState
 from shadowdb.phases.base import (
     cell_transaction,
     check_scope,
@@ -40,6 +39,7 @@ from shadowdb.phases.base import (
 )
 from shadowdb.phases.cell_only import CellOnly
 from shadowdb.queries import API, CELL, Scope
+from shadowdb.state import Phase, PhaseState
 from shadowdb.transactions import commit
 from shadowdb.writes import Create, Write, Written, apply
 

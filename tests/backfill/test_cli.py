@@ -16,8 +16,8 @@ from shadowdb import models, signals
 from shadowdb.cli import ExitCode
 from shadowdb.databases import reader
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
+from shadowdb.state import Phase
 from shadowdb.switcher import UnmigratedCellGroups
 from tests.conftest import Topology
 from tests.support.cli import Cli, Run, table_rows

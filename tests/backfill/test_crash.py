@@ -32,8 +32,8 @@ from shadowdb import models
 from shadowdb.cli import ExitCode
 from shadowdb.databases import reader
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
 from shadowdb.queries import API
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.backfill import (
     Legacy,

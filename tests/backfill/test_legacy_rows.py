@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from shadowdb import commands, models
 from shadowdb.backfill import backfill
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.helpers import put_in_phase, seed_cell_group
 

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from shadowdb import models
 from shadowdb.cli import ExitCode
 from shadowdb.databases import reader
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.backfill import PYTHON, RUNNER, diff, environment
 from tests.support.helpers import NOW, new_uuid, put_in_phase

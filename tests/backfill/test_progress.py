@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from shadowdb.cli import ExitCode
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.backfill import SHADOWDB, environment
 from tests.support.cli import table_rows

@@ -29,7 +29,7 @@ from shadowdb.databases import Databases, connect
 from shadowdb.errors import GroupNotFound
 from shadowdb.journals import drain_journals
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology, empty_topology
 from tests.support.helpers import group_state, put_in_phase, seed_cell_group
 

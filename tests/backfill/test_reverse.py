@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shadowdb.backfill import backfill
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from shadowdb.switcher import StepKind, Switcher
 from tests.conftest import Topology
 from tests.support.helpers import group_state, new_uuid, put_in_phase, seed_cell_group

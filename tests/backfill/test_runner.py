@@ -9,7 +9,7 @@ from shadowdb import commands, models
 from shadowdb.backfill import backfill, backlog, remaining, uncopied, uncopied_among
 from shadowdb.databases import reader, writer
 from shadowdb.errors import InvalidInput
-from shadowdb.phase import Phase, utcnow
+from shadowdb.state import Phase, utcnow
 from tests.conftest import Topology
 from tests.support.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from shadowdb.backfill import backfill
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.helpers import (
     group_state,

@@ -8,7 +8,7 @@ from shadowdb import commands, models
 from shadowdb.backfill import backfill
 from shadowdb.cli import ExitCode
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.cli import Cli
 from tests.support.helpers import dump, group_state, new_uuid, put_in_phase, seed_cell_group

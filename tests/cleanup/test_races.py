@@ -22,8 +22,8 @@ from shadowdb.cleanup import cleanup
 from shadowdb.databases import Cell, Databases, connect, reader
 from shadowdb.errors import GroupNotFound, GuardRefused
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
-from shadowdb.phase import PhaseState
 from shadowdb.phases import dual_write_api_reads as ar
+from shadowdb.state import PhaseState
 from tests.conftest import Topology
 from tests.support.helpers import cutover_through, seed_cell_group
 

@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from shadowdb import models
 from shadowdb.cli import ExitCode
 from shadowdb.databases import reader
-from shadowdb.phase import Phase
 from shadowdb.queries import API
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.backfill import PYTHON, SHADOWDB, environment
 from tests.support.helpers import group_state, new_uuid, put_in_phase

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from shadowdb import cli, commands, models
 from shadowdb.cli import ExitCode
-from shadowdb.phase import read_cell_state
+from shadowdb.state import read_cell_state
 from tests.conftest import Topology
 
 #: The CLI builds its own settings: a zero phase TTL leaves a drain wait of the write grace.

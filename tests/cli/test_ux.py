@@ -20,8 +20,8 @@ import shadowdb
 from shadowdb import backfill, commands, models
 from shadowdb import cli as cli_mod
 from shadowdb.cli import ExitCode
-from shadowdb.phase import Phase
 from shadowdb.settings import Settings
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.backfill import SHADOWDB, environment
 from tests.support.cli import Cli, dump_files, run_on_terminal, table_rows, terminal_env

@@ -17,8 +17,8 @@ from shadowdb.diff import Differ, DiffKind
 from shadowdb.diff.readers import RangeReader, StreamReader
 from shadowdb.errors import GroupNotFound, InvalidInput, ScanIncomplete, UnknownCell
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
 from shadowdb.queries import CELL
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.diff import (
     Injected,

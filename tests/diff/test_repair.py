@@ -10,8 +10,8 @@ import pytest
 from shadowdb import commands, diff
 from shadowdb.backfill import backfill
 from shadowdb.databases import reader
-from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.diff import (
     Injected,

@@ -15,8 +15,8 @@ import structlog
 from shadowdb import models
 from shadowdb.cli import ExitCode
 from shadowdb.diff import Differ
-from shadowdb.phase import Phase
 from shadowdb.settings import Settings
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.cli import Cli, Run
 from tests.support.diff import Injected, inject_everything, seed_clean, seed_pair

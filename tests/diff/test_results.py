@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from shadowdb import commands, diff, models
 from shadowdb.databases import reader
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.diff import (
     Injected,

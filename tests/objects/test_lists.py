@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group
 

@@ -21,7 +21,7 @@ from shadowdb import models, signals
 from shadowdb.errors import GroupNotFound, ObjectActionError
 from shadowdb.hosts import Hosts
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.helpers import (
     NOW,

@@ -24,7 +24,7 @@ from shadowdb.backfill import backfill
 from shadowdb.databases import Databases
 from shadowdb.errors import CommitUncertain, DatabaseUnreachable, TransientError
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.diff import seed_pair
 from tests.support.helpers import live_members, new_uuid, put_in_phase

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.helpers import group_state, new_uuid, put_in_phase
 

@@ -30,7 +30,7 @@ from shadowdb.errors import (
     ObjectActionError,
 )
 from shadowdb.objects import InstanceGroup, RequestContext, is_uuid_like
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.helpers import (
     StatementLog,

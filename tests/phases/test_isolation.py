@@ -9,7 +9,7 @@ import pytest
 from shadowdb import signals
 from shadowdb.errors import GroupNotFound
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from shadowdb.testing import StatementCounter
 from tests.conftest import Topology
 from tests.support.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group

@@ -32,8 +32,8 @@ import sqlalchemy as sa
 from shadowdb.errors import GroupNotFound
 from shadowdb.journals import drain_journals
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
+from shadowdb.state import Phase
 from shadowdb.switcher import Switcher
 from tests.conftest import Topology
 from tests.support.helpers import group_state, new_uuid, put_in_phase

@@ -33,8 +33,8 @@ from shadowdb.errors import (
 )
 from shadowdb.journals import OUTBOX, drain_journals
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
-from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
+from shadowdb.state import Phase
 from shadowdb.switcher import Switcher
 from tests.conftest import Topology, _db_name
 from tests.protocol.test_faults import SERVERS

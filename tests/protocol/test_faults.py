@@ -15,8 +15,8 @@ from shadowdb import signals
 from shadowdb.databases import Databases, reader
 from shadowdb.journals import drain_journals
 from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
-from shadowdb.phase import Phase
 from shadowdb.queries import API, CELL
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.helpers import group_state, new_uuid, put_in_phase
 from tests.support.proxy import Proxy

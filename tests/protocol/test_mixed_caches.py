@@ -24,7 +24,7 @@ from shadowdb.databases import Databases, connect
 from shadowdb.errors import GuardRefused, ShadowDBError
 from shadowdb.journals import drain_journals
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from shadowdb.switcher import Switcher
 from tests.conftest import Topology
 from tests.protocol.test_faults import SERVERS

@@ -24,7 +24,7 @@ from shadowdb.databases import Databases, connect
 from shadowdb.errors import GroupNotFound
 from shadowdb.journals import drain_journals
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from shadowdb.switcher import Switcher
 from tests.conftest import Topology
 from tests.support.helpers import put_in_phase, seed_api_group, seed_cell_group

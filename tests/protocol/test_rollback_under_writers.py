@@ -11,7 +11,7 @@ from shadowdb import commands
 from shadowdb.databases import connect
 from shadowdb.errors import GuardRefused
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from shadowdb.switcher import Switcher
 from tests.conftest import Topology
 from tests.protocol.test_phase_set_killed import (

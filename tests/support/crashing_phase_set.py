@@ -17,7 +17,7 @@ import structlog
 
 from shadowdb import switcher as switcher_module
 from shadowdb.databases import connect
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from shadowdb import models
 from shadowdb.databases import Databases, writer
-from shadowdb.phase import Phase, utcnow
+from shadowdb.state import Phase, utcnow
 from shadowdb.testing import StatementCounter
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5)

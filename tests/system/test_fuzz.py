@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from shadowdb import cli
 from shadowdb.errors import InvalidInput, ShadowDBError
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.phase import Phase
+from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.helpers import dump_all, put_in_phase
 
