@@ -617,7 +617,9 @@ def _settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
     try:
         return Settings.from_command_line(environ, args.api_url, args.config_file or [])
     except ValueError as err:
-        raise errors.InvalidInput(f"bad setting in the environment: {err}") from err
+        # A nova.conf names itself ("config file ..."); anything else is a variable.
+        where = "" if str(err).startswith("config file") else "bad setting in the environment: "
+        raise errors.InvalidInput(f"{where}{err}") from err
 
 
 #: How many commands this thread is running inside another (``shadowdb demo`` runs each

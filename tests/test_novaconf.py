@@ -118,6 +118,15 @@ def cli(cli_here: Cli) -> Cli:
     return cli_here
 
 
+@pytest.mark.sqlite
+def test_a_broken_config_file_is_named_as_a_config_file(cli: Cli, tmp_path: Path) -> None:
+    broken = _write(tmp_path / "broken.conf", "[api_database\nconnection = x\n")
+    for path in (broken, tmp_path / "missing.conf"):
+        run = cli("status", "--config-file", str(path))
+        assert run.code == ExitCode.BAD_INPUT
+        assert run.only_error().startswith(f"config file '{path}'"), run.err
+
+
 def test_the_config_file_gives_the_api_url_and_the_environment_names_it_too(
     fresh: FreshDatabases, cli: Cli, tmp_path: Path
 ) -> None:
