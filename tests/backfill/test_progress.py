@@ -7,8 +7,6 @@ SQLite only.
 
 from __future__ import annotations
 
-import os
-import pty
 import re
 import subprocess
 
@@ -18,7 +16,7 @@ from shadowdb.cli import ExitCode
 from shadowdb.state import Phase
 from tests.conftest import Topology
 from tests.support.backfill import SHADOWDB, environment
-from tests.support.cli import table_rows
+from tests.support.cli import run_on_terminal, table_rows, terminal_env
 from tests.support.helpers import put_in_phase, seed_cell_group
 
 pytestmark = pytest.mark.parametrize(
@@ -26,10 +24,9 @@ pytestmark = pytest.mark.parametrize(
 )
 
 GROUPS = 10
+
+
 #: CSI and OSC escape sequences (colours, cursor moves, hiding the cursor).
-_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][0-9A-B]")
-
-
 @pytest.fixture
 def seeded(topology: Topology) -> Topology:
     put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
@@ -39,47 +36,12 @@ def seeded(topology: Topology) -> Topology:
 
 
 def _terminal_env(topology: Topology) -> dict[str, str]:
-    env = environment(topology)
-    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CI"):
-        env.pop(name, None)
-    return {**env, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
-
-
-def _run_on_terminal(topology: Topology, *argv: str) -> tuple[int, str]:
-    """Run ``shadowdb`` with stdout on a pseudo-terminal; return its code and screen output."""
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            [SHADOWDB, *argv],
-            env=_terminal_env(topology),
-            stdin=subprocess.DEVNULL,
-            stdout=slave,
-            stderr=subprocess.PIPE,
-        )
-    finally:
-        os.close(slave)  # ours: the child keeps its own copy, and EOF comes with its exit
-    chunks: list[bytes] = []
-    try:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the terminal's other side is closed
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(master)
-        proc.wait(timeout=60)
-        assert proc.stderr is not None
-        proc.stderr.close()
-    return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
+    return terminal_env(environment(topology), columns=120)
 
 
 def test_progress_bar_on_a_terminal(seeded: Topology) -> None:
-    code, screen = _run_on_terminal(seeded, "backfill")
-    assert code == ExitCode.OK, screen
-    text = _ESCAPES.sub("", screen).replace("\r\n", "\n")
+    code, text, err = run_on_terminal([SHADOWDB, "backfill"], _terminal_env(seeded))
+    assert code == ExitCode.OK, text + err
     bar = [line for line in re.split(r"[\r\n]", text) if line.lstrip().startswith("groups")]
     assert bar, text
     # The bar's total is the exact count left, and it ends complete, with a rate.
