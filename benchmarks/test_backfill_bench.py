@@ -9,8 +9,15 @@ size:
 * ``plain-copy-core`` and ``plain-copy-dbapi``, the baseline: SELECT the live rows in
   chunks of 1,000 groups (by id range), ``executemany`` INSERT into the API tables, one
   transaction per chunk; through SQLAlchemy Core, and through the bare driver (sqlite3,
-  PyMySQL) with tuples. The API rows keep the cell ids, so nothing is read back; no
-  locks, no checks. The faster of the two is the floor.
+  PyMySQL, psycopg) with tuples. The API rows keep the cell ids, so nothing is read
+  back; no locks, no checks. On SQLite and PostgreSQL, whose Nova tables have no index
+  on ``group_id``, each chunk's children read scans the child tables: these grow faster
+  than the work.
+* ``plain-copy-stream``: the same rows on the bare driver, each table read once (the
+  children joined to their live group), written in transactions of 1,000 groups or
+  5,000 children: a plain copy whose own cost is linear on every backend.
+
+  The fastest of the three is the floor.
 * ``backfill-N``: :func:`shadowdb.backfill.backfill` as ``shadowdb backfill --batch-size
   N`` runs it (chunk claims and checkpoints, cell rows locked, the phase barrier, twin
   and journal checks, three commits per batch), at Nova's default batch (50) and at 1,000.
@@ -358,6 +365,57 @@ def plain_copy_dbapi(source_url: str, target_url: str) -> int:
     return copied
 
 
+def plain_copy_stream_dbapi(source_url: str, target_url: str) -> int:
+    """Copy the same rows reading each table once: a plain copy whose cost is linear.
+
+    :func:`plain_copy_dbapi` reads each chunk's children by a ``group_id`` range, which on
+    SQLite and PostgreSQL (no index on ``group_id`` in Nova's schema) scans the child
+    tables once per chunk, so its own cost grows faster than the work. Here every table
+    is read in one pass (the children joined to their live group through the groups'
+    primary key) and written in transactions of :data:`CHUNK` groups or ``5 * CHUNK``
+    children: no statement's cost depends on the deployment's size.
+    """
+    src, dst = _dbapi_connect(source_url), _dbapi_connect(target_url)
+    mark = "?" if isinstance(src, sqlite3.Connection) else "%s"
+    reads = (
+        (
+            f"SELECT {_GROUP_COLS} FROM instance_groups WHERE deleted = 0",
+            f"INSERT INTO instance_groups ({_GROUP_COLS}) VALUES ({', '.join([mark] * 7)})",
+            CHUNK,
+        ),
+        (
+            "SELECT p.group_id, p.policy, p.created_at FROM instance_group_policy p"
+            " JOIN instance_groups g ON g.id = p.group_id WHERE p.deleted = 0 AND g.deleted = 0",
+            "INSERT INTO instance_group_policy (group_id, policy, created_at)"
+            f" VALUES ({mark}, {mark}, {mark})",
+            5 * CHUNK,
+        ),
+        (
+            "SELECT m.group_id, m.instance_id, m.created_at FROM instance_group_member m"
+            " JOIN instance_groups g ON g.id = m.group_id WHERE m.deleted = 0 AND g.deleted = 0",
+            "INSERT INTO instance_group_member (group_id, instance_uuid, created_at)"
+            f" VALUES ({mark}, {mark}, {mark})",
+            5 * CHUNK,
+        ),
+    )
+    copied = 0
+    try:
+        write = dst.cursor()
+        for select, insert, per_commit in reads:
+            read = src.cursor()
+            read.execute(select)
+            while rows := read.fetchmany(per_commit):
+                write.executemany(insert, rows)
+                dst.commit()
+                copied += len(rows)
+            read.close()
+            src.rollback()
+    finally:
+        src.close()
+        dst.close()
+    return copied
+
+
 def run_backfill(dep: Deployment, batch_size: int) -> int:
     """Run the backfill to completion; return the rows it copied."""
     result = backfill(dep.dbs, batch_size=batch_size, sleep=lambda _s: None)
@@ -375,6 +433,7 @@ _best: dict[tuple[str, int, str], float] = {}
 PLAIN = {
     "plain-copy-core": lambda dep: plain_copy(dep.plain_cell, dep.plain_api),
     "plain-copy-dbapi": lambda dep: plain_copy_dbapi(dep.cell_url, dep.api_url),
+    "plain-copy-stream": lambda dep: plain_copy_stream_dbapi(dep.cell_url, dep.api_url),
 }
 
 
