@@ -4,6 +4,11 @@ Usage: ``python -m benchmarks.report [--compact] RESULTS.json [OUT.png]`` prints
 Markdown tables (hot path: medians per deployment, each phase's ratio to the raw floor
 and to api-only, every raw formulation; writes: medians and ratios to the raw floor)
 and writes the hot path's plot.
+
+``python -m benchmarks.report --growth [--plots DIR] RESULTS.json...`` reads the
+benchmarks measured at several deployment sizes (backfill, diff-report), from one file or
+one per backend, and prints their growth tables and draws ``DIR/<benchmark>_growth.png``
+(:mod:`benchmarks.growth`).
 """
 
 from __future__ import annotations
@@ -250,8 +255,14 @@ def main(argv: list[str]) -> None:
     """Print the table for ``argv[0]`` and write the plot to ``argv[1]``.
 
     ``--compact`` first strips the per-round timings from the JSON file, so that it can
-    be kept beside ``BENCHMARKS.md``.
+    be kept beside ``BENCHMARKS.md``. ``--growth`` hands the rest to
+    :func:`benchmarks.growth.main`.
     """
+    if argv and argv[0] == "--growth":
+        from benchmarks import growth
+
+        growth.main(argv[1:])
+        return
     if "--compact" in argv:
         argv = [a for a in argv if a != "--compact"]
         compact(Path(argv[0]))
