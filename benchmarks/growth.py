@@ -48,7 +48,7 @@ BENCHMARKS = (
         "backfill",
         "backfill of the legacy groups",
         {"backfill-50": "backfill, batch 50", "backfill-1000": "backfill, batch 1000"},
-        ("plain-copy-core", "plain-copy-dbapi"),
+        ("plain-copy-core", "plain-copy-dbapi", "plain-copy-stream"),
         "plain copy (floor)",
     ),
     Benchmark(
