@@ -217,30 +217,50 @@ def plot(medians: dict[tuple[str, str, int], float], out: Path) -> None:
 
 
 def writes_table(path: Path) -> str:
-    """Render the write benchmark's medians (ms) and ratios to the raw floor, if any."""
+    """Render the write benchmark: medians (ms) and ratios to the protocol floor and raw write.
+
+    Each cell reads create, add_members, save. The protocol floor is shadowdb's own
+    statements replayed through the bare driver (``benchmarks/protocol_floor.py``); the
+    raw write is the faster of the raw API and raw cell writes.
+    """
     raw = json.loads(path.read_text())
+    writes = ("create", "add_members", "save")
     lines = [
-        "| backend | phase | create | add_members | save | raw floor (create, add, save)"
-        " | shadowdb / floor (create, add, save) |",
-        "|---|---|---:|---:|---:|---|---|",
+        "| backend | phase | shadowdb (ms) | protocol floor (ms) | raw write (ms)"
+        " | shadowdb / raw | shadowdb / floor | floor / raw | statements, commits (per database) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for bench in raw["benchmarks"]:
         info = bench["extra_info"]
         if "ratios" not in info:
             continue
         med = info["medians"]
-        writes = ("create", "add_members", "save")
-        floor = [min(med[f"{w} raw-api"], med[f"{w} raw-cell"]) * 1e3 for w in writes]
-        lines.append(
-            f"| {label(info['backend'])} | {info['phase']} | "
-            + " | ".join(f"{med[f'{w} shadowdb'] * 1e3:.2f}" for w in writes)
-            + " | "
-            + ", ".join(f"{f:.2f}" for f in floor)
-            + " | "
-            + ", ".join(f"{info['ratios'][w]:.2f}x" for w in writes)
-            + " |"
-        )
+        raw_ms = [min(med[f"{w} raw-api"], med[f"{w} raw-cell"]) * 1e3 for w in writes]
+        floor = info.get("shadowdb_over_protocol")
+        cells = [
+            ", ".join(f"{med[f'{w} shadowdb'] * 1e3:.2f}" for w in writes),
+            ", ".join(f"{med[f'{w} floor'] * 1e3:.2f}" for w in writes) if floor else "-",
+            ", ".join(f"{v:.2f}" for v in raw_ms),
+            ", ".join(f"{info['ratios'][w]:.2f}x" for w in writes),
+            ", ".join(f"{floor[w]:.2f}x" for w in writes) if floor else "-",
+            ", ".join(f"{info['protocol_over_raw'][w]:.2f}x" for w in writes) if floor else "-",
+            "; ".join(_statements(info["statements"][w]) for w in writes)
+            if "statements" in info
+            else "-",
+        ]
+        lines.append(f"| {label(info['backend'])} | {info['phase']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _statements(per_database: dict[str, dict[str, int]]) -> str:
+    """Render one write's statements as ``api 10+2c, cell1 7+1c`` (rollbacks as ``r``)."""
+    parts = []
+    for database, n in per_database.items():
+        text = f"{database} {n['statements']}+{n['commits']}c"
+        if n["rollbacks"]:
+            text += f"{n['rollbacks']}r"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def compact(path: Path) -> None:
@@ -268,7 +288,9 @@ def main(argv: list[str]) -> None:
         compact(Path(argv[0]))
     writes = writes_table(Path(argv[0]))
     if writes:
-        print("Writes, medians (ms) of interleaved turns, and ratios to the raw floor:\n")
+        print(
+            "Writes, medians of interleaved turns (create, add_members, save), and their ratios:\n"
+        )
         print(writes)
         return
     medians, interleaved, quartile = load(Path(argv[0]))

@@ -7,26 +7,39 @@ fresh random order:
   ``create`` (a group with one policy), ``add_members`` (two instance uuids) and
   ``save`` (a name change), with whatever the phase asks of them (the fence, one or two
   databases, the journal);
-* the **raw floor**, the same three writes through the bare driver (sqlite3, PyMySQL,
-  psycopg) on a connection held open, on one database, each in one transaction: the
-  INSERTs of the group and its policy; the INSERTs of the two member rows; the UPDATE of
-  the name. It runs on the API database's tables (``raw-api``) and on a cell's
-  (``raw-cell``, with Nova's soft-delete columns); the faster of the two is the floor.
+* the **protocol floor** (``floor``): the statements shadowdb sent for the same three
+  writes in this phase, recorded once per phase from a real shadowdb write and replayed
+  through the bare driver on connections held open, with the same transactions, commits
+  and rollbacks on the same databases (:mod:`benchmarks.protocol_floor`). shadowdb over
+  the floor is its implementation's cost (SQLAlchemy, the pool, Python); the floor over
+  the raw write is the protocol's (the fence, the group lock, the journal, the second
+  database and its commit);
+* the **raw write**, what Nova itself did: the same three writes through the bare driver
+  (sqlite3, PyMySQL, psycopg) on a connection held open, on one database, each in one
+  transaction: the INSERTs of the group and its policy; the INSERTs of the two member
+  rows; the UPDATE of the name. It runs on the API database's tables (``raw-api``) and on
+  a cell's (``raw-cell``, with Nova's soft-delete columns); the faster of the two is the
+  raw floor.
 
-Each write is timed on its own (commit included). Every round checks what was written
-(the group, its policy, its members and its new name, read back through shadowdb and on
-the raw side), and the medians and their ratios to the floor are recorded
-(``extra_info``). The target (measured on a quiet machine): shadowdb within 2x of the
-floor in the dual-write phases.
+Each write is timed on its own (commit included). Every round checks what was written:
+the shadowdb group read back through shadowdb; the replayed group's rows, in every
+database, against those of the recorded shadowdb group (and each replayed statement's row
+count against the recorded one); the raw group on its side. The medians and the ratios
+are recorded (``extra_info``), with the recorded statements of each write. The target
+(measured on a quiet machine): shadowdb within 2x of the raw write in the dual-write
+phases. ``SHADOWDB_BENCH_WRITE_ROUNDS`` sets the rounds per phase (default 60).
 
 The deployment (an API database, ``cell1`` the default cell, ``cell2`` empty) is made
 afresh per session: ``$SHADOWDB_BENCH_DIR/writes`` on SQLite, the ``sdbbench_writes_*``
-databases on the local servers.
+databases on the local servers. Its group and journal ids start in the millions
+(:func:`benchmarks.protocol_floor.spread_ids`) so that the replay can tell an id from
+the small constants a statement carries.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import sqlite3
 import statistics
@@ -40,19 +53,24 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
+from benchmarks import protocol_floor
 from benchmarks.deployments import fresh_urls, server_settings
+from benchmarks.protocol_floor import Replayer, Script, TransactionLog
 from shadowdb import commands, models
-from shadowdb.databases import Databases, connect, writer
+from shadowdb.databases import Databases, connect, reader, writer
 from shadowdb.fence import settle
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.settings import Settings
 from shadowdb.state import Phase, utcnow
 
-#: Rounds per phase (each round: three writes through shadowdb and on each raw side).
+#: Rounds per phase (each round: three writes through shadowdb, replayed, on each raw side),
+#: unless ``SHADOWDB_BENCH_WRITE_ROUNDS`` says otherwise.
 ROUNDS = 60
 #: The writes, in the order a round makes them on one group.
 WRITES = ("create", "add_members", "save")
 SIDES = ("raw-api", "raw-cell")
+#: What each round times: shadowdb, the protocol floor, the raw write on each side.
+TURNS = ("shadowdb", "floor", *SIDES)
 #: The phases that write two databases, where the target applies.
 DUAL_WRITE = (Phase.DUAL_WRITE_CELL_READS, Phase.DUAL_WRITE_API_READS)
 TARGET = 2.0
@@ -209,8 +227,8 @@ def _move_to(dbs: Databases, phase: Phase) -> None:
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def deployment(request: pytest.FixtureRequest) -> Iterator[tuple[str, Databases, list[str]]]:
-    """A fresh deployment: its backend, shadowdb's databases and the API, cell1 URLs."""
+def deployment(request: pytest.FixtureRequest) -> Iterator[tuple[str, Databases, dict[str, str]]]:
+    """A fresh deployment: its backend, shadowdb's databases and their URLs by name."""
     backend = str(request.param)
     api_url, cell1_url, cell2_url = fresh_urls(backend, "writes", _DB_NAMES)
     settings = Settings(actor="bench")
@@ -223,23 +241,99 @@ def deployment(request: pytest.FixtureRequest) -> Iterator[tuple[str, Databases,
         commands.add_cell(dbs, "cell1", cell1_url, default=True, create=True)
         commands.add_cell(dbs, "cell2", cell2_url, create=True)
         commands.sync_schema(dbs)
-        yield backend, dbs, [api_url, cell1_url]
+        protocol_floor.spread_ids(backend, _engines(dbs))
+        yield backend, dbs, {"api": api_url, "cell1": cell1_url, "cell2": cell2_url}
     finally:
         dbs.dispose()
+
+
+def _engines(dbs: Databases) -> dict[str, sa.Engine]:
+    return {"api": dbs.api, **{cell.name: cell.engine for cell in dbs.cells}}
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+def _record(
+    dbs: Databases, ctx: RequestContext, members: list[str]
+) -> tuple[str, dict[str, Script]]:
+    """Make the three writes once through shadowdb, recorded; return the group and scripts.
+
+    The phase is read first, so that only the writes are recorded (as
+    ``tests/test_writes.py`` counts them).
+    """
+    engines = _engines(dbs)
+    reads = [dbs.read_engine(e) for e in engines.values()]
+    group = InstanceGroup(
+        ctx, name="before", user_id="u1", project_id="p1", policies=["anti-affinity"]
+    )
+    dbs.phases.get()
+    with TransactionLog(engines, reads) as log:
+        group.create()
+    created = protocol_floor.script(log, {"uuid": group.uuid}, {})
+    known = {k: v for k, v in created.made.items() if k.startswith("group")}
+    dbs.phases.get()
+    with TransactionLog(engines, reads) as log:
+        InstanceGroup.add_members(ctx, group.uuid, members)
+    uuids = {"uuid": group.uuid, "member0": members[0], "member1": members[1]}
+    added = protocol_floor.script(log, uuids, known)
+    group = InstanceGroup.get_by_uuid(ctx, group.uuid)
+    group.name = "after"
+    dbs.phases.get()
+    with TransactionLog(engines, reads) as log:
+        group.save()
+    saved = protocol_floor.script(log, {"uuid": group.uuid}, known)
+    return group.uuid, {"create": created, "add_members": added, "save": saved}
+
+
+def _footprint(dbs: Databases, uuid: str) -> dict[str, tuple[Any, ...]]:
+    """Return what a group left in each database: name, policies, members, journal, lock."""
+    out: dict[str, tuple[Any, ...]] = {}
+    sides = [("api", dbs.api, models.api_groups, models.api_policies, models.api_members)]
+    for cell in dbs.cells:
+        tables = (models.cell_groups, models.cell_policies, models.cell_members)
+        sides.append((cell.name, cell.engine, *tables))
+    for name, engine, groups, policies, members in sides:
+        journal = models.api_journal if name == "api" else models.cell_journal
+        with reader(engine) as conn:
+            live = groups.c.uuid == uuid
+            if name != "api":
+                live = live & (groups.c.deleted == 0)
+            row = conn.execute(sa.select(groups.c.id, groups.c.name).where(live)).first()
+            gid = None if row is None else row.id
+            count = sa.select(sa.func.count())
+            out[name] = (
+                None if row is None else row.name,
+                conn.scalar(count.select_from(policies).where(policies.c.group_id == gid)),
+                conn.scalar(count.select_from(members).where(members.c.group_id == gid)),
+                conn.scalar(count.select_from(journal).where(journal.c.group_uuid == uuid)),
+                None
+                if name == "api"
+                else conn.scalar(
+                    count.select_from(models.cell_group_locks).where(
+                        models.cell_group_locks.c.uuid == uuid
+                    )
+                ),
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- the benchmark
 
 
 @pytest.mark.parametrize("phase", list(Phase), ids=[p.value for p in Phase])
-def test_writes(benchmark: Any, deployment: tuple[str, Databases, list[str]], phase: Phase) -> None:
-    """Time create, add_members and save through shadowdb and raw, in shuffled turns."""
-    backend, dbs, (api_url, cell_url) = deployment
+def test_writes(
+    benchmark: Any, deployment: tuple[str, Databases, dict[str, str]], phase: Phase
+) -> None:
+    """Time create, add_members and save through shadowdb, replayed and raw, in shuffled turns."""
+    backend, dbs, urls = deployment
+    rounds = int(os.environ.get("SHADOWDB_BENCH_WRITE_ROUNDS", ROUNDS))
     _move_to(dbs, phase)
     ctx = RequestContext(dbs, "p1", "u1")
-    raw = {"raw-api": RawWriter(backend, api_url, "raw-api")}
-    raw["raw-cell"] = RawWriter(backend, cell_url, "raw-cell")
-    times: dict[str, list[float]] = {f"{w} {p}": [] for w in WRITES for p in ("shadowdb", *SIDES)}
+    raw = {"raw-api": RawWriter(backend, urls["api"], "raw-api")}
+    raw["raw-cell"] = RawWriter(backend, urls["cell1"], "raw-cell")
+    replayer = Replayer(urls)
+    times: dict[str, list[float]] = {f"{w} {t}": [] for w in WRITES for t in TURNS}
 
     def through_shadowdb() -> None:
         group = InstanceGroup(
@@ -263,6 +357,21 @@ def test_writes(benchmark: Any, deployment: tuple[str, Databases, list[str]], ph
         assert (stored.name, list(stored.policies)) == ("after", ["anti-affinity"])
         assert sorted(stored.members) == sorted(members)
 
+    through_shadowdb()  # the phase's first write pays for what later ones find cached
+    recorded_uuid, scripts = _record(dbs, ctx, [_uuid(), _uuid()])
+    recorded = _footprint(dbs, recorded_uuid)
+
+    def replayed() -> None:
+        values: dict[str, Any] = {"uuid": _uuid(), "member0": _uuid(), "member1": _uuid()}
+        counts = {}
+        for write in WRITES:
+            started = time.perf_counter()
+            counts[write] = replayer.replay(scripts[write], values)
+            times[f"{write} floor"].append(time.perf_counter() - started)
+        for write in WRITES:
+            protocol_floor.check_rowcounts(scripts[write], counts[write])
+        assert _footprint(dbs, values["uuid"]) == recorded
+
     def on_one_database(side: str) -> Callable[[], None]:
         writes = raw[side]
 
@@ -282,38 +391,48 @@ def test_writes(benchmark: Any, deployment: tuple[str, Databases, list[str]], ph
 
         return run
 
-    turns = {"shadowdb": through_shadowdb, **{side: on_one_database(side) for side in SIDES}}
+    turns = {
+        "shadowdb": through_shadowdb,
+        "floor": replayed,
+        **{side: on_one_database(side) for side in SIDES},
+    }
     rng = random.Random(f"{backend} {phase.value}")
     try:
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             order = list(turns)
             rng.shuffle(order)
             for name in order:
                 turns[name]()
     finally:
+        replayer.close()
         for writes in raw.values():
             writes.close()
     medians = {name: statistics.median(t) for name, t in times.items()}
-    ratios = {
-        write: medians[f"{write} shadowdb"] / min(medians[f"{write} {side}"] for side in SIDES)
-        for write in WRITES
-    }
+    raw_floor = {w: min(medians[f"{w} {side}"] for side in SIDES) for w in WRITES}
+    ratios = {w: medians[f"{w} shadowdb"] / raw_floor[w] for w in WRITES}
+    over_floor = {w: medians[f"{w} shadowdb"] / medians[f"{w} floor"] for w in WRITES}
+    floor_over_raw = {w: medians[f"{w} floor"] / raw_floor[w] for w in WRITES}
     benchmark.extra_info.update(
         backend=backend,
         phase=phase.value,
         medians=medians,
         ratios=ratios,
+        shadowdb_over_protocol=over_floor,
+        protocol_over_raw=floor_over_raw,
+        statements={w: scripts[w].summary() for w in WRITES},
+        listings={w: scripts[w].listing() for w in WRITES},
         target=TARGET if phase in DUAL_WRITE else None,
-        rounds=ROUNDS,
+        rounds=rounds,
         settings=server_settings(backend, dbs.api),
     )
-    print(
-        f"\n{backend} {phase.value}: "
-        + ", ".join(
-            f"{w} {medians[f'{w} shadowdb'] * 1e3:.2f} ms ({ratios[w]:.2f}x the floor)"
-            for w in WRITES
+    print(f"\n{backend} {phase.value} ({rounds} rounds):")
+    for w in WRITES:
+        print(
+            f"  {w}: shadowdb {medians[f'{w} shadowdb'] * 1e3:.2f} ms,"
+            f" floor {medians[f'{w} floor'] * 1e3:.2f} ms, raw {raw_floor[w] * 1e3:.2f} ms;"
+            f" shadowdb/raw {ratios[w]:.2f}x, shadowdb/floor {over_floor[w]:.2f}x,"
+            f" floor/raw {floor_over_raw[w]:.2f}x; statements {scripts[w].summary()}"
         )
-    )
     # One more create through shadowdb, for pytest-benchmark's own table.
     group = benchmark.pedantic(
         lambda: InstanceGroup(ctx, name="last", user_id="u1", project_id="p1").create(),
