@@ -8,6 +8,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from shadowdb.errors import (
+    CellUnavailable,
+    DatabaseUnreachable,
+    GroupExists,
+    GroupNotFound,
+    GroupSaveError,
+    GuardRefused,
+    InvalidInput,
+    NotFound,
+    ObjectActionError,
+    OperationalError,
+    ShadowDBError,
+    UnsupportedPolicy,
+)
 from shadowdb.logs import library_defaults
 
 # A library's events go to the host's logging, never to stdout (shadowdb.logs).
@@ -15,49 +29,19 @@ library_defaults()
 
 if TYPE_CHECKING:
     from shadowdb.databases import Cell, Databases, connect
-    from shadowdb.errors import (
-        CellUnavailable,
-        DatabaseUnreachable,
-        GroupExists,
-        GroupNotFound,
-        GroupSaveError,
-        GuardRefused,
-        InvalidInput,
-        NotFound,
-        ObjectActionError,
-        OperationalError,
-        ShadowDBError,
-        UnsupportedPolicy,
-    )
     from shadowdb.journals import drain_journals
     from shadowdb.objects import InstanceGroup, InstanceGroupList, RequestContext
     from shadowdb.settings import Settings
     from shadowdb.state import Phase
 
-#: Every public name, loaded on first use: importing a light module (``shadowdb.scheduler``,
-#: which the scheduler imports on every worker start, or the command line's entry point,
-#: which must answer a Ctrl-C while the rest loads) does not pull in the whole package.
+#: Every other public name, loaded on first use: importing a light module
+#: (``shadowdb.scheduler``, which the scheduler imports on every worker start, or the command
+#: line's entry point, which must answer a Ctrl-C while the rest loads) does not pull in the
+#: whole package. The errors are imported above: ``shadowdb.errors`` imports nothing.
 _LAZY = {
     "Cell": "shadowdb.databases",
     "Databases": "shadowdb.databases",
     "connect": "shadowdb.databases",
-    **dict.fromkeys(
-        (
-            "CellUnavailable",
-            "DatabaseUnreachable",
-            "GroupExists",
-            "GroupNotFound",
-            "GroupSaveError",
-            "GuardRefused",
-            "InvalidInput",
-            "NotFound",
-            "ObjectActionError",
-            "OperationalError",
-            "ShadowDBError",
-            "UnsupportedPolicy",
-        ),
-        "shadowdb.errors",
-    ),
     "InstanceGroup": "shadowdb.objects",
     "InstanceGroupList": "shadowdb.objects",
     "RequestContext": "shadowdb.objects",

@@ -30,7 +30,9 @@ Driver errors are wrapped where they occur and chained with ``raise ... from``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import ClassVar, TypeVar, dataclass_transform
 
 __all__ = [
     "CellExists",
@@ -58,35 +60,65 @@ __all__ = [
 
 
 class ShadowDBError(Exception):
-    """Base class of every error shadowdb raises on purpose."""
+    """Base class of every error shadowdb raises on purpose.
+
+    An error that carries data declares it as fields (:func:`_carrying`) and its message
+    as ``template``, filled in from those fields (``str.format``) once they are set; an
+    error whose message takes more than that overrides :meth:`_message`.
+    """
+
+    template: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return self.template.format_map(vars(self))
+
+
+_E = TypeVar("_E", bound=ShadowDBError)
+
+
+@dataclass_transform(eq_default=False)
+def _carrying(cls: type[_E]) -> type[_E]:
+    """Give ``cls`` a constructor that keeps its arguments as the fields ``cls`` declares.
+
+    Equality stays identity (an exception must stay hashable) and ``repr`` stays
+    ``Exception``'s, the class name and the message.
+    """
+    return dataclasses.dataclass(eq=False, repr=False)(cls)
 
 
 class InvalidInput(ShadowDBError, ValueError):
     """Reject a value before anything is written."""
 
 
+@_carrying
 class InvalidURL(InvalidInput):
     """Reject a database URL that cannot be parsed or names no supported backend."""
 
-    def __init__(self, url: str, why: str) -> None:
-        self.url = url
-        super().__init__(f"invalid database URL {url!r}: {why}")
+    template = "invalid database URL {url!r}: {why}"
+    url: str
+    why: str
 
 
+@_carrying
 class UnknownCell(InvalidInput):
     """Name a cell that is not in ``cell_mappings``."""
 
-    def __init__(self, cell: str) -> None:
-        self.cell = cell
-        super().__init__(f"unknown cell {cell!r}")
+    template = "unknown cell {cell!r}"
+    cell: str
 
 
+@_carrying
 class UnknownPhase(InvalidInput):
     """Name a phase that does not exist."""
 
-    def __init__(self, phase: str, known: Sequence[str]) -> None:
-        self.phase = phase
-        super().__init__(f"unknown phase {phase!r} (known: {', '.join(known)})")
+    phase: str
+    known: Sequence[str]
+
+    def _message(self) -> str:
+        return f"unknown phase {self.phase!r} (known: {', '.join(self.known)})"
 
 
 class NotFound(ShadowDBError, LookupError):
@@ -119,52 +151,53 @@ class Conflict(ShadowDBError):
     """Report a write that collided with existing state."""
 
 
+@_carrying
 class GroupExists(Conflict):
     """Refuse to create a group whose uuid is already taken."""
 
-    def __init__(self, group_uuid: str, database: str) -> None:
-        self.group_uuid = group_uuid
-        self.database = database
-        super().__init__(f"instance group {group_uuid} already exists in the {database} database")
+    template = "instance group {group_uuid} already exists in the {database} database"
+    group_uuid: str
+    database: str
 
 
+@_carrying
 class JournalConflict(Conflict):
     """Refuse a write to a group with unreplayed writes on both sides."""
 
-    def __init__(self, group_uuid: str) -> None:
-        self.group_uuid = group_uuid
-        super().__init__(
-            f"instance group {group_uuid} has unreplayed writes in both the cell and the API "
-            "journal: each copy holds a change the other lacks; compare them with "
-            "`shadowdb diff-report` and repair by hand (nothing is overwritten silently)"
-        )
+    template = (
+        "instance group {group_uuid} has unreplayed writes in both the cell and the API "
+        "journal: each copy holds a change the other lacks; compare them with "
+        "`shadowdb diff-report` and repair by hand (nothing is overwritten silently)"
+    )
+    group_uuid: str
 
 
+@_carrying
 class CellExists(Conflict):
     """Refuse to register a cell name twice."""
 
-    def __init__(self, cell: str) -> None:
-        self.cell = cell
-        super().__init__(f"cell {cell!r} already exists")
+    template = "cell {cell!r} already exists"
+    cell: str
 
 
 class GroupSaveError(ShadowDBError):
     """Refuse to save a field that is computed, never stored (``hosts``)."""
 
 
+@_carrying
 class ObjectActionError(ShadowDBError):
     """Refuse an object method called out of order (``create()`` on a created group)."""
 
-    def __init__(self, action: str, reason: str) -> None:
-        self.action = action
-        self.reason = reason
-        super().__init__(f"cannot {action}: {reason}")
+    template = "cannot {action}: {reason}"
+    action: str
+    reason: str
 
 
 class OperationalError(ShadowDBError):
     """Report a database that could not do what was asked."""
 
 
+@_carrying
 class TransientError(OperationalError):
     """Report a transaction the database rolled back whole: nothing of it committed.
 
@@ -173,20 +206,19 @@ class TransientError(OperationalError):
     commit). The same work may run again in a new transaction; ``code`` is the server's.
     """
 
-    def __init__(self, database: str, code: str, detail: str) -> None:
-        self.database = database
-        self.code = code
-        self.detail = detail
-        super().__init__(f"{database}: {detail}")
+    template = "{database}: {detail}"
+    database: str
+    code: str
+    detail: str
 
 
+@_carrying
 class DatabaseUnreachable(OperationalError):
     """Report a database that cannot be connected to or went away mid-operation."""
 
-    def __init__(self, database: str, detail: str) -> None:
-        self.database = database
-        self.detail = detail
-        super().__init__(f"{database} unreachable: {detail}")
+    template = "{database} unreachable: {detail}"
+    database: str
+    detail: str
 
 
 class CommitUncertain(DatabaseUnreachable):
@@ -196,19 +228,21 @@ class CommitUncertain(DatabaseUnreachable):
     """
 
 
+@_carrying
 class NotTheWriterNode(OperationalError):
     """Refuse a write through a Galera node that is not shadowdb's writer node."""
 
-    def __init__(self, database: str, node: str, recorded: str) -> None:
-        self.database, self.node, self.recorded = database, node, recorded
-        super().__init__(
-            f"{database}: this write reached Galera node {node!r}, and shadowdb writes only "
-            f"through node {recorded!r}: one writer "
-            "node is required (a second would let a write slip past a phase change); send "
-            "every shadowdb writer to one node (HAProxy: one active server, the others "
-            "backup), and after a failover, once the old node takes no writes, run "
-            "`shadowdb db sync` through the new one"
-        )
+    template = (
+        "{database}: this write reached Galera node {node!r}, and shadowdb writes only "
+        "through node {recorded!r}: one writer "
+        "node is required (a second would let a write slip past a phase change); send "
+        "every shadowdb writer to one node (HAProxy: one active server, the others "
+        "backup), and after a failover, once the old node takes no writes, run "
+        "`shadowdb db sync` through the new one"
+    )
+    database: str
+    node: str
+    recorded: str
 
 
 class NoDefaultCell(OperationalError):
@@ -227,13 +261,13 @@ class NoDefaultCell(OperationalError):
         super().__init__(detail)
 
 
+@_carrying
 class SchemaError(OperationalError):
     """Report a schema that is missing, outdated or could not be migrated."""
 
-    def __init__(self, database: str, detail: str) -> None:
-        self.database = database
-        self.detail = detail
-        super().__init__(f"schema of {database}: {detail}")
+    template = "schema of {database}: {detail}"
+    database: str
+    detail: str
 
 
 class CellUnavailable(OperationalError):
@@ -245,21 +279,21 @@ class CellUnavailable(OperationalError):
         super().__init__(f"cell(s) {', '.join(self.cells)} unavailable{suffix}")
 
 
+@_carrying
 class ScanIncomplete(OperationalError):
     """Report a diff scan that accounted for fewer (or more) rows than the database holds.
 
     A short scan proves nothing: the diff report is an error, never "clean".
     """
 
-    def __init__(self, database: str, what: str, expected: int, seen: int) -> None:
-        self.database = database
-        self.what = what
-        self.expected = expected
-        self.seen = seen
-        super().__init__(
-            f"{database}: the diff scan accounted for {seen} {what} rows, "
-            f"the database holds {expected}; nothing is reported clean"
-        )
+    template = (
+        "{database}: the diff scan accounted for {seen} {what} rows, "
+        "the database holds {expected}; nothing is reported clean"
+    )
+    database: str
+    what: str
+    expected: int
+    seen: int
 
 
 class GuardRefused(ShadowDBError):
@@ -280,10 +314,10 @@ class CellInUse(GuardRefused):
         ShadowDBError.__init__(self, f"refusing to remove cell {cell}: " + "; ".join(reasons))
 
 
+@_carrying
 class UnsupportedPolicy(ShadowDBError):
     """Refuse to schedule a group whose policy no enabled filter or weigher enforces."""
 
-    def __init__(self, policy: str, enforcer: str) -> None:
-        self.policy = policy
-        self.enforcer = enforcer
-        super().__init__(f"unsupported policy {policy!r}: {enforcer} is not enabled")
+    template = "unsupported policy {policy!r}: {enforcer} is not enabled"
+    policy: str
+    enforcer: str

@@ -34,6 +34,29 @@ __all__ = [
 _MYSQL: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8"}
 
 
+def _joined_columns(constraint: sa.Constraint, table: sa.Table) -> str:
+    assert isinstance(constraint, sa.UniqueConstraint)  # the convention names only "uq"
+    return "0".join(column.name for column in constraint.columns)
+
+
+#: Nova names a unique constraint ``uniq_<table>0<column>[0<column>...]``, and shadowdb's
+#: own tables follow it, so that no constraint needs its name spelled out.
+_NAMES: dict[str, Any] = {
+    "joined_columns": _joined_columns,
+    "uq": "uniq_%(table_name)s0%(joined_columns)s",
+}
+
+
+def _table(name: str, metadata: sa.MetaData, *items: sa.schema.SchemaItem) -> sa.Table:
+    """Declare a table with the MySQL options every Nova and shadowdb table carries."""
+    return sa.Table(name, metadata, *items, **_MYSQL)
+
+
+def _serial_table(name: str, metadata: sa.MetaData, *items: sa.schema.SchemaItem) -> sa.Table:
+    """Declare one of shadowdb's own tables whose rows are keyed by a serial ``id``."""
+    return _table(name, metadata, sa.Column("id", sa.Integer, primary_key=True), *items)
+
+
 def _medium_text() -> sa.types.TypeEngine[str]:
     return sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
@@ -42,307 +65,305 @@ def _inet_small() -> sa.types.TypeEngine[str]:
     return sa.String(length=39).with_variant(postgresql.INET(), "postgresql")
 
 
-def _timestamps() -> list[sa.Column[object]]:
+def _timestamps() -> list[sa.Column[Any]]:
     return [sa.Column("created_at", sa.DateTime), sa.Column("updated_at", sa.DateTime)]
 
 
-def _soft_delete_timestamps() -> list[sa.Column[object]]:
+def _soft_delete_timestamps() -> list[sa.Column[Any]]:
     return [*_timestamps(), sa.Column("deleted_at", sa.DateTime)]
+
+
+def _strings(*names: str) -> list[sa.Column[Any]]:
+    """Declare Nova's plain strings: nullable ``VARCHAR(255)`` columns, in the order given."""
+    return [sa.Column(name, sa.String(length=255)) for name in names]
+
+
+def _text(name: str) -> sa.Column[Any]:
+    """Declare optional free text: a reason, a detail, an error message."""
+    return sa.Column(name, sa.Text, nullable=True)
+
+
+def _nova_id() -> sa.Column[Any]:
+    return sa.Column("id", sa.Integer, primary_key=True, nullable=False)
+
+
+def _uuid(name: str, **options: Any) -> sa.Column[Any]:
+    """Declare a column holding a uuid in its 36-character text form, as Nova stores them."""
+    return sa.Column(name, sa.String(length=36), **options)
+
+
+def _epoch() -> sa.Column[Any]:
+    """Declare the phase epoch a row belongs to (shadowdb.state)."""
+    return sa.Column("epoch", sa.Integer, nullable=False)
+
+
+def _group_tables(metadata: sa.MetaData, *, cell: bool) -> tuple[sa.Table, sa.Table, sa.Table]:
+    """Declare Nova's three instance-group tables as the API or a cell database has them.
+
+    One shape serves both: Nova moved the tables from the cell ("main") database to the API
+    database and changed only this on the way. The cell copies keep soft delete
+    (``deleted_at``, and a ``deleted`` column that joins the uuid's unique key), call a
+    member's instance column ``instance_id`` where the API says ``instance_uuid``, and have
+    no ``rules`` on a policy.
+
+    Returns:
+        The groups, policies and members tables, in creation order (parents first).
+    """
+
+    def head() -> list[sa.Column[Any]]:
+        if cell:
+            return [*_soft_delete_timestamps(), sa.Column("deleted", sa.Integer), _nova_id()]
+        return [*_timestamps(), _nova_id()]
+
+    def group_id() -> sa.Column[Any]:
+        return sa.Column(
+            "group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False
+        )
+
+    uuid_key = ("uuid", "deleted") if cell else ("uuid",)
+    rules = [] if cell else [sa.Column("rules", sa.Text)]
+    instance = "instance_id" if cell else "instance_uuid"
+    groups = _table(
+        "instance_groups",
+        metadata,
+        *head(),
+        *_strings("user_id", "project_id"),
+        _uuid("uuid", nullable=False),
+        *_strings("name"),
+        sa.UniqueConstraint(*uuid_key),
+    )
+    policies = _table(
+        "instance_group_policy",
+        metadata,
+        *head(),
+        *_strings("policy"),
+        group_id(),
+        *rules,
+        sa.Index("instance_group_policy_policy_idx", "policy"),
+    )
+    members = _table(
+        "instance_group_member",
+        metadata,
+        *head(),
+        *_strings(instance),
+        group_id(),
+        sa.Index("instance_group_member_instance_idx", instance),
+    )
+    return groups, policies, members
+
+
+def _state(metadata: sa.MetaData, *own: sa.Column[Any]) -> sa.Table:
+    """Declare ``shadowdb_state``: the phase and epoch this database has taken, one row (id 1).
+
+    The API database's row is the authority and each cell's is its fence (shadowdb.fence);
+    ``own`` are the columns only that kind of database keeps.
+    """
+    return _table(
+        "shadowdb_state",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("phase", sa.String(length=32), nullable=False),
+        _epoch(),
+        sa.Column("changed_at", sa.DateTime, nullable=False),
+        *own,
+        # On Galera, the node every shadowdb write goes through (`db sync` records it).
+        sa.Column("writer_node", sa.String(length=255), nullable=True),
+    )
+
+
+def _journal(metadata: sa.MetaData) -> sa.Table:
+    """Declare ``shadowdb_journal``: the groups whose copy in the other database may lag.
+
+    Each side journals the writes it could not carry to the other: the API database while
+    it is authoritative, a cell while it is. An entry is written in the same transaction
+    as the authoritative write and deleted once the other copy has been brought level.
+    """
+    return _serial_table(
+        "shadowdb_journal",
+        metadata,
+        _uuid("group_uuid", nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        _epoch(),
+        _text("error"),
+        sa.Index("shadowdb_journal_group_uuid_idx", "group_uuid"),
+    )
 
 
 # --------------------------------------------------------------------------- API database
 
-api_metadata = sa.MetaData()
+api_metadata = sa.MetaData(naming_convention=_NAMES)
 
-api_cell_mappings = sa.Table(
+api_cell_mappings = _table(
     "cell_mappings",
     api_metadata,
     *_timestamps(),
-    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
-    sa.Column("uuid", sa.String(length=36), nullable=False),
-    sa.Column("name", sa.String(length=255)),
+    _nova_id(),
+    _uuid("uuid", nullable=False),
+    *_strings("name"),
     sa.Column("transport_url", sa.Text()),
     sa.Column("database_connection", sa.Text()),
     sa.Column("disabled", sa.Boolean(create_constraint=False), default=False),
-    sa.UniqueConstraint("uuid", name="uniq_cell_mappings0uuid"),
+    sa.UniqueConstraint("uuid"),
     sa.Index("uuid_idx", "uuid"),
-    **_MYSQL,
 )
 
-api_instance_mappings = sa.Table(
+api_instance_mappings = _table(
     "instance_mappings",
     api_metadata,
     *_timestamps(),
-    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
-    sa.Column("instance_uuid", sa.String(length=36), nullable=False),
+    _nova_id(),
+    _uuid("instance_uuid", nullable=False),
     sa.Column("cell_id", sa.Integer, nullable=True),
     sa.Column("project_id", sa.String(length=255), nullable=False),
     sa.Column("queued_for_delete", sa.Boolean(create_constraint=False), default=False),
     sa.Column("user_id", sa.String(length=255), nullable=True),
-    sa.UniqueConstraint("instance_uuid", name="uniq_instance_mappings0instance_uuid"),
+    sa.UniqueConstraint("instance_uuid"),
     sa.Index("instance_uuid_idx", "instance_uuid"),
     sa.Index("project_id_idx", "project_id"),
     sa.Index("instance_mappings_user_id_project_id_idx", "user_id", "project_id"),
     sa.ForeignKeyConstraint(columns=["cell_id"], refcolumns=["cell_mappings.id"]),
-    **_MYSQL,
 )
 
-api_groups = sa.Table(
-    "instance_groups",
-    api_metadata,
-    *_timestamps(),
-    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
-    sa.Column("user_id", sa.String(length=255)),
-    sa.Column("project_id", sa.String(length=255)),
-    sa.Column("uuid", sa.String(length=36), nullable=False),
-    sa.Column("name", sa.String(length=255)),
-    sa.UniqueConstraint("uuid", name="uniq_instance_groups0uuid"),
-    **_MYSQL,
-)
-
-api_policies = sa.Table(
-    "instance_group_policy",
-    api_metadata,
-    *_timestamps(),
-    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
-    sa.Column("policy", sa.String(length=255)),
-    sa.Column("group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False),
-    sa.Column("rules", sa.Text),
-    sa.Index("instance_group_policy_policy_idx", "policy"),
-    **_MYSQL,
-)
-
-api_members = sa.Table(
-    "instance_group_member",
-    api_metadata,
-    *_timestamps(),
-    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
-    sa.Column("instance_uuid", sa.String(length=255)),
-    sa.Column("group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False),
-    sa.Index("instance_group_member_instance_idx", "instance_uuid"),
-    **_MYSQL,
-)
+api_groups, api_policies, api_members = _group_tables(api_metadata, cell=False)
 
 # shadowdb's own API-side bookkeeping.
 
-api_state = sa.Table(
-    "shadowdb_state",
+api_state = _state(
     api_metadata,
-    # A single row (id = 1): the current phase and its epoch.
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("phase", sa.String(length=32), nullable=False),
-    sa.Column("epoch", sa.Integer, nullable=False),
-    sa.Column("changed_at", sa.DateTime, nullable=False),
-    sa.Column("default_cell_uuid", sa.String(length=36), nullable=True),
+    _uuid("default_cell_uuid", nullable=True),
     # Set by `cleanup` before it retires the cell copies: from then on api-only writers
     # stop journaling for a rollback, and rolling back needs a full reverse sync.
     sa.Column("cells_retired", sa.Boolean, nullable=False, server_default="0"),
-    # On Galera, the node every shadowdb write goes through (`db sync` records it).
-    sa.Column("writer_node", sa.String(length=255), nullable=True),
-    **_MYSQL,
 )
 
-api_phase_history = sa.Table(
+api_phase_history = _serial_table(
     "shadowdb_phase_history",
     api_metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("epoch", sa.Integer, nullable=False),
+    _epoch(),
     sa.Column("from_phase", sa.String(length=32), nullable=True),
     sa.Column("to_phase", sa.String(length=32), nullable=False),
     sa.Column("changed_at", sa.DateTime, nullable=False),
     sa.Column("actor", sa.String(length=255), nullable=False),
-    sa.Column("reason", sa.Text, nullable=True),
+    _text("reason"),
     sa.Column("forced", sa.Boolean, nullable=False, default=False),
-    sa.Column("overridden", sa.Text, nullable=True),
-    sa.UniqueConstraint("epoch", name="uniq_shadowdb_phase_history0epoch"),
-    **_MYSQL,
+    _text("overridden"),
+    sa.UniqueConstraint("epoch"),
 )
 
-api_journal = sa.Table(
-    "shadowdb_journal",
-    api_metadata,
-    # A group whose cell copy may lag its API copy: written in the same transaction as
-    # the API write, deleted once the cell copy has been brought level.
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("group_uuid", sa.String(length=36), nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("epoch", sa.Integer, nullable=False),
-    sa.Column("error", sa.Text, nullable=True),
-    sa.Index("shadowdb_journal_group_uuid_idx", "group_uuid"),
-    **_MYSQL,
-)
+api_journal = _journal(api_metadata)
 
-api_backfill_chunks = sa.Table(
+api_backfill_chunks = _serial_table(
     "shadowdb_backfill_chunks",
     api_metadata,
     # A range of cell group ids the backfill scans; claimed with SKIP LOCKED by one
     # process at a time, ``next_id`` the resume point after a crash.
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("cell_uuid", sa.String(length=36), nullable=False),
+    _uuid("cell_uuid", nullable=False),
     sa.Column("start_id", sa.Integer, nullable=False),
     sa.Column("end_id", sa.Integer, nullable=False),
     sa.Column("next_id", sa.Integer, nullable=False),
     sa.Column("done", sa.Boolean, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
-    sa.UniqueConstraint(
-        "cell_uuid", "start_id", name="uniq_shadowdb_backfill_chunks0cell_uuid0start_id"
-    ),
-    **_MYSQL,
+    sa.UniqueConstraint("cell_uuid", "start_id"),
 )
 
-api_backfill_conflicts = sa.Table(
+api_backfill_conflicts = _serial_table(
     "shadowdb_backfill_conflicts",
     api_metadata,
     # A cell group the backfill refused to copy (live in two cells, or an API copy that
     # disagrees outside a journal); retried on every run until it resolves.
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("group_uuid", sa.String(length=36), nullable=False),
-    sa.Column("cell_uuid", sa.String(length=36), nullable=False),
+    _uuid("group_uuid", nullable=False),
+    _uuid("cell_uuid", nullable=False),
     sa.Column("kind", sa.String(length=64), nullable=False),
-    sa.Column("detail", sa.Text, nullable=True),
+    _text("detail"),
     sa.Column("found_at", sa.DateTime, nullable=False),
-    sa.UniqueConstraint(
-        "group_uuid", "cell_uuid", name="uniq_shadowdb_backfill_conflicts0group_uuid0cell_uuid"
-    ),
-    **_MYSQL,
+    sa.UniqueConstraint("group_uuid", "cell_uuid"),
 )
 
-api_diff_results = sa.Table(
+api_diff_results = _serial_table(
     "shadowdb_diff_results",
     api_metadata,
     # One row per diff-report run; the newest gates `phase set` (shadowdb.switcher).
     # ``outcome`` is "clean", "differences" or "incomplete"; ``scope`` "all" or a cell name;
     # ``counts`` a JSON object of differing keys per kind.
-    sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("started_at", sa.DateTime, nullable=False),
     sa.Column("finished_at", sa.DateTime, nullable=False),
     sa.Column("phase", sa.String(length=32), nullable=False),
-    sa.Column("epoch", sa.Integer, nullable=False),
+    _epoch(),
     sa.Column("scope", sa.String(length=255), nullable=False),
     sa.Column("outcome", sa.String(length=16), nullable=False),
     sa.Column("differences", sa.Integer, nullable=False),
-    sa.Column("counts", sa.Text, nullable=True),
+    _text("counts"),
     sa.Column("rows_api", sa.Integer, nullable=False),
     sa.Column("rows_cells", sa.Integer, nullable=False),
     sa.Column("repaired", sa.Integer, nullable=False),
     sa.Column("actor", sa.String(length=255), nullable=False),
-    sa.Column("detail", sa.Text, nullable=True),
+    _text("detail"),
     # The uuids of the cells the run compared, comma-separated (gates need every cell).
-    sa.Column("cells", sa.Text, nullable=True),
+    _text("cells"),
     # Differences with no pending journal entry to explain them (writes in flight).
     sa.Column("unexplained", sa.Integer, nullable=True),
     # Of those, in api-only: cell groups the API database never had (no tombstone).
     sa.Column("never_copied", sa.Integer, nullable=True),
-    **_MYSQL,
 )
 
-api_tombstones = sa.Table(
+api_tombstones = _table(
     "shadowdb_tombstones",
     api_metadata,
     # A group deleted from the API database: absence there means "deleted", never "not
     # migrated yet". Written in the transaction of the deletion, cleared if the uuid is
     # inserted again, purged by `cleanup` once the cells are retired.
-    sa.Column("uuid", sa.String(length=36), primary_key=True),
-    sa.Column("epoch", sa.Integer, nullable=False),
+    _uuid("uuid", primary_key=True),
+    _epoch(),
     sa.Column("deleted_at", sa.DateTime, nullable=False),
-    **_MYSQL,
 )
 
 # --------------------------------------------------------------------------- cell database
 
-cell_metadata = sa.MetaData()
+cell_metadata = sa.MetaData(naming_convention=_NAMES)
 
-cell_groups = sa.Table(
-    "instance_groups",
-    cell_metadata,
-    *_soft_delete_timestamps(),
-    sa.Column("deleted", sa.Integer),
-    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
-    sa.Column("user_id", sa.String(length=255)),
-    sa.Column("project_id", sa.String(length=255)),
-    sa.Column("uuid", sa.String(length=36), nullable=False),
-    sa.Column("name", sa.String(length=255)),
-    sa.UniqueConstraint("uuid", "deleted", name="uniq_instance_groups0uuid0deleted"),
-    **_MYSQL,
-)
+cell_groups, cell_policies, cell_members = _group_tables(cell_metadata, cell=True)
 
-cell_policies = sa.Table(
-    "instance_group_policy",
-    cell_metadata,
-    *_soft_delete_timestamps(),
-    sa.Column("deleted", sa.Integer),
-    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
-    sa.Column("policy", sa.String(length=255)),
-    sa.Column("group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False),
-    sa.Index("instance_group_policy_policy_idx", "policy"),
-    **_MYSQL,
-)
-
-cell_members = sa.Table(
-    "instance_group_member",
-    cell_metadata,
-    *_soft_delete_timestamps(),
-    sa.Column("deleted", sa.Integer),
-    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
-    sa.Column("instance_id", sa.String(length=255)),
-    sa.Column("group_id", sa.Integer, sa.ForeignKey("instance_groups.id"), nullable=False),
-    sa.Index("instance_group_member_instance_idx", "instance_id"),
-    **_MYSQL,
-)
-
-cell_instances = sa.Table(
+cell_instances = _table(
     "instances",
     cell_metadata,
     *_soft_delete_timestamps(),
-    sa.Column("id", sa.Integer, primary_key=True, nullable=False),
+    _nova_id(),
     sa.Column("internal_id", sa.Integer),
-    sa.Column("user_id", sa.String(length=255)),
-    sa.Column("project_id", sa.String(length=255)),
-    sa.Column("image_ref", sa.String(length=255)),
-    sa.Column("kernel_id", sa.String(length=255)),
-    sa.Column("ramdisk_id", sa.String(length=255)),
+    *_strings("user_id", "project_id", "image_ref", "kernel_id", "ramdisk_id"),
     sa.Column("launch_index", sa.Integer),
-    sa.Column("key_name", sa.String(length=255)),
+    *_strings("key_name"),
     sa.Column("key_data", _medium_text()),
     sa.Column("power_state", sa.Integer),
-    sa.Column("vm_state", sa.String(length=255)),
+    *_strings("vm_state"),
     sa.Column("memory_mb", sa.Integer),
     sa.Column("vcpus", sa.Integer),
-    sa.Column("hostname", sa.String(length=255)),
-    sa.Column("host", sa.String(length=255)),
+    *_strings("hostname", "host"),
     sa.Column("user_data", _medium_text()),
-    sa.Column("reservation_id", sa.String(length=255)),
+    *_strings("reservation_id"),
     sa.Column("launched_at", sa.DateTime),
     sa.Column("terminated_at", sa.DateTime),
-    sa.Column("display_name", sa.String(length=255)),
-    sa.Column("display_description", sa.String(length=255)),
-    sa.Column("availability_zone", sa.String(length=255)),
+    *_strings("display_name", "display_description", "availability_zone"),
     sa.Column("locked", sa.Boolean),
-    sa.Column("os_type", sa.String(length=255)),
+    *_strings("os_type"),
     sa.Column("launched_on", _medium_text()),
     sa.Column("instance_type_id", sa.Integer),
-    sa.Column("vm_mode", sa.String(length=255)),
-    sa.Column("uuid", sa.String(length=36), nullable=False),
-    sa.Column("architecture", sa.String(length=255)),
-    sa.Column("root_device_name", sa.String(length=255)),
+    *_strings("vm_mode"),
+    _uuid("uuid", nullable=False),
+    *_strings("architecture", "root_device_name"),
     sa.Column("access_ip_v4", _inet_small()),
     sa.Column("access_ip_v6", _inet_small()),
-    sa.Column("config_drive", sa.String(length=255)),
-    sa.Column("task_state", sa.String(length=255)),
-    sa.Column("default_ephemeral_device", sa.String(length=255)),
-    sa.Column("default_swap_device", sa.String(length=255)),
+    *_strings("config_drive", "task_state", "default_ephemeral_device", "default_swap_device"),
     sa.Column("progress", sa.Integer),
     sa.Column("auto_disk_config", sa.Boolean),
     sa.Column("shutdown_terminate", sa.Boolean),
     sa.Column("disable_terminate", sa.Boolean),
     sa.Column("root_gb", sa.Integer),
     sa.Column("ephemeral_gb", sa.Integer),
-    sa.Column("cell_name", sa.String(length=255)),
-    sa.Column("node", sa.String(length=255)),
+    *_strings("cell_name", "node"),
     sa.Column("deleted", sa.Integer),
     sa.Column("locked_by", sa.Enum("owner", "admin", name="instances0locked_by")),
     sa.Column("cleaned", sa.Integer, default=0),
-    sa.Column("ephemeral_key_uuid", sa.String(36)),
+    _uuid("ephemeral_key_uuid"),
     sa.Column("hidden", sa.Boolean(create_constraint=False)),
     sa.Column("compute_id", sa.BigInteger(), nullable=True),
     sa.Index("instances_reservation_id_idx", "reservation_id"),
@@ -356,48 +377,26 @@ cell_instances = sa.Table(
     sa.Index("instances_project_id_idx", "project_id"),
     sa.Index("instances_updated_at_project_id_idx", "updated_at", "project_id"),
     sa.Index("instances_compute_id_deleted_idx", "compute_id", "deleted"),
-    sa.UniqueConstraint("uuid", name="uniq_instances0uuid"),
-    **_MYSQL,
+    sa.UniqueConstraint("uuid"),
 )
 
-cell_journal = sa.Table(
-    "shadowdb_journal",
-    cell_metadata,
-    # A group whose API copy may lag its cell copy (the cell is authoritative).
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("group_uuid", sa.String(length=36), nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("epoch", sa.Integer, nullable=False),
-    sa.Column("error", sa.Text, nullable=True),
-    sa.Index("shadowdb_journal_group_uuid_idx", "group_uuid"),
-    **_MYSQL,
-)
+cell_journal = _journal(cell_metadata)
 
-cell_state = sa.Table(
-    "shadowdb_state",
+cell_state = _state(
     cell_metadata,
-    # The fence: the phase and epoch this cell has taken (shadowdb.fence). A single row.
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("phase", sa.String(length=32), nullable=False),
-    sa.Column("epoch", sa.Integer, nullable=False),
-    sa.Column("changed_at", sa.DateTime, nullable=False),
     # The epoch of a change prepared here but perhaps not committed in the API database.
     sa.Column("next_epoch", sa.Integer, nullable=True),
-    # On Galera, the node every shadowdb write goes through (`db sync` records it).
-    sa.Column("writer_node", sa.String(length=255), nullable=True),
-    **_MYSQL,
 )
 
-cell_group_locks = sa.Table(
+cell_group_locks = _table(
     "shadowdb_group_locks",
     cell_metadata,
     # One row per group uuid ever written through shadowdb in this cell: the identity
     # lock every writer of the group takes, whether or not a group row exists anywhere.
-    sa.Column("uuid", sa.String(length=36), primary_key=True),
-    **_MYSQL,
+    _uuid("uuid", primary_key=True),
 )
 
-cell_child_map = sa.Table(
+cell_child_map = _table(
     "shadowdb_child_map",
     cell_metadata,
     # Which group each live policy ('p') and member ('m') row belonged to when the map was
@@ -407,17 +406,15 @@ cell_child_map = sa.Table(
     sa.Column("child_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("group_id", sa.Integer, nullable=False),
     sa.Index("shadowdb_child_map_kind_group_id_idx", "kind", "group_id"),
-    **_MYSQL,
 )
 
-cell_child_map_built = sa.Table(
+cell_child_map_built = _table(
     "shadowdb_child_map_built",
     cell_metadata,
     # A single row: the phase epoch the child map was built at (NULL: never built).
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("epoch", sa.Integer, nullable=True),
     sa.Column("built_at", sa.DateTime, nullable=True),
-    **_MYSQL,
 )
 
 #: Nova's own tables, in creation order (parents first); shadowdb adopts them as they are.

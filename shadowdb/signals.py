@@ -2,40 +2,8 @@
 
 All signals live in one :class:`blinker.Namespace`. The sender is always the
 :class:`~shadowdb.databases.Databases` the event happened on (so a receiver can
-``connect(receiver, sender=dbs)`` to one deployment). Keyword arguments per signal:
-
-``group-created``
-    ``group_uuid``, ``phase`` (value string), ``fields`` (dict of the stored fields).
-``group-updated``
-    ``group_uuid``, ``phase``, ``fields`` (dict of the changed fields only).
-``group-deleted``
-    ``group_uuid``, ``phase``.
-``group-members-added``
-    ``group_uuid``, ``phase``, ``instance_uuids`` (list, the uuids newly added).
-``group-members-removed``
-    ``group_uuid``, ``phase``, ``instance_uuids``.
-``phase-changed``
-    ``from_phase``, ``to_phase``, ``epoch``, ``forced`` (bool), ``reason``, ``actor``.
-``fallback-read``
-    ``what`` (the kind of lookup: ``"uuid"``, ``"name"`` or ``"instance"``), ``key`` (the
-    uuid, name or instance uuid looked up), ``cell`` (name of the cell that answered, or
-    ``None``).
-``shadow-write-failed``
-    ``group_uuid``, ``phase``, ``database`` (label of the database that failed),
-    ``error`` (one-line text), ``journal`` (``"api"`` or ``"cell"``: where it was recorded).
-``journal-replayed``
-    ``group_uuid``, ``journal`` (``"api"`` or ``"cell"``), ``entries`` (rows cleared).
-``divergence``
-    ``group_uuid``, ``kind``, ``detail``.
-``backfill-progress``
-    ``migration``, ``found``, ``done``, ``batch`` (totals of this call so far).
-``backfill-step``
-    ``step``, ``cell``, ``count``: lifecycle points of one batch, in order, for observers
-    (and crash tests): ``"scanned"`` (the chunk's next rows read, nothing locked yet),
-    ``"locked"`` (their cell rows locked, nothing written), ``"copying"`` (the copies
-    inserted into the API database under those locks, not yet committed), ``"copied"``
-    (the copies committed to the API database, the chunk's checkpoint not yet moved),
-    ``"checkpointed"`` (the checkpoint committed).
+``connect(receiver, sender=dbs)`` to one deployment). Each signal is declared with the
+keyword arguments its receivers get, which are also its ``__doc__``.
 """
 
 from __future__ import annotations
@@ -66,18 +34,45 @@ __all__ = [
 
 signals = Namespace()
 
-group_created = signals.signal("group-created")
-group_updated = signals.signal("group-updated")
-group_deleted = signals.signal("group-deleted")
-group_members_added = signals.signal("group-members-added")
-group_members_removed = signals.signal("group-members-removed")
-phase_changed = signals.signal("phase-changed")
-fallback_read = signals.signal("fallback-read")
-shadow_write_failed = signals.signal("shadow-write-failed")
-journal_replayed = signals.signal("journal-replayed")
-divergence = signals.signal("divergence")
-backfill_progress = signals.signal("backfill-progress")
-backfill_step = signals.signal("backfill-step")
+
+def _signal(name: str, *arguments: str) -> NamedSignal:
+    """Declare the signal ``name``, whose receivers get the keyword ``arguments``."""
+    return signals.signal(name, doc=f"Receivers get the keyword arguments {', '.join(arguments)}.")
+
+
+#: ``phase`` is the phase's value string; ``fields`` a dict of the stored fields.
+group_created = _signal("group-created", "group_uuid", "phase", "fields")
+#: ``fields``: a dict of the changed fields only.
+group_updated = _signal("group-updated", "group_uuid", "phase", "fields")
+group_deleted = _signal("group-deleted", "group_uuid", "phase")
+#: ``instance_uuids``: a list of the uuids newly added (or removed).
+group_members_added = _signal("group-members-added", "group_uuid", "phase", "instance_uuids")
+group_members_removed = _signal("group-members-removed", "group_uuid", "phase", "instance_uuids")
+#: ``forced``: a bool.
+phase_changed = _signal(
+    "phase-changed", "from_phase", "to_phase", "epoch", "forced", "reason", "actor"
+)
+#: ``what``: the kind of lookup (``"uuid"``, ``"name"`` or ``"instance"``); ``key``: the
+#: uuid, name or instance uuid looked up; ``cell``: the name of the cell that answered,
+#: or ``None``.
+fallback_read = _signal("fallback-read", "what", "key", "cell")
+#: ``database``: the label of the database that failed; ``error``: one-line text;
+#: ``journal``: ``"api"`` or ``"cell"``, where it was recorded.
+shadow_write_failed = _signal(
+    "shadow-write-failed", "group_uuid", "phase", "database", "error", "journal"
+)
+#: ``journal``: ``"api"`` or ``"cell"``; ``entries``: the rows cleared.
+journal_replayed = _signal("journal-replayed", "group_uuid", "journal", "entries")
+divergence = _signal("divergence", "group_uuid", "kind", "detail")
+#: Totals of this call so far.
+backfill_progress = _signal("backfill-progress", "migration", "found", "done", "batch")
+#: Lifecycle points of one batch, in order, for observers (and crash tests) in ``step``:
+#: ``"scanned"`` (the chunk's next rows read, nothing locked yet), ``"locked"`` (their
+#: cell rows locked, nothing written), ``"copying"`` (the copies inserted into the API
+#: database under those locks, not yet committed), ``"copied"`` (the copies committed to
+#: the API database, the chunk's checkpoint not yet moved), ``"checkpointed"`` (the
+#: checkpoint committed).
+backfill_step = _signal("backfill-step", "step", "cell", "count")
 
 
 def send(signal: NamedSignal, sender: Any, **kwargs: Any) -> None:
