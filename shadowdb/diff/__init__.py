@@ -17,8 +17,9 @@ Two levels
    field as ``<length>:<value>`` or ``~`` for NULL; ``created_at`` to the second), the
    first 64 bits of its MD5 digest are read as a number, and the numbers are summed
    modulo 2**64. MariaDB (``MD5``, ``CONV`` of 16 hex digits, exact ``SUM``) and
-   PostgreSQL (``md5``, 16 hex digits as ``bit(64)::bigint``, exact ``sum``) compute this
-   inside the database; SQLite streams the rows through the same function in Python.
+   PostgreSQL (``md5``, 16 hex digits as ``bit(64)::bigint``, exact ``sum``; in parallel
+   workers, which share the transaction's snapshot) compute this inside the database;
+   SQLite streams the rows through the same function in Python.
    Sums are additive, so the cell side of a chunk is the sum over every cell, and it must
    equal the API side.
 2. **Rows, only where a chunk differs.** Each differing chunk is read from every

@@ -49,6 +49,18 @@ _PREFIX = re.compile(r"[0-9a-f]{8}")
 #: How SQLAlchemy stores a DateTime in SQLite; ``created_at`` to the second is its head.
 _SQLITE_STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{1,6})?")
 
+#: Set for the checksum queries on PostgreSQL (``SET LOCAL``: until the snapshot ends). The
+#: planner prices ``md5`` like an addition, so it would run the aggregate in one process
+#: and, not knowing there are only ``n`` chunks, sort the rows to group them: parallel
+#: workers (which share the transaction's snapshot) each hash a share of the rows, and a
+#: hash aggregate groups them.
+_PG_PARALLEL = {
+    "parallel_setup_cost": "0",
+    "parallel_tuple_cost": "0",
+    "min_parallel_table_scan_size": "2MB",
+    "work_mem": "64MB",
+}
+
 #: Per chunk: [groups, policies, members, sum of digests].
 Tally = list[int]
 
@@ -169,6 +181,9 @@ def tallies(conn: Connection, side: GroupTables, n: int) -> dict[int, Tally]:
         return _python_tallies(conn, side, n)
     chunks: dict[int, Tally] = {}
     sql = _ServerSql(conn.dialect.name)
+    if not sql.mysql:
+        for setting, value in _PG_PARALLEL.items():
+            conn.execute(sa.text(f"SET LOCAL {setting} = '{value}'"))
     for slot, kind in enumerate(("g", "p", "m")):
         for chunk, hashed, total in conn.execute(sql.tally(side, kind), {"n": n}):
             tally = chunks.setdefault(int(chunk), [0, 0, 0, 0])
@@ -191,7 +206,10 @@ class _ServerSql:
     def canonical_prefix(self, uuid: str) -> str:
         if self.mysql:
             return f"(CAST(SUBSTRING({uuid}, 1, 8) AS BINARY) REGEXP :pat)"
-        return f"(substr({uuid}, 1, 8) ~ :pat)"
+        # Eight characters, all lowercase hex digits: cheaper than a regular expression,
+        # which cost PostgreSQL as much per row as the MD5.
+        head = f"substr({uuid}, 1, 8)"
+        return f"(char_length({head}) = 8 AND ltrim({head}, '0123456789abcdef') = '')"
 
     def bucket(self, uuid: str) -> str:
         if self.mysql:
@@ -245,18 +263,6 @@ class _ServerSql:
             if side.soft_delete:
                 live += " AND c.deleted = 0"
         bucket = self.bucket("g.uuid")
-        if kind != "g" and not self.mysql:
-            # Each group's chunk worked out once, not once per child row: the regular
-            # expression and casts cost PostgreSQL as much as the MD5 (OFFSET 0 keeps the
-            # subquery from being pulled up into the join, which would evaluate it per row).
-            groups_live = "deleted = 0" if side.soft_delete else "1 = 1"
-            source = (
-                f"{table.name} c JOIN (SELECT id, uuid, {self.bucket('uuid')} AS chunk "
-                f"FROM {side.groups.name} WHERE {groups_live} OFFSET 0) g "
-                "ON g.id = c.group_id"
-            )
-            live = "c.deleted = 0" if side.soft_delete else "1 = 1"
-            bucket = "g.chunk"
         if self.mysql:
             # The first 16 hex digits of the MD5 as an unsigned 64-bit number (CONV),
             # summed exactly as DECIMAL.
@@ -272,7 +278,7 @@ class _ServerSql:
             f"SELECT {bucket} AS chunk, COUNT(*) AS hashed, SUM({hashed}) AS total "
             f"FROM {source} WHERE {live} GROUP BY 1"
         )
-        params: dict[str, Any] = {"pat": "^[0-9a-f]{8}$"}
+        params: dict[str, Any] = {"pat": "^[0-9a-f]{8}$"} if self.mysql else {}
         if kind == "g":
             params["fmt"] = self.stamp_format
         return sa.text(sql).bindparams(**params)

@@ -59,6 +59,11 @@ def test_each_backend_checksums_exactly_like_the_python_reference(topology: Topo
         (new_uuid(), "  spaced  ", dt.datetime(1999, 12, 31, 23, 59, 59)),
         (new_uuid(), "a:b~c", None),
         (new_uuid(), "", NOW),
+        # Heads that are not eight lowercase hex digits, however a backend tests it.
+        ("0000000g-0000-4000-8000-000000000000", "hex but one", NOW),
+        ("éééééééé-0000", "eight characters, sixteen bytes", NOW),
+        ("abcdef0", "seven hex digits", NOW),
+        ("0123456789abcdef", "hex beyond the head", NOW),
     ]
     for uuid, name, created in odd:
         seed_api_group(topology.dbs.api, uuid=uuid, name=name, members=[new_uuid()], created_at=NOW)
