@@ -298,17 +298,12 @@ class InstanceGroup:
         return f"InstanceGroup({shown})"
 
     def _load(self, record: GroupRecord) -> InstanceGroup:
+        # Every field the record holds (the object's lists as lists); a loaded group is live.
         values = self._values
+        values.update((f.name, getattr(record, f.name)) for f in dataclasses.fields(record))
         values.update(
-            id=record.id,
-            uuid=record.uuid,
-            name=record.name,
-            user_id=record.user_id,
-            project_id=record.project_id,
             policies=list(record.policies),
             members=list(record.members),
-            created_at=record.created_at,
-            updated_at=record.updated_at,
             deleted=False,
             deleted_at=None,
         )
