@@ -38,10 +38,24 @@ def run_diff(
     progress: Progress | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> DiffReport:
-    """Run the diff report, record its result in the API database and return it.
+    """Compare every cell's live groups with the API database's and record the result.
+
+    Differences are re-checked under the writers' lock before they are reported (see
+    :mod:`shadowdb.diff`); the result is stored in the API database for ``phase set``'s
+    guards.
+
+    Args:
+        cell: compare only this cell's groups (such a run admits no phase change).
+        keys_only: leave group data out of the findings.
+        limit: keep only the first ``limit`` findings (``total`` still counts all).
+        repair: enqueue every differing key with an authoritative copy in that side's
+            journal, for the next ``shadowdb backfill`` to replay.
+        chunk_size: groups per checksum chunk (memory is bounded by it).
+        progress: called with (stage, done, total) as the run goes.
+        sleep: what the pause between re-checks calls.
 
     Raises:
-        InvalidInput: ``limit`` or ``chunk_size`` below 1, an unknown cell.
+        InvalidInput: ``limit`` or ``chunk_size`` below 1, or an unknown cell.
         ScanIncomplete: a database held rows the scan did not account for (recorded
             as an incomplete run).
         OperationalError: a database could not be read (recorded if the API database
