@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -120,40 +121,30 @@ class HistoryEntry:
     forced: bool
     overridden: tuple[str, ...]
 
+    # A history row holds a column per field; the overridden guard reasons are stored one
+    # a line, NULL for none.
+    @classmethod
+    def from_row(cls, row: Any) -> HistoryEntry:
+        """Read one ``shadowdb_phase_history`` row."""
+        columns = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
+        overridden = tuple((row.overridden or "").splitlines())
+        return cls(**{**columns, "forced": bool(row.forced), "overridden": overridden})
+
+    def to_row(self) -> dict[str, Any]:
+        """Return the ``shadowdb_phase_history`` row that records this change."""
+        return {**dataclasses.asdict(self), "overridden": "\n".join(self.overridden) or None}
+
 
 def append_phase_history(conn: Connection, entry: HistoryEntry) -> None:
-    """Record one phase change; its overridden guard reasons are stored one a line."""
-    conn.execute(
-        api_phase_history.insert().values(
-            epoch=entry.epoch,
-            from_phase=entry.from_phase,
-            to_phase=entry.to_phase,
-            changed_at=entry.changed_at,
-            actor=entry.actor,
-            reason=entry.reason,
-            forced=entry.forced,
-            overridden="\n".join(entry.overridden) if entry.overridden else None,
-        )
-    )
+    """Record one phase change."""
+    conn.execute(api_phase_history.insert().values(entry.to_row()))
 
 
 def read_phase_history(conn: Connection) -> list[HistoryEntry]:
     """Return every recorded phase change, oldest first."""
     h = api_phase_history
     rows = conn.execute(sa.select(h).order_by(h.c.epoch)).all()
-    return [
-        HistoryEntry(
-            epoch=row.epoch,
-            from_phase=row.from_phase,
-            to_phase=row.to_phase,
-            changed_at=row.changed_at,
-            actor=row.actor,
-            reason=row.reason,
-            forced=bool(row.forced),
-            overridden=tuple(row.overridden.splitlines()) if row.overridden else (),
-        )
-        for row in rows
-    ]
+    return [HistoryEntry.from_row(row) for row in rows]
 
 
 # --------------------------------------------------------------------------- cell mappings
@@ -316,21 +307,10 @@ def record_conflict(
     conn: Connection, group_uuid: str, cell_uuid: str, kind: str, detail: str
 ) -> None:
     """Record a conflict of the group in this cell, unless one is recorded already."""
-    exists = conn.execute(
-        sa.select(_conflicts.c.id).where(
-            _conflicts.c.group_uuid == group_uuid, _conflicts.c.cell_uuid == cell_uuid
-        )
-    ).first()
+    key = {"group_uuid": group_uuid, "cell_uuid": cell_uuid}
+    exists = conn.execute(sa.select(_conflicts.c.id).filter_by(**key)).first()
     if exists is None:
-        conn.execute(
-            _conflicts.insert().values(
-                group_uuid=group_uuid,
-                cell_uuid=cell_uuid,
-                kind=kind,
-                detail=detail,
-                found_at=utcnow(),
-            )
-        )
+        conn.execute(_conflicts.insert().values(**key, kind=kind, detail=detail, found_at=utcnow()))
 
 
 def recorded_conflicts(

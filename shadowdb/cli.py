@@ -17,16 +17,18 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from shadowdb import __version__, commands, errors, logs, render, urls
-from shadowdb.databases import cell_url, connect
+from shadowdb.databases import Databases, cell_url, connect
 from shadowdb.render import Output as _Output
 from shadowdb.render import cells_table as _cells_table
 from shadowdb.settings import Settings
 from shadowdb.state import Phase
 
 __all__ = ["ExitCode", "main"]
+
+T = TypeVar("T")
 
 
 class ExitCode(enum.IntEnum):
@@ -73,19 +75,46 @@ class _Parser(argparse.ArgumentParser):
 
 # --------------------------------------------------------------------------- commands
 
+Handler = Callable[[argparse.Namespace, Settings, _Output], ExitCode]
 
-def _cmd_db_sync(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
-    with connect(args.api_url, settings=settings, create=True) as dbs:
-        result = commands.sync_schema(dbs)
-    if out.json:
-        out.emit_json(result)
-        return ExitCode.OK
+
+def _verb(
+    call: Callable[[Databases, argparse.Namespace], T],
+    text: Callable[[_Output, T], None],
+    *,
+    code: Callable[[T], ExitCode] = lambda _result: ExitCode.OK,
+    create: bool = False,
+) -> Handler:
+    """Make the handler of a command that calls one library verb and prints what it returns.
+
+    Args:
+        call: the verb, given the deployment's databases and the parsed command line.
+        text: prints the result as text (``--format json`` prints it as one JSON object).
+        code: the exit code the result calls for.
+        create: the embedded API database may be created (``db sync``).
+    """
+
+    def handler(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
+        with connect(args.api_url, settings=settings, create=create) as dbs:
+            result = call(dbs, args)
+        if out.json:
+            out.emit_json(result)
+        else:
+            text(out, result)
+        return code(result)
+
+    return handler
+
+
+def _synced(out: _Output, result: commands.SyncResult) -> None:
     for db in result.databases:
         verb = f"upgraded {db.before or 'empty'} -> {db.after}" if db.changed else "up to date"
         out.line(f"{db.database}: {verb}")
     if result.state_created:
         out.line("phase: cell-only (initial)")
-    return ExitCode.OK
+
+
+_cmd_db_sync = _verb(lambda dbs, args: commands.sync_schema(dbs), _synced, create=True)
 
 
 def _cmd_cell_add(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
@@ -112,49 +141,30 @@ def _cmd_cell_remove(args: argparse.Namespace, settings: Settings, out: _Output)
     return ExitCode.OK
 
 
-def _cmd_cell_set_default(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
-    with connect(args.api_url, settings=settings) as dbs:
-        info = commands.set_default_cell(dbs, args.name)
-    if out.json:
-        out.emit_json(info)
-    else:
-        out.line(f"cell {info.name} is the default: new groups' cell copies go there")
-    return ExitCode.OK
+def _default_set(out: _Output, info: commands.CellInfo) -> None:
+    out.line(f"cell {info.name} is the default: new groups' cell copies go there")
 
 
-def _cmd_cell_list(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
-    with connect(args.api_url, settings=settings) as dbs:
-        cells = commands.list_cells(dbs)
-    if out.json:
-        out.emit_json(cells)
-    else:
-        _cells_table(out, cells)
-    return ExitCode.OK
+_cmd_cell_set_default = _verb(
+    lambda dbs, args: commands.set_default_cell(dbs, args.name), _default_set
+)
+_cmd_cell_list = _verb(lambda dbs, args: commands.list_cells(dbs), _cells_table)
+# The whole status prints either way; the exit code tells a script a cell is down.
+_cmd_status = _verb(
+    lambda dbs, args: commands.status(dbs),
+    render.status,
+    code=lambda result: ExitCode.OK if result.reachable else ExitCode.OPERATIONAL,
+)
 
 
-def _cmd_status(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
-    with connect(args.api_url, settings=settings) as dbs:
-        result = commands.status(dbs)
-    # The whole status prints either way; the exit code tells a script a cell is down.
-    code = ExitCode.OK if result.reachable else ExitCode.OPERATIONAL
-    if out.json:
-        out.emit_json(result)
-        return code
-    render.status(out, result)
-    return code
-
-
-def _cmd_phase_show(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
-    with connect(args.api_url, settings=settings) as dbs:
-        info = commands.show_phase(dbs)
-    if out.json:
-        out.emit_json(info)
-        return ExitCode.OK
+def _phase_shown(out: _Output, info: commands.PhaseInfo) -> None:
     out.line(
         f"phase: {info.phase} (epoch {info.epoch}, since {info.changed_at:%Y-%m-%d %H:%M:%S}Z)"
     )
     out.line(f"allowed next: {', '.join(info.allowed_next)}")
-    return ExitCode.OK
+
+
+_cmd_phase_show = _verb(lambda dbs, args: commands.show_phase(dbs), _phase_shown)
 
 
 def _cmd_phase_set(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
@@ -175,14 +185,7 @@ def _cmd_phase_set(args: argparse.Namespace, settings: Settings, out: _Output) -
     return ExitCode.OK
 
 
-def _cmd_phase_history(args: argparse.Namespace, settings: Settings, out: _Output) -> ExitCode:
-    with connect(args.api_url, settings=settings) as dbs:
-        entries = commands.phase_history(dbs)
-    if out.json:
-        out.emit_json(entries)
-        return ExitCode.OK
-    render.phase_history(out, entries)
-    return ExitCode.OK
+_cmd_phase_history = _verb(lambda dbs, args: commands.phase_history(dbs), render.phase_history)
 
 
 def _positive_int(text: str) -> int:
@@ -203,6 +206,11 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be a number > 0")
     return value
+
+
+def _options(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """Pick the parsed options ``names``: each is the library verb's keyword of that name."""
+    return {name: getattr(args, name) for name in names}
 
 
 #: How a backfill outcome ends the process (nova-manage's codes, plus "stuck").
@@ -234,16 +242,8 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings, out: _Output) ->
                 out.line(f"{step.found} rows matched query {name}, {step.done} migrated")
 
         try:
-            result = commands.backfill(
-                dbs,
-                max_count=args.max_count,
-                cell=args.cell,
-                batch_size=args.batch_size,
-                max_rate=args.max_rate,
-                reverse=args.reverse,
-                on_batch=on_batch,
-                on_start=on_start,
-            )
+            given = _options(args, "max_count", "cell", "batch_size", "max_rate", "reverse")
+            result = commands.backfill(dbs, **given, on_batch=on_batch, on_start=on_start)
         except errors.GuardRefused as err:
             # Say what backfill needs, not which phase it "refuses to enter".
             raise CommandRefused("; ".join(err.reasons)) from err
@@ -280,10 +280,7 @@ def _cmd_diff_report(args: argparse.Namespace, settings: Settings, out: _Output)
             try:
                 report = commands.diff_report(
                     dbs,
-                    cell=args.cell,
-                    keys_only=args.keys_only,
-                    limit=args.limit,
-                    repair=args.repair,
+                    **_options(args, "cell", "keys_only", "limit", "repair"),
                     progress=progress.update if progress is not None else None,
                 )
             except errors.GuardRefused as err:
@@ -347,8 +344,6 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings, out: _Output) -> Exi
     return code
 
 
-Handler = Callable[[argparse.Namespace, Settings, _Output], ExitCode]
-
 #: The common options' values when given nowhere on the command line.
 _OPTION_DEFAULTS: dict[str, Any] = {
     "api_url": None,
@@ -391,6 +386,26 @@ exit codes:
   127  bad input: usage, malformed URL, unknown cell or phase, bad value
   130  interrupted (Ctrl-C): what was committed stays; run it again to resume"""
 
+#: Each subcommand's help, by the words that call it.
+_HELP = {
+    "db": "manage database schemas",
+    "db sync": "bring the API and every cell database to the latest schema",
+    "cell": "register and list cells",
+    "cell add": "register a cell database",
+    "cell list": "list registered cells",
+    "cell remove": "delete a mapping that holds nothing (refused otherwise)",
+    "cell set-default": "write new groups' cell copies to this cell",
+    "status": "show the phase and the cells",
+    "phase": "show, change and list the migration phase",
+    "phase show": "show the current phase and epoch",
+    "phase set": "move to the next or previous phase, guarded",
+    "phase history": "list every phase change, oldest first",
+    "backfill": "copy legacy cell groups into the API database (online data migration)",
+    "cleanup": "soft-delete the legacy cell copies (api-only, after a clean diff-report)",
+    "demo": "run a whole cutover on embedded SQLite under live writers and lookups",
+    "diff-report": "compare every cell's groups with the API database's (exit 1 if they differ)",
+}
+
 
 def _build_parser() -> _Parser:
     # Options may come before or after each subcommand, so no parser has defaults for them
@@ -422,58 +437,44 @@ def _build_parser() -> _Parser:
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"shadowdb {__version__}")
-    sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
-    )
 
-    db = sub.add_parser("db", help="manage database schemas", parents=[common])
-    db_sub = db.add_subparsers(
-        dest="db_command", metavar="ACTION", required=True, parser_class=_Parser
-    )
-    sync = db_sub.add_parser(
-        "sync", help="bring the API and every cell database to the latest schema", parents=[common]
-    )
-    sync.set_defaults(handler=_cmd_db_sync, creates_api=True)
+    def actions(
+        of: _Parser, dest: str, metavar: str = "ACTION"
+    ) -> argparse._SubParsersAction[_Parser]:
+        return of.add_subparsers(dest=dest, metavar=metavar, required=True, parser_class=_Parser)
 
-    cell = sub.add_parser("cell", help="register and list cells", parents=[common])
-    cell_sub = cell.add_subparsers(
-        dest="cell_command", metavar="ACTION", required=True, parser_class=_Parser
-    )
-    add = cell_sub.add_parser("add", help="register a cell database", parents=[common])
+    def command(
+        within: argparse._SubParsersAction[_Parser], words: str, run: Handler | None = None
+    ) -> _Parser:
+        """Add the subcommand ``words`` with the common options; ``run`` runs it, if it runs."""
+        added = within.add_parser(words.split()[-1], help=_HELP[words], parents=[common])
+        if run is not None:
+            added.set_defaults(handler=run)
+        return added
+
+    sub = actions(parser, "command", "COMMAND")
+
+    db_sub = actions(command(sub, "db"), "db_command")
+    command(db_sub, "db sync", _cmd_db_sync).set_defaults(creates_api=True)
+
+    cell_sub = actions(command(sub, "cell"), "cell_command")
+    add = command(cell_sub, "cell add", _cmd_cell_add)
     add.add_argument("name", help="cell name")
     add.add_argument("db_url", metavar="DB_URL", help="cell database URL")
     add.add_argument("--default", action="store_true", help="write new groups' cell copies here")
     add.add_argument(
         "--create", action="store_true", help="create the SQLite file if it does not exist"
     )
-    add.set_defaults(handler=_cmd_cell_add)
-    lst = cell_sub.add_parser("list", help="list registered cells", parents=[common])
-    lst.set_defaults(handler=_cmd_cell_list)
-    rm = cell_sub.add_parser(
-        "remove", help="delete a mapping that holds nothing (refused otherwise)", parents=[common]
-    )
-    rm.add_argument("name", help="cell name")
-    rm.set_defaults(handler=_cmd_cell_remove)
-    dflt = cell_sub.add_parser(
-        "set-default", help="write new groups' cell copies to this cell", parents=[common]
-    )
+    command(cell_sub, "cell list", _cmd_cell_list)
+    command(cell_sub, "cell remove", _cmd_cell_remove).add_argument("name", help="cell name")
+    dflt = command(cell_sub, "cell set-default", _cmd_cell_set_default)
     dflt.add_argument("name", help="cell name (never cell0)")
-    dflt.set_defaults(handler=_cmd_cell_set_default)
 
-    st = sub.add_parser("status", help="show the phase and the cells", parents=[common])
-    st.set_defaults(handler=_cmd_status)
+    command(sub, "status", _cmd_status)
 
-    phase = sub.add_parser(
-        "phase", help="show, change and list the migration phase", parents=[common]
-    )
-    phase_sub = phase.add_subparsers(
-        dest="phase_command", metavar="ACTION", required=True, parser_class=_Parser
-    )
-    show = phase_sub.add_parser("show", help="show the current phase and epoch", parents=[common])
-    show.set_defaults(handler=_cmd_phase_show)
-    pset = phase_sub.add_parser(
-        "set", help="move to the next or previous phase, guarded", parents=[common]
-    )
+    phase_sub = actions(command(sub, "phase"), "phase_command")
+    command(phase_sub, "phase show", _cmd_phase_show)
+    pset = command(phase_sub, "phase set", _cmd_phase_set)
     pset.add_argument(
         "phase", metavar="PHASE", help="the phase to enter: " + ", ".join(p.value for p in Phase)
     )
@@ -484,17 +485,9 @@ def _build_parser() -> _Parser:
     pset.add_argument(
         "--dry-run", action="store_true", help="print the steps without changing anything"
     )
-    pset.set_defaults(handler=_cmd_phase_set)
-    hist = phase_sub.add_parser(
-        "history", help="list every phase change, oldest first", parents=[common]
-    )
-    hist.set_defaults(handler=_cmd_phase_history)
+    command(phase_sub, "phase history", _cmd_phase_history)
 
-    bf = sub.add_parser(
-        "backfill",
-        help="copy legacy cell groups into the API database (online data migration)",
-        parents=[common],
-    )
+    bf = command(sub, "backfill", _cmd_backfill)
     bf.add_argument(
         "--max-count",
         type=_positive_int,
@@ -518,21 +511,12 @@ def _build_parser() -> _Parser:
         help="copy at most this many groups per second",
     )
     bf.add_argument("--reverse", action="store_true", help="copy API -> cell (to leave api-only)")
-    bf.set_defaults(handler=_cmd_backfill)
 
-    cl = sub.add_parser(
-        "cleanup",
-        help="soft-delete the legacy cell copies (api-only, after a clean diff-report)",
-        parents=[common],
-    )
+    cl = command(sub, "cleanup", _cmd_cleanup)
     cl.add_argument("--yes", action="store_true", help="confirm: this retires every cell copy")
-    cl.set_defaults(handler=_cmd_cleanup)
 
-    dm = sub.add_parser(
-        "demo",
-        help="run a whole cutover on embedded SQLite under live writers and lookups",
-        parents=[common],
-    )
+    dm = command(sub, "demo", _cmd_demo)
+    dm.set_defaults(creates_api=True)
     dm.add_argument(
         "--groups", type=_positive_int, default=400, metavar="N", help="legacy groups in all"
     )
@@ -545,13 +529,8 @@ def _build_parser() -> _Parser:
         "reset if an earlier demo made it, refused otherwise",
     )
     dm.add_argument("--writers", type=_positive_int, default=1, metavar="W", help="writer threads")
-    dm.set_defaults(handler=_cmd_demo, creates_api=True)
 
-    dr = sub.add_parser(
-        "diff-report",
-        help="compare every cell's groups with the API database's (exit 1 if they differ)",
-        parents=[common],
-    )
+    dr = command(sub, "diff-report", _cmd_diff_report)
     dr.add_argument("--cell", default=None, metavar="NAME", help="only this cell's groups")
     dr.add_argument(
         "--output", default=None, metavar="FILE", help="write the report to FILE, not stdout"
@@ -571,7 +550,6 @@ def _build_parser() -> _Parser:
         action="store_true",
         help="enqueue each differing key in its authoritative side's journal for backfill",
     )
-    dr.set_defaults(handler=_cmd_diff_report)
     return parser
 
 

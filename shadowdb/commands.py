@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sqlite3
-import time
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -480,47 +479,9 @@ def phase_history(dbs: Databases) -> list[HistoryEntry]:
 # --------------------------------------------------------------------------- diff report
 
 
-def diff_report(
-    dbs: Databases,
-    *,
-    cell: str | None = None,
-    keys_only: bool = False,
-    limit: int | None = None,
-    repair: bool = False,
-    chunk_size: int = diff.DEFAULT_CHUNK,
-    progress: diff.Progress | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> diff.DiffReport:
-    """Compare every cell's live groups with the API database's and record the result.
-
-    Differences are re-checked under the writers' lock before they are reported (see
-    :mod:`shadowdb.diff`); the result is stored for ``phase set``'s guards.
-
-    Args:
-        cell: compare only this cell's groups (such a run admits no phase change).
-        keys_only: leave group data out of the findings.
-        limit: keep only the first ``limit`` findings (``total`` still counts all).
-        repair: enqueue every differing key with an authoritative copy in that side's
-            journal, for the next ``shadowdb backfill`` to replay.
-        chunk_size: groups per checksum chunk (memory is bounded by it).
-        progress: called with (stage, done, total) as the run goes.
-        sleep: what the pause between re-checks calls.
-
-    Raises:
-        InvalidInput: ``limit`` or ``chunk_size`` below 1, or an unknown cell.
-        ScanIncomplete: a scan accounted for fewer rows than a database holds.
-        OperationalError: a database could not be read.
-    """
-    return diff.run_diff(
-        dbs,
-        cell=cell,
-        keys_only=keys_only,
-        limit=limit,
-        repair=repair,
-        chunk_size=chunk_size,
-        progress=progress,
-        sleep=sleep,
-    )
+#: Compare every cell's live groups with the API database's and record the result: the
+#: library verb is the diff package's own (:func:`shadowdb.diff.run_diff`).
+diff_report = diff.run_diff
 
 
 # --------------------------------------------------------------------------- backfill, cleanup

@@ -22,10 +22,11 @@ import random
 import re
 import time
 import uuid as uuidlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
+from blinker import NamedSignal
 
 from shadowdb import hosts as hosts_mod
 from shadowdb import signals
@@ -195,6 +196,44 @@ def _write(ctx: RequestContext, write: Write, *, scope: Scope | None) -> tuple[W
     raise OperationalError(f"the phase kept changing under a write to group {group_uuid}")
 
 
+def _announce(
+    ctx: RequestContext,
+    signal: NamedSignal,
+    group_uuid: str,
+    state: PhaseState,
+    *,
+    logged: Mapping[str, Any] | None = None,
+    **sent: Any,
+) -> None:
+    """Announce a committed write to a group: its signal, then its canonical log line.
+
+    Args:
+        signal: one of the group signals (:mod:`shadowdb.signals`); the log line's event
+            is its name in snake_case (``group-created``: ``group_created``).
+        logged: what the log line adds to the group and the phase.
+        sent: what the signal adds to them.
+    """
+    phase = state.phase.value
+    signals.send(signal, ctx.dbs, group_uuid=group_uuid, phase=phase, **sent)
+    log.info(signal.name.replace("-", "_"), group_uuid=group_uuid, phase=phase, **(logged or {}))
+
+
+def _change_members(
+    ctx: RequestContext, change: AddMembers | RemoveMembers, signal: NamedSignal, counted: str
+) -> list[str]:
+    """Add or remove members (not project-scoped, as in Nova); return the uuids it changed.
+
+    Args:
+        signal: announces the change, with the changed uuids as ``instance_uuids``.
+        counted: the key under which the log line counts them.
+    """
+    written, state = _write(ctx, change, scope=None)
+    changed = list(written.value)
+    logged = {counted: len(changed)}
+    _announce(ctx, signal, change.group_uuid, state, logged=logged, instance_uuids=changed)
+    return changed
+
+
 # --------------------------------------------------------------------------- objects
 
 _FIELDS = (
@@ -298,17 +337,12 @@ class InstanceGroup:
         return f"InstanceGroup({shown})"
 
     def _load(self, record: GroupRecord) -> InstanceGroup:
+        # Every field the record holds (the object's lists as lists); a loaded group is live.
         values = self._values
+        values.update((f.name, getattr(record, f.name)) for f in dataclasses.fields(record))
         values.update(
-            id=record.id,
-            uuid=record.uuid,
-            name=record.name,
-            user_id=record.user_id,
-            project_id=record.project_id,
             policies=list(record.policies),
             members=list(record.members),
-            created_at=record.created_at,
-            updated_at=record.updated_at,
             deleted=False,
             deleted_at=None,
         )
@@ -394,14 +428,7 @@ class InstanceGroup:
         assert written.record is not None
         self._load(written.record)
         fields = {k: v for k, v in self._values.items() if k not in ("deleted", "deleted_at")}
-        signals.send(
-            signals.group_created,
-            self._context.dbs,
-            group_uuid=record.uuid,
-            phase=state.phase.value,
-            fields=fields,
-        )
-        log.info("group_created", group_uuid=record.uuid, phase=state.phase.value)
+        _announce(self._context, signals.group_created, record.uuid, state, fields=fields)
 
     def save(self) -> None:
         """Store the changed fields; ``members`` and ``policies`` replace the stored sets.
@@ -428,16 +455,8 @@ class InstanceGroup:
         written, state = _write(ctx, save, scope=ctx.scope)
         assert written.record is not None
         self._load(written.record)
-        signals.send(
-            signals.group_updated,
-            ctx.dbs,
-            group_uuid=group_uuid,
-            phase=state.phase.value,
-            fields=values,
-        )
-        log.info(
-            "group_updated", group_uuid=group_uuid, phase=state.phase.value, fields=sorted(values)
-        )
+        logged = {"fields": sorted(values)}
+        _announce(ctx, signals.group_updated, group_uuid, state, logged=logged, fields=values)
 
     def destroy(self) -> None:
         """Delete the group with its policies and members.
@@ -448,8 +467,7 @@ class InstanceGroup:
         group_uuid = self.uuid
         ctx = self._context
         _, state = _write(ctx, Destroy(group_uuid), scope=ctx.scope)
-        signals.send(signals.group_deleted, ctx.dbs, group_uuid=group_uuid, phase=state.phase.value)
-        log.info("group_deleted", group_uuid=group_uuid, phase=state.phase.value)
+        _announce(ctx, signals.group_deleted, group_uuid, state)
 
     @classmethod
     def add_members(
@@ -464,15 +482,8 @@ class InstanceGroup:
         """
         group_uuid = _check_uuid(group_uuid, "group uuid")
         wanted = list(dict.fromkeys(_check_uuids(instance_uuids, "instance uuids")))
-        written, state = _write(context, AddMembers(group_uuid, tuple(wanted)), scope=None)
-        signals.send(
-            signals.group_members_added,
-            context.dbs,
-            group_uuid=group_uuid,
-            phase=state.phase.value,
-            instance_uuids=list(written.value),
-        )
-        log.info("group_members_added", group_uuid=group_uuid, added=len(written.value))
+        change = AddMembers(group_uuid, tuple(wanted))
+        _change_members(context, change, signals.group_members_added, "added")
         return wanted
 
     @classmethod
@@ -482,17 +493,8 @@ class InstanceGroup:
         """Remove instances from a group; return those that were members."""
         group_uuid = _check_uuid(group_uuid, "group uuid")
         wanted = _check_uuids(instance_uuids, "instance uuids")
-        written, state = _write(context, RemoveMembers(group_uuid, tuple(wanted)), scope=None)
-        removed = list(written.value)
-        signals.send(
-            signals.group_members_removed,
-            context.dbs,
-            group_uuid=group_uuid,
-            phase=state.phase.value,
-            instance_uuids=removed,
-        )
-        log.info("group_members_removed", group_uuid=group_uuid, removed=len(removed))
-        return removed
+        change = RemoveMembers(group_uuid, tuple(wanted))
+        return _change_members(context, change, signals.group_members_removed, "removed")
 
     # ------------------------------------------------------------------ hosts
 

@@ -58,17 +58,8 @@ class GroupRecord:
     @classmethod
     def of(cls, row: Any, policies: Iterable[str], members: Iterable[str]) -> GroupRecord:
         """Build a record from a group row (:data:`GROUP_COLUMNS`) and its live children."""
-        return cls(
-            id=row.id,
-            uuid=row.uuid,
-            name=row.name,
-            user_id=row.user_id,
-            project_id=row.project_id,
-            policies=tuple(policies),
-            members=tuple(members),
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+        columns = {name: getattr(row, name) for name in GROUP_COLUMNS}
+        return cls(**columns, policies=tuple(policies), members=tuple(members))
 
     def same_data(self, other: GroupRecord) -> bool:
         """Say whether ``other`` is the same group (:data:`COMPARED_FIELDS`)."""

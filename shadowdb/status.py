@@ -64,21 +64,11 @@ class CellHealth:
     unscanned: bool = True
 
 
-@dataclasses.dataclass(frozen=True)
-class LastDiff:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LastDiff(diff.RunSummary):
     """The newest diff-report on record, and whether it still admits a phase change.
 
-    Attributes:
-        started_at: when it began (UTC).
-        finished_at: when it ended (UTC).
-        phase: the phase it ran in.
-        epoch: the epoch it ran at.
-        scope: ``all``, or the one cell it compared.
-        outcome: ``clean``, ``differences`` or ``incomplete``.
-        differences: how many keys differed.
-        counts: differing keys per kind.
-        repaired: keys its ``--repair`` enqueued for backfill.
-        unexplained: differences no pending journal entry explained (None: not recorded).
+    Attributes (besides what the run found, :class:`~shadowdb.diff.RunSummary`):
         age_seconds: how long ago it began.
         current: it ran at the current epoch.
         recent: it began at most ``diff_max_age`` seconds ago.
@@ -87,16 +77,6 @@ class LastDiff:
         detail: what cut an incomplete run short (or recorded it: ``cleanup``).
     """
 
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    phase: str
-    epoch: int
-    scope: str
-    outcome: str
-    differences: int
-    counts: dict[str, int]
-    repaired: int
-    unexplained: int | None
     age_seconds: int
     current: bool
     recent: bool
@@ -225,13 +205,10 @@ def _last_diff(dbs: Databases, state: PhaseState, last: diff.StoredResult) -> La
     # The guard phase set runs (api-only's only move, back, admits journaled differences).
     guard = CleanRecentDiff(explained=state.phase is Phase.API_ONLY)
     blockers = tuple(guard.check(dbs, state, state.phase))
-    # What the run recorded, copied as it is: the fields both name the same.
-    stored = {f.name for f in dataclasses.fields(last)}
-    recorded = {
-        f.name: getattr(last, f.name) for f in dataclasses.fields(LastDiff) if f.name in stored
-    }
+    found = {f.name: getattr(last, f.name) for f in dataclasses.fields(diff.RunSummary)}
     return LastDiff(
-        **recorded,
+        **found,
+        detail=last.detail,
         age_seconds=age,
         current=last.epoch == state.epoch,
         recent=age <= dbs.settings.diff_max_age,

@@ -142,7 +142,13 @@ from shadowdb.diff.differ import DEFAULT_CHUNK, RECHECKS, Differ, Progress
 from shadowdb.diff.findings import DiffKind, DiffReport, Finding, RowCounts, authority
 from shadowdb.diff.readers import read_copies
 from shadowdb.diff.report import run_diff
-from shadowdb.diff.results import CLEANED_UP, StoredResult, last_result, record_superseded
+from shadowdb.diff.results import (
+    CLEANED_UP,
+    RunSummary,
+    StoredResult,
+    last_result,
+    record_superseded,
+)
 
 __all__ = [
     "CLEANED_UP",
@@ -155,6 +161,7 @@ __all__ = [
     "Finding",
     "Progress",
     "RowCounts",
+    "RunSummary",
     "StoredResult",
     "authority",
     "bucket_of",

@@ -14,27 +14,10 @@ import sqlalchemy as sa
 import structlog
 
 from shadowdb.databases import Cell, Databases, reader
+from shadowdb.diff import readers
 from shadowdb.diff.checksums import Copy, Tally, norm, rows_of, tallies
-from shadowdb.diff.findings import (
-    DiffKind,
-    Finding,
-    RowCounts,
-    classify,
-    finding_of,
-    orphan_finding,
-)
-from shadowdb.diff.readers import (
-    ChunkReader,
-    Orphan,
-    RangeReader,
-    Seen,
-    StreamReader,
-    account,
-    count,
-    observe,
-    read_orphans,
-    snapshot,
-)
+from shadowdb.diff.findings import Finding, RowCounts, classify, finding_of, orphan_finding
+from shadowdb.diff.readers import ChunkReader, Orphan, RangeReader, Seen, StreamReader
 from shadowdb.errors import InvalidInput
 from shadowdb.queries import API, CELL, GroupTables
 from shadowdb.state import PhaseState
@@ -135,10 +118,10 @@ class Differ:
 
     def _run_all(self) -> None:
         with reader(self.dbs.api, self.dbs.api_label) as conn:
-            biggest = count(conn, API.groups)
+            biggest = readers.count(conn, API.groups)
         for cell in self.cells:
             with reader(cell.engine, cell.label) as conn:
-                biggest = max(biggest, count(conn, CELL.groups, CELL.groups.c.deleted == 0))
+                biggest = max(biggest, readers.count(conn, CELL.groups, CELL.groups.c.deleted == 0))
         self._size(biggest)
         databases = 1 + len(self.cells)
         self._report("checksums", 0, databases)
@@ -168,11 +151,11 @@ class Differ:
 
     def _scan(self, engine: sa.Engine, label: str, side: GroupTables, database: str) -> _Scan:
         """Checksum one database per chunk, in one snapshot, and prove every row counted."""
-        with snapshot(engine, label) as conn:
+        with readers.snapshot(engine, label) as conn:
             chunks = self._checked_chunks(tallies(conn, side, self.n))
-            orphans = read_orphans(conn, side, database)
+            orphans = readers.read_orphans(conn, side, database)
             self._orphans.extend(orphans)
-            hashed = account(conn, side, label, chunks, orphans)
+            hashed = readers.account(conn, side, label, chunks, orphans)
         return _Scan(chunks, hashed)
 
     def _checked_chunks(self, chunks: dict[int, Tally]) -> dict[int, Tally]:
@@ -230,7 +213,7 @@ class Differ:
         for uuid in sorted(set(api) | set(held)):
             here = tuple(held.get(uuid, ()))
             self._note_duplicates(uuid, api.get(uuid), here)
-            if self._classify(api.get(uuid), here):
+            if classify(self.state.phase, api.get(uuid), here):
                 suspects[uuid] = tuple(name for name, _ in here)
         return suspects
 
@@ -241,7 +224,7 @@ class Differ:
         read; both databases are streamed in uuid order and counted in full.
         """
         with reader(only.engine, only.label) as conn:
-            self._size(count(conn, CELL.groups, CELL.groups.c.deleted == 0))
+            self._size(readers.count(conn, CELL.groups, CELL.groups.c.deleted == 0))
         chunks = list(range(self.n + 1))
         wanted = set(chunks)
         with contextlib.ExitStack() as stack:
@@ -269,15 +252,15 @@ class Differ:
                     held = [(only.name, copy)] + [(name, copy) for name in twins.get(uuid, ())]
                     held.sort(key=self._cell_order)
                     self._note_duplicates(uuid, theirs, held)
-                    if self._classify(theirs, held):
+                    if classify(self.state.phase, theirs, held):
                         suspects[uuid] = tuple(name for name, _ in held)
                 if len(suspects) >= self.chunk_size:
                     self._recheck(suspects)
                     suspects = {}
                 self._report("compare", chunk + 1, len(chunks))
             stack.close()
-        with snapshot(only.engine, only.label) as conn:
-            self._orphans.extend(read_orphans(conn, CELL, only.name))
+        with readers.snapshot(only.engine, only.label) as conn:
+            self._orphans.extend(readers.read_orphans(conn, CELL, only.name))
         self._recheck(suspects)
 
     def _note_duplicates(
@@ -289,10 +272,6 @@ class Differ:
     def _cell_order(self, held: tuple[str, Copy]) -> int:
         names = [c.name for c in self.cells]
         return names.index(held[0]) if held[0] in names else len(names)
-
-    def _classify(self, api: Copy | None, cells: Sequence[tuple[str, Copy]]) -> list[DiffKind]:
-        """Return what differs between the API copy and the cell copies of one key."""
-        return classify(self.state.phase, api, cells)
 
     # ------------------------------------------------------------------ live traffic
 
@@ -307,10 +286,10 @@ class Differ:
         for attempt in range(self.rechecks):
             if attempt:
                 self._sleep(pause)
-            seen = observe(self.dbs, self.cells, pending)
+            seen = readers.observe(self.dbs, self.cells, pending)
             for uuid in list(pending):
                 now = seen[uuid]
-                if not self._classify(now.api, now.cells):
+                if not classify(self.state.phase, now.api, now.cells):
                     del pending[uuid]
                     last.pop(uuid, None)
                     self._rows["cleared"] += 1
@@ -335,7 +314,7 @@ class Differ:
         phase = self.state.phase
         findings: list[Finding] = []
         for uuid, seen in self._seen.items():
-            for kind in self._classify(seen.api, seen.cells):
+            for kind in classify(phase, seen.api, seen.cells):
                 findings.append(finding_of(phase, uuid, kind, seen))
         findings.extend(orphan_finding(orphan) for orphan in self._orphans)
         return findings

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import sqlalchemy as sa
 import structlog
@@ -15,13 +14,13 @@ import structlog
 from shadowdb import signals
 from shadowdb.databases import Databases, writer
 from shadowdb.diff.differ import DEFAULT_CHUNK, Differ, Progress
-from shadowdb.diff.findings import DiffKind, DiffReport, RowCounts, authority_by_tombstone
+from shadowdb.diff.findings import DiffKind, DiffReport, authority_by_tombstone
 from shadowdb.diff.repair import enqueue_repairs
-from shadowdb.diff.results import insert_result
+from shadowdb.diff.results import StoredResult, insert_result
 from shadowdb.errors import GuardRefused, InvalidInput, OperationalError, ShadowDBError
 from shadowdb.failures import one_line
 from shadowdb.fence import lagging, settle
-from shadowdb.state import Phase, PhaseState, utcnow
+from shadowdb.state import Phase, utcnow
 
 __all__ = ["run_diff"]
 
@@ -39,10 +38,24 @@ def run_diff(
     progress: Progress | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> DiffReport:
-    """Run the diff report, record its result in the API database and return it.
+    """Compare every cell's live groups with the API database's and record the result.
+
+    Differences are re-checked under the writers' lock before they are reported (see
+    :mod:`shadowdb.diff`); the result is stored in the API database for ``phase set``'s
+    guards.
+
+    Args:
+        cell: compare only this cell's groups (such a run admits no phase change).
+        keys_only: leave group data out of the findings.
+        limit: keep only the first ``limit`` findings (``total`` still counts all).
+        repair: enqueue every differing key with an authoritative copy in that side's
+            journal, for the next ``shadowdb backfill`` to replay.
+        chunk_size: groups per checksum chunk (memory is bounded by it).
+        progress: called with (stage, done, total) as the run goes.
+        sleep: what the pause between re-checks calls.
 
     Raises:
-        InvalidInput: ``limit`` or ``chunk_size`` below 1, an unknown cell.
+        InvalidInput: ``limit`` or ``chunk_size`` below 1, or an unknown cell.
         ScanIncomplete: a database held rows the scan did not account for (recorded
             as an incomplete run).
         OperationalError: a database could not be read (recorded if the API database
@@ -69,6 +82,7 @@ def run_diff(
             ],
         )
     scope = differ.only.name if differ.only is not None else "all"
+    actor = dbs.settings.actor
     compared = [c.uuid for c in (differ.cells if differ.only is None else (differ.only,))]
     try:
         behind = lagging(dbs, differ.state)
@@ -84,17 +98,10 @@ def run_diff(
             raise OperationalError(f"the comparison was cut short: {one_line(err)}") from err
     except ShadowDBError as err:
         with contextlib.suppress(ShadowDBError, sa.exc.DBAPIError):
-            _record(
-                dbs,
-                started=started,
-                state=differ.state,
-                scope=scope,
-                outcome="incomplete",
-                counts={},
-                rows=RowCounts(),
-                repaired=0,
-                detail=one_line(err),
+            cut_short = StoredResult.incomplete(
+                differ.state, scope=scope, actor=actor, started=started, detail=one_line(err)
             )
+            _record(dbs, cut_short)
         # The caller reports the error itself (the CLI: one line on stderr); this is the
         # command's canonical line, quiet unless debugging.
         log.info("diff_report", outcome="incomplete", scope=scope, error=one_line(err))
@@ -128,87 +135,55 @@ def run_diff(
     shown = findings[:limit] if limit is not None else findings
     if keys_only:
         shown = [dataclasses.replace(f, api=None, cell=None) for f in shown]
-    outcome = "clean" if not findings else "differences"
-    finished = _record(
+    recorded = _record(
         dbs,
-        started=started,
-        state=differ.state,
-        scope=scope,
-        outcome=outcome,
-        counts=counts,
-        rows=rows,
-        repaired=repaired,
-        detail=None,
-        cells=compared,
-        unexplained=unexplained,
-        never_copied=never_copied,
+        StoredResult(
+            started_at=started,
+            finished_at=utcnow(),
+            phase=differ.state.phase.value,
+            epoch=differ.state.epoch,
+            scope=scope,
+            outcome="clean" if not findings else "differences",
+            differences=total,
+            counts=counts,
+            repaired=repaired,
+            unexplained=unexplained,
+            never_copied=never_copied,
+            rows_api=rows.api_hashed + rows.api_compared,
+            rows_cells=rows.cells_hashed + rows.cells_compared,
+            actor=actor,
+            detail=None,
+            cells=tuple(compared),
+        ),
     )
     log.info(
         "diff_report",
-        outcome=outcome,
+        outcome=recorded.outcome,
         scope=scope,
-        phase=differ.state.phase.value,
+        phase=recorded.phase,
         differences=total,
         counts=counts,
-        rows_api=rows.api_hashed,
-        rows_cells=rows.cells_hashed,
-        chunks=rows.chunks,
-        chunks_differing=rows.chunks_differing,
-        rechecked=rows.rechecked,
-        cleared=rows.cleared,
+        **dataclasses.asdict(rows),
         repaired=repaired,
         elapsed_ms=int((time.monotonic() - clock) * 1000),
     )
+    # The report repeats what was recorded under the same names (the run's times, phase,
+    # epoch, scope, counts and repairs).
+    reported = {f.name for f in dataclasses.fields(DiffReport)}
     return DiffReport(
-        started_at=started,
-        finished_at=finished,
-        phase=differ.state.phase.value,
-        epoch=differ.state.epoch,
-        scope=scope,
+        **{k: v for k, v in dataclasses.asdict(recorded).items() if k in reported},
         clean=not findings,
         total=total,
-        counts=counts,
         findings=tuple(shown),
         limit=limit,
         keys_only=keys_only,
         rows=rows,
-        repaired=repaired,
         not_repaired=not_repaired,
     )
 
 
-def _record(
-    dbs: Databases,
-    *,
-    started: dt.datetime,
-    state: PhaseState,
-    scope: str,
-    outcome: str,
-    counts: dict[str, int],
-    rows: RowCounts,
-    repaired: int,
-    detail: str | None,
-    cells: Sequence[str] = (),
-    unexplained: int | None = None,
-    never_copied: int | None = None,
-) -> dt.datetime:
-    """Record the run in the API database, in a transaction of its own; return its end."""
-    finished = utcnow()
+def _record(dbs: Databases, result: StoredResult) -> StoredResult:
+    """Record the run in the API database, in a transaction of its own; return it."""
     with writer(dbs.api, dbs.api_label) as conn:
-        insert_result(
-            conn,
-            started=started,
-            finished=finished,
-            state=state,
-            scope=scope,
-            outcome=outcome,
-            counts=counts,
-            rows=rows,
-            repaired=repaired,
-            actor=dbs.settings.actor,
-            detail=detail,
-            cells=cells,
-            unexplained=unexplained,
-            never_copied=never_copied,
-        )
-    return finished
+        insert_result(conn, result)
+    return result
