@@ -191,7 +191,6 @@ NOT_MIRRORED = {
     # python -m shadowdb: two lines calling the CLI, run by cli/test_end_to_end.py.
     "shadowdb.__main__": "cli/test_end_to_end.py",
     # Exercised through the layers above them, on every backend:
-    "shadowdb.bulk": "backfill/, diff/",
     "shadowdb.errors": "test_public_api.py, cli/test_errors.py",
     "shadowdb.failures": "test_transactions.py, objects/test_retries.py",
     "shadowdb.fence": "protocol/test_failures.py, phases/test_isolation.py",
@@ -204,11 +203,9 @@ NOT_MIRRORED = {
     "shadowdb.queries": "objects/, protocol/",
     "shadowdb.records": "objects/, backfill/",
     "shadowdb.render": "cli/, diff/test_report.py",
-    "shadowdb.settings": "cli/test_ux.py, test_novaconf.py",
     "shadowdb.signals": "objects/, test_switcher.py, backfill/test_cli.py",
     "shadowdb.statements": "test_writes.py, phases/test_isolation.py",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
-    "shadowdb.urls": "cli/test_errors.py, test_novaconf.py",
     "shadowdb.backfill.backlog": "backfill/test_runner.py",
     "shadowdb.backfill.chunks": "backfill/test_crash.py, backfill/test_parallel.py",
     "shadowdb.backfill.conflicts": "backfill/test_cli.py",
