@@ -86,8 +86,8 @@ def test_bulk_insert_of_no_rows_writes_nothing(cell: sa.Engine) -> None:
 def test_bulk_insert_applies_bind_processors_to_row_columns(cell: sa.Engine) -> None:
     policies = BulkInsert(models.cell_policies, ("group_id", "policy", "created_at"), ("deleted",))
     with cell.begin() as conn:
-        insert = models.cell_groups.insert().values(uuid="g", deleted=0)
-        gid = conn.execute(insert).inserted_primary_key[0]
+        conn.execute(models.cell_groups.insert().values(uuid="g", deleted=0))
+        gid = conn.scalar(sa.select(models.cell_groups.c.id))
         policies.execute(
             conn,
             [(gid, "affinity", WHEN), (gid, "anti-affinity", WHEN + dt.timedelta(days=1))],
