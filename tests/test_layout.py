@@ -192,9 +192,7 @@ NOT_MIRRORED = {
     "shadowdb.__main__": "cli/test_end_to_end.py",
     # Exercised through the layers above them, on every backend:
     "shadowdb.errors": "test_public_api.py, cli/test_errors.py",
-    "shadowdb.fence": "protocol/test_failures.py, phases/test_isolation.py",
     "shadowdb.journals": "protocol/, test_guards.py",
-    "shadowdb.locks": "protocol/, objects/test_writes.py",
     "shadowdb.lookups": "objects/test_reads.py, phases/test_isolation.py",
     "shadowdb.models": "test_schema.py",
     "shadowdb.queries": "objects/, protocol/",
