@@ -192,13 +192,11 @@ NOT_MIRRORED = {
     "shadowdb.__main__": "cli/test_end_to_end.py",
     # Exercised through the layers above them, on every backend:
     "shadowdb.errors": "test_public_api.py, cli/test_errors.py",
-    "shadowdb.journals": "protocol/, test_guards.py",
     "shadowdb.lookups": "objects/test_reads.py, phases/test_isolation.py",
     "shadowdb.models": "test_schema.py",
     "shadowdb.queries": "objects/, protocol/",
     "shadowdb.records": "objects/, backfill/",
     "shadowdb.render": "cli/, diff/test_report.py",
-    "shadowdb.signals": "objects/, test_switcher.py, backfill/test_cli.py",
     "shadowdb.statements": "test_writes.py, phases/test_isolation.py",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
     "shadowdb.backfill.backlog": "backfill/test_runner.py",
