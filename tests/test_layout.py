@@ -195,8 +195,6 @@ NOT_MIRRORED = {
     "shadowdb.lookups": "objects/test_reads.py, phases/test_isolation.py",
     "shadowdb.models": "test_schema.py",
     "shadowdb.queries": "objects/, protocol/",
-    "shadowdb.records": "objects/, backfill/",
-    "shadowdb.render": "cli/, diff/test_report.py",
     "shadowdb.statements": "test_writes.py, phases/test_isolation.py",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
     "shadowdb.backfill.backlog": "backfill/test_runner.py",
