@@ -192,10 +192,8 @@ NOT_MIRRORED = {
     "shadowdb.__main__": "cli/test_end_to_end.py",
     # Exercised through the layers above them, on every backend:
     "shadowdb.errors": "test_public_api.py, cli/test_errors.py",
-    "shadowdb.lookups": "objects/test_reads.py, phases/test_isolation.py",
     "shadowdb.models": "test_schema.py",
     "shadowdb.queries": "objects/, protocol/",
-    "shadowdb.statements": "test_writes.py, phases/test_isolation.py",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
     "shadowdb.backfill.backlog": "backfill/test_runner.py",
     "shadowdb.backfill.chunks": "backfill/test_crash.py, backfill/test_parallel.py",
