@@ -193,7 +193,6 @@ NOT_MIRRORED = {
     # Exercised through the layers above them, on every backend:
     "shadowdb.errors": "test_public_api.py, cli/test_errors.py",
     "shadowdb.models": "test_schema.py",
-    "shadowdb.queries": "objects/, protocol/",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
     "shadowdb.backfill.backlog": "backfill/test_runner.py",
     "shadowdb.backfill.chunks": "backfill/test_crash.py, backfill/test_parallel.py",
