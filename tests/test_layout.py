@@ -195,7 +195,6 @@ NOT_MIRRORED = {
     "shadowdb.models": "test_schema.py",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
     "shadowdb.backfill.chunks": "backfill/test_crash.py, backfill/test_parallel.py",
-    "shadowdb.backfill.conflicts": "backfill/test_cli.py",
     "shadowdb.backfill.forward": "backfill/test_cli.py, backfill/test_properties.py",
     "shadowdb.backfill.results": "backfill/test_cli.py",
     "shadowdb.diff.readers": "diff/test_differ.py",
