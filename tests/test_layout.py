@@ -194,7 +194,6 @@ NOT_MIRRORED = {
     "shadowdb.errors": "test_public_api.py, cli/test_errors.py",
     "shadowdb.models": "test_schema.py",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
-    "shadowdb.backfill.forward": "backfill/test_cli.py, backfill/test_properties.py",
     "shadowdb.backfill.results": "backfill/test_cli.py",
     "shadowdb.diff.readers": "diff/test_differ.py",
     "shadowdb.phases.api_only": "phases/test_isolation.py, objects/",
