@@ -195,7 +195,6 @@ NOT_MIRRORED = {
     "shadowdb.models": "test_schema.py",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
     "shadowdb.backfill.results": "backfill/test_cli.py",
-    "shadowdb.diff.readers": "diff/test_differ.py",
     "shadowdb.phases.api_only": "phases/test_isolation.py, objects/",
     "shadowdb.phases.base": "phases/test_isolation.py, objects/",
     "shadowdb.phases.cell_only": "phases/test_isolation.py, objects/",
