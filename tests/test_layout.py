@@ -195,11 +195,9 @@ NOT_MIRRORED = {
     "shadowdb.models": "test_schema.py",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
     "shadowdb.backfill.results": "backfill/test_cli.py",
-    "shadowdb.phases.api_only": "phases/test_isolation.py, objects/",
-    "shadowdb.phases.base": "phases/test_isolation.py, objects/",
-    "shadowdb.phases.cell_only": "phases/test_isolation.py, objects/",
-    "shadowdb.phases.dual_write_api_reads": "phases/test_isolation.py, objects/",
-    "shadowdb.phases.dual_write_cell_reads": "phases/test_isolation.py, objects/",
+    "shadowdb.phases.base": "phases/, objects/",
+    "shadowdb.phases.cell_only": "objects/, protocol/",
+    "shadowdb.phases.dual_write_cell_reads": "objects/, protocol/",
 }
 
 
