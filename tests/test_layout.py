@@ -196,8 +196,6 @@ NOT_MIRRORED = {
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
     "shadowdb.backfill.results": "backfill/test_cli.py",
     "shadowdb.phases.base": "phases/, objects/",
-    "shadowdb.phases.cell_only": "objects/, protocol/",
-    "shadowdb.phases.dual_write_cell_reads": "objects/, protocol/",
 }
 
 
