@@ -195,7 +195,6 @@ NOT_MIRRORED = {
     "shadowdb.models": "test_schema.py",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
     "shadowdb.backfill.results": "backfill/test_cli.py",
-    "shadowdb.phases.base": "phases/, objects/",
 }
 
 
