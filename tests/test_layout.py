@@ -194,7 +194,6 @@ NOT_MIRRORED = {
     "shadowdb.errors": "test_public_api.py, cli/test_errors.py",
     "shadowdb.models": "test_schema.py",
     "shadowdb.testing": "support/, test_writes.py, test_scheduler.py",
-    "shadowdb.backfill.results": "backfill/test_cli.py",
 }
 
 
