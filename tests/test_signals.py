@@ -18,14 +18,14 @@ SIGNALS = [name for name in signals.__all__ if name not in ("send", "signals")]
 
 
 @pytest.mark.parametrize("name", SIGNALS)
-def test_every_signal_lives_in_the_namespace_under_its_documented_kebab_case_name(
+def test_every_signal_is_documented_in_the_namespace_under_its_kebab_case_name(
     name: str,
 ) -> None:
     signal = getattr(signals, name)
     assert isinstance(signal, NamedSignal)
     assert signal.name == name.replace("_", "-")
     assert signals.signals[signal.name] is signal
-    assert f"``{signal.name}``" in (signals.__doc__ or "")
+    assert signal.__doc__  # the keyword arguments its receivers get
 
 
 def test_the_namespace_holds_nothing_undocumented() -> None:
