@@ -6,12 +6,12 @@ import pytest
 import sqlalchemy as sa
 
 from shadowdb import commands, models
-from shadowdb.backfill import backfill, backlog, remaining, uncopied, uncopied_among
+from shadowdb.backfill import backfill, backlog, remaining, uncopied
 from shadowdb.databases import reader, writer
 from shadowdb.errors import InvalidInput
 from shadowdb.state import Phase, utcnow
 from tests.conftest import Topology
-from tests.support.helpers import new_uuid, put_in_phase, seed_api_group, seed_cell_group
+from tests.support.helpers import put_in_phase, seed_api_group, seed_cell_group
 
 
 def _no_sleep(_seconds: float) -> None:
@@ -66,15 +66,6 @@ def test_remaining_leaves_out_the_leftovers_of_groups_the_api_deleted(seeded: To
     result = backfill(dbs, sleep=_no_sleep)
     assert [(c.group_uuid, c.kind) for c in result.conflicts] == [(leftover, "deleted-in-api")]
     assert remaining(dbs) == 0
-
-
-def test_uncopied_among_applies_the_tombstone_rule(topology: Topology) -> None:
-    held = seed_api_group(topology.dbs.api)
-    buried, lacking = new_uuid(), new_uuid()
-    _tombstone(topology, buried)
-    with reader(topology.dbs.api) as conn:
-        assert uncopied_among(conn, [held, buried, lacking]) == {lacking}
-        assert uncopied_among(conn, []) == set()
 
 
 def test_remaining_reverse_counts_what_the_cells_lack(topology: Topology) -> None:

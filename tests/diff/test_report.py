@@ -252,10 +252,3 @@ def test_phase_set_uses_the_stored_result(cli: Cli, topology: Topology) -> None:
     moved = cli("phase", "set", "dual-write-api-reads", *api)
     assert moved.code == ExitCode.OK, moved.err
     assert moved.out.startswith("phase: dual-write-cell-reads -> dual-write-api-reads")
-
-
-def test_diff_max_age_comes_from_the_environment() -> None:
-    assert Settings().diff_max_age == 3600
-    assert Settings.from_environ({"SHADOWDB_DIFF_MAX_AGE": "600"}).diff_max_age == 600
-    with pytest.raises(ValueError, match="SHADOWDB_DIFF_MAX_AGE"):
-        Settings.from_environ({"SHADOWDB_DIFF_MAX_AGE": "-1"})
