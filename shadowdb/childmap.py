@@ -50,7 +50,6 @@ from sqlalchemy.engine import Connection
 from shadowdb import models
 from shadowdb.bulk import by_ids
 from shadowdb.queries import CELL, GroupRecord
-from shadowdb.records import GROUP_COLUMNS
 from shadowdb.state import utcnow
 
 __all__ = ["build", "exact", "lock_many"]
@@ -140,20 +139,7 @@ def lock_many(conn: Connection, ids: Sequence[int], epoch: int) -> list[GroupRec
     :func:`exact` re-reads the others.
     """
     build(conn, epoch)
-    g = CELL.groups
-    wanted = set(ids)
-    rows: list[sa.Row[Any]] = []
-    for where in by_ids(g.c.id, wanted):
-        rows.extend(
-            row
-            for row in conn.execute(
-                sa.select(*(g.c[name] for name in GROUP_COLUMNS))
-                .where(where, g.c.deleted == 0)
-                .order_by(g.c.id)
-                .with_for_update()
-            ).all()
-            if row.id in wanted
-        )
+    rows = CELL.lock_rows(conn, ids)
     if not rows:
         return []
     got = [r.id for r in rows]

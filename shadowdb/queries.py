@@ -269,6 +269,14 @@ class Side:
         the range that was not asked for (one the caller's scan could not have missed, short of id
         reuse) is locked along, never returned.
         """
+        return self._hydrate(conn, self.lock_rows(conn, ids))
+
+    def lock_rows(self, conn: Connection, ids: Sequence[int]) -> list[sa.Row[Any]]:
+        """Lock the live group rows with these ids (id order) and return them, no children.
+
+        The rows :meth:`lock_many` loads; the backfill's batch reads their children
+        through the child map instead (:func:`shadowdb.childmap.lock_many`).
+        """
         g = self.groups
         wanted = set(ids)
         rows: list[sa.Row[Any]] = []
@@ -283,7 +291,7 @@ class Side:
                 ).all()
                 if row.id in wanted
             )
-        return self._hydrate(conn, rows)
+        return rows
 
     def present(self, conn: Connection, group_uuids: Sequence[str]) -> set[str]:
         """Return which of ``group_uuids`` have a live copy here."""
