@@ -11,9 +11,11 @@ other side, then exactly the entries seen are cleared.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.engine import Connection
 
 from shadowdb import signals
 from shadowdb.databases import Cell, Databases
@@ -22,7 +24,7 @@ from shadowdb.failures import DB_FAILURES, one_line
 from shadowdb.fence import CellBehind, EpochChanged
 from shadowdb.location import default_cell, locate
 from shadowdb.locks import api_transaction, cell_transaction
-from shadowdb.queries import API, CELL, Side
+from shadowdb.queries import API, CELL, GroupRecord, Side
 from shadowdb.state import read_state
 from shadowdb.transactions import commit, reader, transaction
 from shadowdb.writes import copy_group
@@ -71,6 +73,15 @@ class DrainResult:
     errors: tuple[str, ...]
 
 
+class _Copy(NamedTuple):
+    """One side of a replay: its tables, its locked transaction, its copy of the group."""
+
+    side: Side
+    conn: Connection
+    record: GroupRecord | None
+    label: str
+
+
 def replay(dbs: Databases, group_uuid: str, source: Cell | None, entry_ids: list[int]) -> str:
     """Replay one group's journal: copy the journal side's state to the other side.
 
@@ -93,21 +104,16 @@ def replay(dbs: Databases, group_uuid: str, source: Cell | None, entry_ids: list
         cell_transaction(dbs, cell, state, group_uuid) as (cconn, crec),
         api_transaction(dbs, state, group_uuid) as (aconn, arec),
     ):
-        if source is not None:
-            if API.journal_for(aconn, group_uuid):
-                return _conflict(dbs, group_uuid)
-            copy_group(aconn, API, crec, arec)
-            commit(aconn, dbs.api_label)
-            cleared = CELL.journal_clear(cconn, group_uuid, entry_ids)
-            commit(cconn, cell.label)
-        else:
-            if CELL.journal_for(cconn, group_uuid):
-                return _conflict(dbs, group_uuid)
-            copy_group(cconn, CELL, arec, crec)
-            # The cell copy must be durable before the API entry goes.
-            commit(cconn, cell.label)
-            cleared = API.journal_clear(aconn, group_uuid, entry_ids)
-            commit(aconn, dbs.api_label)
+        in_cell = _Copy(CELL, cconn, crec, cell.label)
+        in_api = _Copy(API, aconn, arec, dbs.api_label)
+        journaled, other = (in_cell, in_api) if source is not None else (in_api, in_cell)
+        if other.side.journal_for(other.conn, group_uuid):
+            return _conflict(dbs, group_uuid)
+        copy_group(other.conn, other.side, journaled.record, other.record)
+        # The other copy must be durable before the journal's entries go.
+        commit(other.conn, other.label)
+        cleared = journaled.side.journal_clear(journaled.conn, group_uuid, entry_ids)
+        commit(journaled.conn, journaled.label)
     journal = "cell" if source is not None else "api"
     log.info("journal_replayed", group_uuid=group_uuid, journal=journal, entries=cleared)
     signals.send(
