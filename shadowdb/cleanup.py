@@ -41,7 +41,7 @@ import structlog
 from shadowdb import diff
 from shadowdb.backfill import uncopied_among
 from shadowdb.bulk import MAX_IN_LIST
-from shadowdb.databases import Cell, Databases, reader, writer
+from shadowdb.databases import Cell, Databases, read_each, reader, writer
 from shadowdb.errors import DatabaseUnreachable, GuardRefused
 from shadowdb.fence import pin_cell
 from shadowdb.models import api_journal, api_state, api_tombstones
@@ -83,14 +83,13 @@ def _refusals(dbs: Databases) -> list[str]:
     if state.phase is not Phase.API_ONLY:
         return [f"cleanup runs in api-only only; the phase is {state.phase.value}"]
     reasons: list[str] = []
+
+    def unreachable(cell: Cell, err: DatabaseUnreachable) -> None:
+        reasons.append(f"{cell.label} unreachable: {err.detail}")
+
     cells = dbs.refresh_cells()
-    for cell in cells:
-        try:
-            with reader(cell.engine, cell.label) as conn:
-                pending = CELL.journal_count(conn)
-        except DatabaseUnreachable as err:
-            reasons.append(f"{cell.label} unreachable: {err.detail}")
-            continue
+    journals = read_each(cells, CELL.journal_count, catch=DatabaseUnreachable, failed=unreachable)
+    for cell, pending in journals:
         if pending:
             reasons.append(
                 f"journal of {cell.label} holds {pending} entries (writes the API database "

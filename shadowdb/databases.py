@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -52,12 +52,16 @@ __all__ = [
     "found_dead",
     "galera_node",
     "read_again_once",
+    "read_each",
     "read_session",
     "reader",
     "writer",
 ]
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
 
 #: Nova's cell0 (its uuid is always this one, from ``nova-manage cell_v2 map_cell0``)
 #: holds instances that failed to schedule; never groups, never a default cell.
@@ -96,6 +100,28 @@ def choose_default(cells: Sequence[Cell], chosen_uuid: str | None) -> Cell | Non
         if cell.uuid == chosen_uuid:
             return cell
     return usable[0] if len(usable) == 1 else None
+
+
+def read_each(
+    cells: Iterable[Cell],
+    read: Callable[[Connection], T],
+    *,
+    catch: type[E],
+    failed: Callable[[Cell, E], None],
+) -> Iterator[tuple[Cell, T]]:
+    """Read each cell in a reader of its own; yield what it read, in cell order.
+
+    A cell whose read raises ``catch`` is handed to ``failed`` and the others are still
+    read: a cell is reported, never skipped silently. Any other error propagates.
+    """
+    for cell in cells:
+        try:
+            with reader(cell.engine, cell.label) as conn:
+                found = read(conn)
+        except catch as err:
+            failed(cell, err)
+            continue
+        yield cell, found
 
 
 #: Every MariaDB/MySQL connection: utf8mb4, and room for the lists the hot path's

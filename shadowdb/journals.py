@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from shadowdb import signals
-from shadowdb.databases import Cell, Databases
+from shadowdb.databases import Cell, Databases, read_each
 from shadowdb.errors import DatabaseUnreachable, ShadowDBError
 from shadowdb.failures import DB_FAILURES, one_line
 from shadowdb.fence import CellBehind, EpochChanged
@@ -151,13 +151,12 @@ def drain_journals(dbs: Databases, *, limit: int | None = None) -> DrainResult:
     """
     pending: list[tuple[Cell | None, str, list[int]]] = []
     errors: list[str] = []
-    for cell in dbs.cells:
-        try:
-            with reader(cell.engine, cell.label) as conn:
-                entries = CELL.journal_pending(conn)
-        except ShadowDBError as err:
-            errors.append(f"{cell.label}: {one_line(err)}")
-            continue
+
+    def unreadable(cell: Cell, err: ShadowDBError) -> None:
+        errors.append(f"{cell.label}: {one_line(err)}")
+
+    journals = read_each(dbs.cells, CELL.journal_pending, catch=ShadowDBError, failed=unreadable)
+    for cell, entries in journals:
         seen: dict[str, list[int]] = {}
         for entry in entries:
             seen.setdefault(entry.group_uuid, []).append(entry.id)

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from shadowdb import bookkeeping
 from shadowdb.bookkeeping import Chunk
-from shadowdb.databases import Cell, Databases, reader, writer
+from shadowdb.databases import Cell, Databases, read_each, reader, writer
 from shadowdb.errors import DatabaseUnreachable
 from shadowdb.queries import CELL
 from shadowdb.transactions import commit, transaction
@@ -49,6 +49,11 @@ class Claim:
                 bookkeeping.move_checkpoint(conn, self.chunk.id, next_id, done=done)
 
 
+def _top_id(conn: Connection) -> int:
+    """Return the cell's highest group id (0 if it holds none)."""
+    return conn.execute(sa.select(sa.func.max(CELL.groups.c.id))).scalar() or 0
+
+
 class Chunks:
     """Plan and claim the chunks of a run's cells."""
 
@@ -67,14 +72,10 @@ class Chunks:
         """Record chunks covering every cell's group ids up to the current maximum (once)."""
         if self._planned:
             return
-        for cell in self.cells:
-            try:
-                with reader(cell.engine, cell.label) as conn:
-                    top = conn.execute(sa.select(sa.func.max(CELL.groups.c.id))).scalar() or 0
-            except DatabaseUnreachable as err:
-                # The other cells go on; this one is reported, never skipped silently.
-                self._on_unreachable(cell, err)
-                continue
+        # A cell out of reach is reported; the other cells go on.
+        for cell, top in read_each(
+            self.cells, _top_id, catch=DatabaseUnreachable, failed=self._on_unreachable
+        ):
             with writer(self.dbs.api, self.dbs.api_label) as conn:
                 covered = bookkeeping.chunks_covered_to(conn, cell.uuid)
                 starts = range(covered + 1, top + 1, CHUNK_IDS)
