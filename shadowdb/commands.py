@@ -44,6 +44,7 @@ from shadowdb.errors import (
     SchemaError,
 )
 from shadowdb.fence import settle
+from shadowdb.guards import allowed_next
 from shadowdb.models import (
     api_state,
     cell_state,
@@ -51,7 +52,7 @@ from shadowdb.models import (
 from shadowdb.queries import CELL
 from shadowdb.state import Phase, initialise_state, read_state
 from shadowdb.status import CellHealth, CellInfo, LastDiff, Status
-from shadowdb.switcher import Switcher, allowed_next
+from shadowdb.switcher import Switcher
 
 __all__ = [
     "DEFAULT_BATCH",

@@ -19,10 +19,10 @@ from shadowdb.databases import Databases, choose_default, reader
 from shadowdb.errors import OperationalError
 from shadowdb.failures import one_line
 from shadowdb.fence import settle
+from shadowdb.guards import CleanRecentDiff
 from shadowdb.models import api_journal, cell_journal
 from shadowdb.queries import API, CELL
 from shadowdb.state import Phase, PhaseState, read_state, utcnow
-from shadowdb.switcher import CleanRecentDiff
 
 __all__ = ["CellHealth", "CellInfo", "LastDiff", "Status", "cell_infos", "gather"]
 

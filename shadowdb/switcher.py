@@ -60,43 +60,12 @@ from shadowdb.databases import Cell, Databases, database_errors
 from shadowdb.errors import GuardRefused, OperationalError, ShadowDBError
 from shadowdb.failures import one_line
 from shadowdb.fence import describe_row, prepare_cell, settle, settle_cell, settled_at
-from shadowdb.guards import (
-    GUARDS,
-    TRANSITIONS,
-    ApiJournalEmpty,
-    CellJournalsEmpty,
-    CellsNotRetired,
-    CleanRecentDiff,
-    Guard,
-    LockedGuard,
-    UnmigratedCellGroups,
-    allowed_next,
-    transition_refusal,
-)
+from shadowdb.guards import GUARDS, Guard, LockedGuard, transition_refusal
 from shadowdb.journals import drain_journals
 from shadowdb.state import Phase, PhaseState, read_cell_state, read_state, utcnow
 from shadowdb.transactions import commit, transaction
 
-__all__ = [
-    "GUARDS",
-    "STEPS",
-    "TRANSITIONS",
-    "ApiJournalEmpty",
-    "CellJournalsEmpty",
-    "CellsNotRetired",
-    "CleanRecentDiff",
-    "Guard",
-    "LockedGuard",
-    "PlannedStep",
-    "StepKind",
-    "SwitchStep",
-    "Switched",
-    "Switcher",
-    "Transition",
-    "UnmigratedCellGroups",
-    "allowed_next",
-    "transition_refusal",
-]
+__all__ = ["STEPS", "PlannedStep", "StepKind", "SwitchStep", "Switched", "Switcher", "Transition"]
 
 log = structlog.get_logger(__name__)
 

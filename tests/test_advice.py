@@ -18,10 +18,10 @@ import structlog
 from shadowdb import cli, commands, models
 from shadowdb.databases import connect, reader, writer
 from shadowdb.errors import DatabaseUnreachable, GuardRefused
+from shadowdb.guards import TRANSITIONS
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.queries import API
 from shadowdb.state import read_state, utcnow
-from shadowdb.switcher import TRANSITIONS
 from shadowdb.testing import write_legacy_cells
 from tests.conftest import FreshDatabases, Topology
 from tests.support.helpers import new_uuid, seed_api_group, seed_cell_group

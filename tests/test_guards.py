@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from shadowdb import models
+from shadowdb.guards import ApiJournalEmpty, CellJournalsEmpty
 from shadowdb.queries import API, CELL
 from shadowdb.state import Phase
-from shadowdb.switcher import ApiJournalEmpty, CellJournalsEmpty
 from tests.conftest import Topology
 from tests.support.helpers import put_in_phase, seed_api_group, seed_cell_group
 

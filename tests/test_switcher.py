@@ -17,12 +17,13 @@ import sqlalchemy as sa
 import structlog
 import structlog.testing
 
-from shadowdb import commands, diff, journals, models, signals, switcher
+from shadowdb import commands, diff, guards, journals, models, signals
 from shadowdb.backfill import backfill, backlog
 from shadowdb.databases import Databases, connect, reader
 from shadowdb.errors import DatabaseUnreachable, GuardRefused, ScanIncomplete, UnknownPhase
+from shadowdb.guards import GUARDS, TRANSITIONS
 from shadowdb.state import Phase, read_cell_state, read_state, utcnow
-from shadowdb.switcher import GUARDS, TRANSITIONS, StepKind, Switcher
+from shadowdb.switcher import StepKind, Switcher
 from tests.conftest import Topology
 from tests.support.helpers import put_in_phase
 
@@ -190,7 +191,7 @@ def test_every_allowed_transition_has_an_explicit_guard_entry() -> None:
 
 @pytest.mark.parametrize(("frm", "to"), list(itertools.product(Phase, Phase)))
 def test_transition_refusal_matches_the_table(frm: Phase, to: Phase) -> None:
-    reason = switcher.transition_refusal(frm, to)
+    reason = guards.transition_refusal(frm, to)
     if (frm, to) in ALLOWED:
         assert reason is None
     elif frm is to:
@@ -198,15 +199,15 @@ def test_transition_refusal_matches_the_table(frm: Phase, to: Phase) -> None:
     else:
         assert reason is not None
         assert f"from {frm.value} to {to.value}" in reason
-        for nxt in switcher.allowed_next(frm):
+        for nxt in guards.allowed_next(frm):
             assert nxt.value in reason
 
 
 def test_allowed_next() -> None:
-    assert switcher.allowed_next(C) == (CR,)
-    assert switcher.allowed_next(CR) == (C, AR)
-    assert switcher.allowed_next(AR) == (CR, A)
-    assert switcher.allowed_next(A) == (AR,)
+    assert guards.allowed_next(C) == (CR,)
+    assert guards.allowed_next(CR) == (C, AR)
+    assert guards.allowed_next(AR) == (CR, A)
+    assert guards.allowed_next(A) == (AR,)
 
 
 # --------------------------------------------------------------------------- transitions
@@ -230,7 +231,7 @@ def test_every_allowed_transition_forward_and_back(topology: Topology) -> None:
         assert change.changed_at is not None
         info = commands.show_phase(dbs)
         assert (info.phase, info.epoch) == (target.value, epoch)
-        assert info.allowed_next == tuple(p.value for p in switcher.allowed_next(target))
+        assert info.allowed_next == tuple(p.value for p in guards.allowed_next(target))
         previous = target
     history = commands.phase_history(dbs)
     assert [h.epoch for h in history] == list(range(7))

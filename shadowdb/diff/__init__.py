@@ -120,7 +120,7 @@ set, as any copy does.
 ``cell`` limits a run to one cell's groups: with the API holding every cell's groups, no
 checksum can stand for one cell's share, so that cell is compared row by row with the API
 copies of its uuids. Such a run cannot see API groups that no cell holds, and does not
-admit a phase change (:class:`shadowdb.switcher.CleanRecentDiff`).
+admit a phase change (:class:`shadowdb.guards.CleanRecentDiff`).
 
 The package
 ===========

@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from shadowdb import models, signals
 from shadowdb.cli import ExitCode
 from shadowdb.databases import reader
+from shadowdb.guards import UnmigratedCellGroups
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.queries import API, CELL
 from shadowdb.state import Phase
-from shadowdb.switcher import UnmigratedCellGroups
 from tests.conftest import Topology
 from tests.support.cli import Cli, Run, table_rows
 from tests.support.helpers import (
