@@ -102,6 +102,17 @@ class Transition:
         """The epoch the change records."""
         return self.epoch + 1
 
+    def announced(self) -> dict[str, object]:
+        """Name the change as the ``phase-changed`` signal does: its keyword arguments."""
+        return {
+            "from_phase": self.from_phase.value,
+            "to_phase": self.to_phase.value,
+            "epoch": self.new_epoch,
+            "forced": self.forced,
+            "reason": self.reason,
+            "actor": self.actor,
+        }
+
 
 class StepKind(enum.Enum):
     """The steps of a phase change, in the order they run."""
@@ -466,29 +477,12 @@ def _drop_cached_phase(switcher: Switcher, _t: Transition) -> None:
 
 
 def _log_changed(_switcher: Switcher, t: Transition) -> None:
-    log.info(
-        "phase_changed",
-        from_phase=t.from_phase.value,
-        to_phase=t.to_phase.value,
-        epoch=t.new_epoch,
-        forced=t.forced,
-        overridden=list(t.overridden),
-        reason=t.reason,
-        actor=t.actor,
-    )
+    # What the signal says, and which guard failures force overrode.
+    log.info("phase_changed", **t.announced(), overridden=list(t.overridden))
 
 
 def _send_changed(switcher: Switcher, t: Transition) -> None:
-    signals.send(
-        signals.phase_changed,
-        switcher.dbs,
-        from_phase=t.from_phase.value,
-        to_phase=t.to_phase.value,
-        epoch=t.new_epoch,
-        forced=t.forced,
-        reason=t.reason,
-        actor=t.actor,
-    )
+    signals.send(signals.phase_changed, switcher.dbs, **t.announced())
 
 
 #: What the announce step does after the commit point, in order, each with its words.
