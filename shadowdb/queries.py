@@ -33,7 +33,7 @@ from shadowdb.records import (
     Scope,
     to_second,
 )
-from shadowdb.statements import GROUP_ROW, JOURNAL_ROW, build_statements
+from shadowdb.statements import GROUP_ROW, JOURNAL_ROW, SideTables, build_statements
 
 __all__ = [
     "API",
@@ -60,16 +60,15 @@ class Side:
     def __init__(
         self,
         name: str,
-        groups: sa.Table,
-        policies: sa.Table,
-        members: sa.Table,
-        journal: sa.Table,
+        tables: SideTables,
+        *,
         member_column: str,
         soft_delete: bool,
         tombstones: sa.Table | None = None,
     ) -> None:
         self.name = name
         self.tombstones = tombstones
+        groups, policies, members, journal = tables
         self.groups = groups
         self.policies = policies
         self.members = members
@@ -112,9 +111,7 @@ class Side:
         self.journal_for = self.journal_rows.ids_for
         self.journal_count = self.journal_rows.count
         #: Every statement built once for this side (the hot path's, the writers' read).
-        self.statements = build_statements(
-            groups, policies, members, journal, member_column, soft_delete
-        )
+        self.statements = build_statements(tables, member_column, soft_delete)
 
     def __repr__(self) -> str:
         return f"<Side {self.name}>"
@@ -329,20 +326,14 @@ class Side:
 
 API = Side(
     "api",
-    models.api_groups,
-    models.api_policies,
-    models.api_members,
-    models.api_journal,
+    SideTables(models.api_groups, models.api_policies, models.api_members, models.api_journal),
     member_column="instance_uuid",
     soft_delete=False,
     tombstones=models.api_tombstones,
 )
 CELL = Side(
     "cell",
-    models.cell_groups,
-    models.cell_policies,
-    models.cell_members,
-    models.cell_journal,
+    SideTables(models.cell_groups, models.cell_policies, models.cell_members, models.cell_journal),
     member_column="instance_id",
     soft_delete=True,
 )

@@ -7,7 +7,7 @@ run on whatever connection the caller gives.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -15,7 +15,7 @@ from shadowdb import models
 from shadowdb.packed import concat_sql
 from shadowdb.records import GROUP_COLUMNS
 
-__all__ = ["GROUP_ROW", "JOURNAL_ROW", "Statements", "build_statements"]
+__all__ = ["GROUP_ROW", "JOURNAL_ROW", "SideTables", "Statements", "build_statements"]
 
 #: The phase row's columns a lookup reads alongside a group (API database only).
 _STATE = (
@@ -53,16 +53,18 @@ class Statements:
     locked_read: sa.CompoundSelect[Any]
 
 
-def build_statements(
-    groups: sa.Table,
-    policies: sa.Table,
-    members: sa.Table,
-    journal: sa.Table,
-    member_column: str,
-    soft_delete: bool,
-) -> Statements:
+class SideTables(NamedTuple):
+    """The group tables both kinds of database have, each kind its own."""
+
+    groups: sa.Table
+    policies: sa.Table
+    members: sa.Table
+    journal: sa.Table
+
+
+def build_statements(tables: SideTables, member_column: str, soft_delete: bool) -> Statements:
     """Build the statements of one kind of database from its tables."""
-    g, p, m, j = groups, policies, members, journal
+    g, p, m, j = tables
     member = m.c[member_column]
 
     def live(table: sa.Table) -> list[sa.ColumnElement[bool]]:

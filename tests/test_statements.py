@@ -9,24 +9,18 @@ import sqlalchemy as sa
 
 from shadowdb import models
 from shadowdb.packed import PACKING_BACKENDS, unpack
-from shadowdb.statements import GROUP_ROW, JOURNAL_ROW, Statements, build_statements
+from shadowdb.statements import GROUP_ROW, JOURNAL_ROW, SideTables, Statements, build_statements
 from tests.conftest import Topology
 from tests.support.helpers import NOW as WHEN
 from tests.support.helpers import new_uuid, seed_api_group, seed_cell_group
 
 CELL = build_statements(
-    models.cell_groups,
-    models.cell_policies,
-    models.cell_members,
-    models.cell_journal,
+    SideTables(models.cell_groups, models.cell_policies, models.cell_members, models.cell_journal),
     "instance_id",
     soft_delete=True,
 )
 API = build_statements(
-    models.api_groups,
-    models.api_policies,
-    models.api_members,
-    models.api_journal,
+    SideTables(models.api_groups, models.api_policies, models.api_members, models.api_journal),
     "instance_uuid",
     soft_delete=False,
 )
