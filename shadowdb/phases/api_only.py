@@ -16,13 +16,8 @@ from __future__ import annotations
 
 from shadowdb.databases import Databases
 from shadowdb.fence import pin_api
-from shadowdb.phases.base import (
-    Lookup,
-    check_scope,
-    find_in_api,
-    list_api,
-)
-from shadowdb.queries import API, GroupRecord, Scope
+from shadowdb.phases.base import check_scope, find_api_copy, list_api
+from shadowdb.queries import API, Scope
 from shadowdb.state import Phase, PhaseState
 from shadowdb.transactions import commit, transaction
 from shadowdb.writes import Write, Written, apply
@@ -33,16 +28,9 @@ class ApiOnly:
 
     phase = Phase.API_ONLY
 
-    def find(self, dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord:
-        """Look the group up in the API database."""
-        record = find_in_api(dbs, lookup, scope)
-        if record is None:
-            raise lookup.not_found()
-        return record
-
-    def list(self, dbs: Databases, scope: Scope) -> list[GroupRecord]:
-        """List the API database's groups."""
-        return list_api(dbs, scope)
+    # Reads are base's API reads and nothing else: no cell is asked.
+    find = staticmethod(find_api_copy)
+    list = staticmethod(list_api)
 
     def write(
         self, dbs: Databases, state: PhaseState, write: Write, *, scope: Scope | None

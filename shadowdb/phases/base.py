@@ -42,6 +42,7 @@ __all__ = [
     "api_transaction",
     "cell_transaction",
     "check_scope",
+    "find_api_copy",
     "find_cell_copy",
     "find_in_api",
     "find_in_api_with_phase",
@@ -108,6 +109,18 @@ def find_in_api(dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord | N
     return read_again_once(
         dbs.api_fast, dbs.api_label, lambda conn: _find_on(conn, API, lookup, scope)
     )
+
+
+def find_api_copy(dbs: Databases, lookup: Lookup, scope: Scope) -> GroupRecord:
+    """Return the group from the API database (:func:`find_in_api`), for ``api-only``.
+
+    Raises:
+        GroupNotFound: the API database does not hold it (the lookup's own error).
+    """
+    record = find_in_api(dbs, lookup, scope)
+    if record is None:
+        raise lookup.not_found()
+    return record
 
 
 def find_in_api_with_phase(
