@@ -17,9 +17,8 @@ fixed list of migrations, each ``(count) -> (found, done)``, run in batches that
 from __future__ import annotations
 
 from shadowdb.backfill.backlog import uncopied, uncopied_among
-from shadowdb.backfill.conflicts import CopyConflict
 from shadowdb.backfill.forward import DEFAULT_BATCH, ForwardCopier
-from shadowdb.backfill.results import BackfillResult, BatchStep, MigrationTotal
+from shadowdb.backfill.results import BackfillResult, BatchStep, CopyConflict, MigrationTotal
 from shadowdb.backfill.reverse import ReverseCopier
 from shadowdb.backfill.runner import Backfiller, backfill, remaining
 

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import structlog
 from sqlalchemy.engine import Connection
 
 from shadowdb import bookkeeping, signals
+from shadowdb.backfill.results import CopyConflict
 from shadowdb.bookkeeping import RecordedConflict
 from shadowdb.databases import Cell, Databases, reader, writer
 
-__all__ = ["ConflictStore", "CopyConflict"]
+__all__ = ["ConflictStore"]
 
 log = structlog.get_logger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class CopyConflict:
-    """A group the backfill refused to copy, and why."""
-
-    group_uuid: str
-    cell: str
-    kind: str
-    detail: str
 
 
 class ConflictStore:

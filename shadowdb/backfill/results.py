@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from shadowdb.backfill.conflicts import CopyConflict
-
-__all__ = ["BackfillResult", "BatchStep", "Migration", "MigrationTotal"]
+__all__ = ["BackfillResult", "BatchStep", "CopyConflict", "Migration", "MigrationTotal"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +28,16 @@ class MigrationTotal:
     migration: str
     found: int
     done: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyConflict:
+    """A group the backfill refused to copy, and why."""
+
+    group_uuid: str
+    cell: str
+    kind: str
+    detail: str
 
 
 @dataclasses.dataclass(frozen=True)

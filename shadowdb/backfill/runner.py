@@ -14,9 +14,15 @@ import structlog
 
 from shadowdb import urls
 from shadowdb.backfill.backlog import uncopied
-from shadowdb.backfill.conflicts import ConflictStore, CopyConflict
+from shadowdb.backfill.conflicts import ConflictStore
 from shadowdb.backfill.forward import DEFAULT_BATCH, FORWARD_PHASES, ForwardCopier
-from shadowdb.backfill.results import BackfillResult, BatchStep, Migration, MigrationTotal
+from shadowdb.backfill.results import (
+    BackfillResult,
+    BatchStep,
+    CopyConflict,
+    Migration,
+    MigrationTotal,
+)
 from shadowdb.backfill.reverse import REVERSE_PHASES, ReverseCopier
 from shadowdb.databases import Cell, Databases, writer
 from shadowdb.errors import GuardRefused, InvalidInput, ShadowDBError

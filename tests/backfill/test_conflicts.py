@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from shadowdb import signals
-from shadowdb.backfill.conflicts import ConflictStore, CopyConflict
+from shadowdb.backfill.conflicts import ConflictStore
+from shadowdb.backfill.results import CopyConflict
 from shadowdb.databases import writer
 from tests.conftest import Topology
 from tests.support.helpers import new_uuid

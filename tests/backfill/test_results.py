@@ -6,8 +6,7 @@ import dataclasses
 
 import pytest
 
-from shadowdb.backfill.conflicts import CopyConflict
-from shadowdb.backfill.results import BackfillResult, BatchStep, MigrationTotal
+from shadowdb.backfill.results import BackfillResult, BatchStep, CopyConflict, MigrationTotal
 from shadowdb.render import jsonable
 
 
