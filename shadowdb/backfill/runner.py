@@ -7,7 +7,7 @@ a ``max_count`` budget (:func:`backfill`); :func:`remaining` counts what is left
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 import structlog
@@ -54,20 +54,25 @@ def _wrong_phase(phase: Phase, reverse: bool) -> str:
 
 
 class Backfiller:
-    """The migrations of one run, in one direction, on one deployment (optionally one cell)."""
+    """The migrations of one run, in one direction, on some cells of one deployment.
+
+    The run's own choices are its cells (every cell unless given) and its direction; the
+    batch size, rate and sleep are passed on to the forward copy (the reverse copy has
+    none).
+    """
 
     def __init__(
         self,
         dbs: Databases,
         *,
-        cell: str | None = None,
+        cells: Sequence[Cell] | None = None,
+        reverse: bool = False,
         batch_size: int = DEFAULT_BATCH,
         max_rate: float | None = None,
-        reverse: bool = False,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.dbs = dbs
-        self.cells: tuple[Cell, ...] = (dbs.cell(cell),) if cell else dbs.cells
+        self.cells: tuple[Cell, ...] = tuple(cells) if cells is not None else dbs.cells
         self.reverse = reverse
         self._conflicts = ConflictStore(dbs)
         self._forward = ForwardCopier(
@@ -134,6 +139,15 @@ class Backfiller:
         return BatchStep(result.found, result.done, error)
 
 
+def _named_cells(dbs: Databases, cell: str | None) -> tuple[Cell, ...]:
+    """Return the cell a run names (``--cell``), or every cell if it names none.
+
+    Raises:
+        InvalidInput: unknown cell.
+    """
+    return (dbs.cell(cell),) if cell else dbs.cells
+
+
 def remaining(dbs: Databases, cell: str | None = None, *, reverse: bool = False) -> int:
     """Count exactly what is left to copy (for a progress bar's total).
 
@@ -146,7 +160,7 @@ def remaining(dbs: Databases, cell: str | None = None, *, reverse: bool = False)
         InvalidInput: unknown cell.
         OperationalError: a database could not be read.
     """
-    cells = (dbs.cell(cell),) if cell else dbs.cells
+    cells = _named_cells(dbs, cell)
     if reverse:
         # The reverse copy compares against every cell, whichever one the run names.
         return len(ReverseCopier(dbs).candidates(10**12))
@@ -179,7 +193,12 @@ def backfill(
     if max_count is not None and max_count < 1:
         raise InvalidInput("--max-count must be a whole number >= 1")
     backfiller = Backfiller(
-        dbs, cell=cell, batch_size=batch_size, max_rate=max_rate, reverse=reverse, sleep=sleep
+        dbs,
+        cells=_named_cells(dbs, cell),
+        reverse=reverse,
+        batch_size=batch_size,
+        max_rate=max_rate,
+        sleep=sleep,
     )
     backfiller.check_phase()
     if on_start is not None:
