@@ -92,7 +92,7 @@ class DualWriteApiReads:
                 found = None
                 record = find_in_api(dbs, lookup, scope)
         cell = found[1].name if found else None
-        signals.fallback_read.send(dbs, what=lookup.kind, key=lookup.key, cell=cell)
+        signals.send(signals.fallback_read, dbs, what=lookup.kind, key=lookup.key, cell=cell)
         log.info("fallback_read", what=lookup.kind, key=lookup.key, cell=cell)
         if record is not None:
             return record

@@ -51,6 +51,23 @@ def test_cell_only_group_is_found_by_fallback_in_dual_write_api_reads(
     )
 
 
+def test_a_fallback_read_receiver_that_raises_does_not_break_the_read(
+    topology: Topology,
+) -> None:
+    """Signals observe, never control: a failing receiver costs the read nothing."""
+    dbs = topology.dbs
+    put_in_phase(dbs, Phase.DUAL_WRITE_API_READS)
+    ctx = RequestContext(dbs, "p1", "u1")
+    uuid = seed_cell_group(topology.cell_engine("cell2"), name="only-in-cell", members=[])
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        raise RuntimeError("receiver broke")
+
+    with signals.fallback_read.connected_to(receiver, sender=dbs):
+        group = InstanceGroup.get_by_uuid(ctx, uuid)
+    assert (group.uuid, group.name) == (uuid, "only-in-cell")
+
+
 def test_api_hit_in_dual_write_api_reads_queries_no_cell(topology: Topology) -> None:
     dbs = topology.dbs
     put_in_phase(dbs, Phase.DUAL_WRITE_API_READS)
