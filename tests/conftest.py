@@ -5,14 +5,20 @@
 locally and fails them when ``CI`` is set: on the project's machines every backend runs.
 
 Server databases are created and synced once per session and emptied before each test
-(shadowdb's phase row goes back to ``cell-only``); SQLite topologies are fresh files.
+(shadowdb's phase row goes back to ``cell-only``). SQLite topologies are fresh files in
+each test's own folder: copies of a set synced once per process, their mappings aimed at
+the copies and emptied the same way as the servers' databases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
+import signal
+import sqlite3
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +47,11 @@ def pytest_configure(config: pytest.Config) -> None:
         logger_factory=structlog.PrintLoggerFactory(),
         cache_logger_on_first_use=False,
     )
+    # A suite started as a background job of a non-interactive shell inherits SIGINT
+    # ignored, and so would every shadowdb process it starts: the Ctrl-C tests would then
+    # see a signal that does nothing. Give SIGINT back its default, as a terminal has it.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
@@ -184,9 +195,11 @@ def empty_topology(api_url: URL, cell_urls: dict[str, URL], settings: Settings) 
             engine.dispose()
 
 
-def _sqlite_topology(
-    server: Server, settings: Settings, folder: Path
-) -> tuple[URL, dict[str, URL]]:
+_sqlite_template: list[tuple[URL, dict[str, URL]]] = []
+
+
+def _synced_sqlite(settings: Settings, folder: Path) -> tuple[URL, dict[str, URL]]:
+    """Create and sync an API database and its cells as SQLite files in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     api_url = sa.URL.create("sqlite+pysqlite", database=str(folder / "api.sqlite"))
     cell_urls = {
@@ -203,11 +216,40 @@ def _sqlite_topology(
     return api_url, cell_urls
 
 
+def _sqlite_topology(settings: Settings, folder: Path) -> tuple[URL, dict[str, URL]]:
+    """Return a synced, empty SQLite topology of files in ``folder``, copied from a template.
+
+    Syncing three databases costs a test far more than copying three files, so the
+    first call of each process syncs a set of its own and every call copies it (through
+    SQLite's backup API, whole and consistent), then empties it as
+    :func:`empty_topology` empties the servers' databases, mappings re-aimed at the copies.
+    """
+    if not _sqlite_template:
+        template = Path(tempfile.mkdtemp(prefix="sdbtest-sqlite-template-"))
+        _sqlite_template.append(_synced_sqlite(settings, template))
+    template_api, template_cells = _sqlite_template[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    api_url = sa.URL.create("sqlite+pysqlite", database=str(folder / "api.sqlite"))
+    cell_urls = {
+        n: sa.URL.create("sqlite+pysqlite", database=str(folder / f"{n}.sqlite"))
+        for n in CELL_NAMES
+    }
+    pairs = [(template_api, api_url)] + [(template_cells[n], cell_urls[n]) for n in CELL_NAMES]
+    for source, target in pairs:
+        with (
+            contextlib.closing(sqlite3.connect(str(source.database))) as src,
+            contextlib.closing(sqlite3.connect(str(target.database))) as dst,
+        ):
+            src.backup(dst)
+    empty_topology(api_url, cell_urls, settings)
+    return api_url, cell_urls
+
+
 @pytest.fixture
 def topology(server: Server, settings: Settings, tmp_path: Path) -> Iterator[Topology]:
     """An API database with cells ``cell1`` (the default) and ``cell2``, all synced, empty."""
     if server.backend == "sqlite":
-        api_url, cell_urls = _sqlite_topology(server, settings, tmp_path / "topology")
+        api_url, cell_urls = _sqlite_topology(settings, tmp_path / "topology")
     else:
         api_url, cell_urls = _server_topology(server, settings)
     dbs = connect(api_url.render_as_string(hide_password=False), settings=settings)
