@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -81,17 +84,15 @@ def test_a_plan_from_another_epoch_is_refused_before_anything_is_read(
         pass  # the cell has not taken epoch 1 yet
 
 
-@pytest.mark.parametrize("existing", [True, False], ids=["live-group", "no-row-yet"])
-def test_two_writers_of_one_group_take_turns(topology: Topology, existing: bool) -> None:
-    dbs = topology.dbs
-    cell = dbs.cell("cell1")
-    group = seed_cell_group(cell.engine) if existing else new_uuid()
-    plan = _plan(dbs)
+def _second_waits_for_first(
+    lock: Callable[[], AbstractContextManager[Any]], check: Callable[[Any], None]
+) -> list[str]:
+    """Hold ``lock`` in a thread for a while, take it here; return the order of events."""
     held = threading.Event()
     order: list[str] = []
 
     def first() -> None:
-        with lock_cell(dbs, cell, plan, group):
+        with lock():
             held.set()
             time.sleep(0.3)
             order.append("first done")
@@ -100,10 +101,21 @@ def test_two_writers_of_one_group_take_turns(topology: Topology, existing: bool)
     thread.start()
     try:
         assert held.wait(10)
-        with lock_cell(dbs, cell, plan, group):
+        with lock() as taken:
             order.append("second in")
+            check(taken)
     finally:
         thread.join()
+    return order
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["live-group", "no-row-yet"])
+def test_two_writers_of_one_group_take_turns(topology: Topology, existing: bool) -> None:
+    dbs = topology.dbs
+    cell = dbs.cell("cell1")
+    group = seed_cell_group(cell.engine) if existing else new_uuid()
+    plan = _plan(dbs)
+    order = _second_waits_for_first(lambda: lock_cell(dbs, cell, plan, group), lambda _: None)
     assert order == ["first done", "second in"]
 
 
@@ -111,22 +123,10 @@ def test_the_api_copy_is_locked_until_its_writer_ends(topology: Topology) -> Non
     dbs = topology.dbs
     group = seed_api_group(dbs.api)
     plan = _plan(dbs)
-    held = threading.Event()
-    order: list[str] = []
 
-    def first() -> None:
-        with lock_api(dbs, plan, group):
-            held.set()
-            time.sleep(0.3)
-            order.append("first done")
+    def found(taken: Any) -> None:
+        _, record, _ = taken
+        assert record is not None
 
-    thread = threading.Thread(target=first)
-    thread.start()
-    try:
-        assert held.wait(10)
-        with lock_api(dbs, plan, group) as (_, record, _):
-            order.append("second in")
-            assert record is not None
-    finally:
-        thread.join()
+    order = _second_waits_for_first(lambda: lock_api(dbs, plan, group), found)
     assert order == ["first done", "second in"]
