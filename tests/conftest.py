@@ -198,14 +198,20 @@ def empty_topology(api_url: URL, cell_urls: dict[str, URL], settings: Settings) 
 _sqlite_template: list[tuple[URL, dict[str, URL]]] = []
 
 
-def _synced_sqlite(settings: Settings, folder: Path) -> tuple[URL, dict[str, URL]]:
-    """Create and sync an API database and its cells as SQLite files in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _sqlite_urls(folder: Path) -> tuple[URL, dict[str, URL]]:
+    """Return the URLs of a topology's API database and cells as files in ``folder``."""
     api_url = sa.URL.create("sqlite+pysqlite", database=str(folder / "api.sqlite"))
     cell_urls = {
         n: sa.URL.create("sqlite+pysqlite", database=str(folder / f"{n}.sqlite"))
         for n in CELL_NAMES
     }
+    return api_url, cell_urls
+
+
+def _synced_sqlite(settings: Settings, folder: Path) -> tuple[URL, dict[str, URL]]:
+    """Create and sync an API database and its cells as SQLite files in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    api_url, cell_urls = _sqlite_urls(folder)
     with connect(str(api_url), settings=settings, create=True) as dbs:
         commands.sync_schema(dbs)
         for name in CELL_NAMES:
@@ -229,11 +235,7 @@ def _sqlite_topology(settings: Settings, folder: Path) -> tuple[URL, dict[str, U
         _sqlite_template.append(_synced_sqlite(settings, template))
     template_api, template_cells = _sqlite_template[0]
     folder.mkdir(parents=True, exist_ok=True)
-    api_url = sa.URL.create("sqlite+pysqlite", database=str(folder / "api.sqlite"))
-    cell_urls = {
-        n: sa.URL.create("sqlite+pysqlite", database=str(folder / f"{n}.sqlite"))
-        for n in CELL_NAMES
-    }
+    api_url, cell_urls = _sqlite_urls(folder)
     pairs = [(template_api, api_url)] + [(template_cells[n], cell_urls[n]) for n in CELL_NAMES]
     for source, target in pairs:
         with (
