@@ -179,12 +179,13 @@ class Differ:
         # most a quarter of the chunks differ.
         ranges = len(chunks) * 4 <= self.n + 1
         with contextlib.ExitStack() as stack:
+            # A reader proves its reads complete as it closes, or lets go on an error.
             api = self._source(self.dbs.api, self.dbs.api_label, API, wanted, ranges=ranges)
-            stack.callback(api.close)
+            stack.enter_context(api)
             cells = []
             for cell in self.cells:
                 source = self._source(cell.engine, cell.label, CELL, wanted, ranges=ranges)
-                stack.callback(source.close)
+                stack.enter_context(source)
                 cells.append((cell, source))
             suspects: dict[str, tuple[str, ...]] = {}
             for done, chunk in enumerate(chunks, start=1):
@@ -229,9 +230,9 @@ class Differ:
         wanted = set(chunks)
         with contextlib.ExitStack() as stack:
             mine = self._source(only.engine, only.label, CELL, wanted, ranges=False)
-            stack.callback(mine.close)
+            stack.enter_context(mine)
             api = self._source(self.dbs.api, self.dbs.api_label, API, wanted, ranges=False)
-            stack.callback(api.close)
+            stack.enter_context(api)
             others = [c for c in self.cells if c.uuid != only.uuid]
             suspects: dict[str, tuple[str, ...]] = {}
             for chunk in chunks:

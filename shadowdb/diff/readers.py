@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -278,6 +279,12 @@ class RangeReader:
     def close(self) -> None:
         """Nothing to release: each chunk had its own snapshot."""
 
+    def __enter__(self) -> RangeReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class StreamReader:
     """Serve a database's chunks from one pass over it in ``uuid`` order.
@@ -324,11 +331,15 @@ class StreamReader:
                 )
                 self.expected.append(count(conn, joined, *where))
             ordered = sa.union_all(*selects).order_by("uuid", "gid", "kind")
-            result = conn.execute(
-                ordered, execution_options={"stream_results": True, "max_row_buffer": 1000}
-            )
+            with database_errors(label):
+                result = conn.execute(
+                    ordered, execution_options={"stream_results": True, "max_row_buffer": 1000}
+                )
+            # The server-side cursor is closed before its transaction ends, on every path:
+            # a connection lost mid-stream would otherwise leave it to the garbage collector.
+            self._stack.callback(result.close)
         except BaseException:
-            self._stack.close()
+            self._stack.__exit__(*sys.exc_info())
             raise
         self.seen = [0, 0, 0]
         self._items = self._groups(result)
@@ -365,7 +376,8 @@ class StreamReader:
         """Return the copies of ``chunk`` (asked for in ascending order) and their rows."""
         out: dict[str, Copy] = {}
         while True:
-            item = self._pending or next(self._items, None)
+            with database_errors(self.label):
+                item = self._pending or next(self._items, None)
             self._pending = None
             if item is None:
                 break
@@ -382,16 +394,32 @@ class StreamReader:
         return out, sum(rows_of(c) for c in out.values())
 
     def close(self) -> None:
-        """Read to the end, check every row was delivered, release the snapshot."""
-        try:
+        """Read to the end, check every row was delivered, release the snapshot.
+
+        If the reading fails, the snapshot is rolled back and the error raised is the
+        reading's, translated like any other.
+        """
+        with self._stack, database_errors(self.label):
             for _ in self._items:
                 pass
             tables = (self.side.groups, self.side.policies, self.side.members)
             for table, expected, seen in zip(tables, self.expected, self.seen, strict=True):
                 if seen != expected:
                     raise ScanIncomplete(self.label, table.name, expected, seen)
-        finally:
-            self._stack.close()
+
+    def release(self, *exc_info: Any) -> None:
+        """Give up the stream without reading on (a failure elsewhere ended the diff)."""
+        self._stack.__exit__(*(exc_info or (None, None, None)))
+
+    def __enter__(self) -> StreamReader:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """Prove the reads complete on a clean exit; on an error, only let go."""
+        if exc_info[0] is None:
+            self.close()
+        else:
+            self.release(*exc_info)
 
 
 #: How one database's chunks are read row by row.

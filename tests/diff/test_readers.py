@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 import uuid as uuidlib
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 
 from shadowdb.databases import reader, writer
 from shadowdb.diff.checksums import Copy, bucket_of, rows_of
@@ -19,9 +23,10 @@ from shadowdb.diff.readers import (
     read_orphans,
     snapshot,
 )
-from shadowdb.errors import ScanIncomplete
+from shadowdb.errors import ScanIncomplete, ShadowDBError
 from shadowdb.queries import API, CELL
 from tests.conftest import Topology
+from tests.support.backends import Server
 from tests.support.helpers import seed_api_group, seed_cell_group
 
 N = 4
@@ -132,6 +137,57 @@ def test_the_stream_drops_the_chunks_not_asked_for(cell: sa.Engine) -> None:
         source.close()  # every row delivered was counted, the dropped ones too
     assert one == {u: c for u, c in everything.items() if bucket_of(u, N) == 1}
     assert list(odd) == ["LEGACY-not-a-canonical-uuid"]
+
+
+def test_a_stream_left_on_an_error_is_released_unread(cell: sa.Engine) -> None:
+    """A failure elsewhere ends the diff: the stream lets go without reading on or
+    checking its counts, and the error that ended it is the one raised."""
+    with (
+        pytest.raises(RuntimeError, match="elsewhere"),
+        StreamReader(cell, "cell1", CELL, N, set(range(N + 1))) as source,
+    ):
+        source.take(0)
+        raise RuntimeError("elsewhere")
+    assert sum(source.seen) < sum(source.expected)  # not read to the end
+    with StreamReader(cell, "cell1", CELL, N, {0}) as source:
+        source.take(0)
+    assert source.seen == source.expected  # a clean exit reads on and checks
+
+
+SERVERS = [
+    pytest.param("mysql", marks=pytest.mark.mysql),
+    pytest.param("postgresql", marks=pytest.mark.postgresql),
+]
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_a_stream_whose_connection_is_killed_leaves_no_cursor_open(
+    cell: sa.Engine, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ends the stream's connection mid-read: the read fails, and the
+    server-side cursor is closed with it rather than left to the garbage collector."""
+    streams: list[int] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "UNION ALL" in statement:
+            raw = conn.connection.dbapi_connection
+            ident = raw.thread_id() if hasattr(raw, "thread_id") else raw.info.backend_pid
+            streams.append(int(ident))
+
+    event.listen(cell, "after_cursor_execute", note)
+    try:
+        source = StreamReader(cell, "cell1", CELL, N, set(range(N + 1)))
+    finally:
+        event.remove(cell, "after_cursor_execute", note)
+    source.take(0)
+    server.kill_connection(streams[0])
+    with pytest.raises(ShadowDBError):
+        source.close()
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    del source
+    gc.collect()
+    assert [u.exc_value for u in unraisable] == []
 
 
 def test_account_proves_every_live_row_was_hashed(cell: sa.Engine) -> None:
