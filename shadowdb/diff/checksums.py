@@ -259,7 +259,11 @@ class _ServerSql:
                 (side.policies, "policy") if kind == "p" else (side.members, side.member_col.key)
             )
             line = self.cat([f"'{kind}'", self.enc("g.uuid"), self.enc(f"c.{column}")])
-            source = f"{table.name} c JOIN {side.groups.name} g ON g.id = c.group_id"
+            # MariaDB would walk the groups and fetch each child through the group_id
+            # index and then its primary key: scanning the children in their own order
+            # and finding each group by primary key reads every page once.
+            join = "STRAIGHT_JOIN" if self.mysql else "JOIN"
+            source = f"{table.name} c {join} {side.groups.name} g ON g.id = c.group_id"
             if side.soft_delete:
                 live += " AND c.deleted = 0"
         bucket = self.bucket("g.uuid")
