@@ -76,9 +76,10 @@ snapshot, a pass against counts taken in the pass's snapshot, once it has read t
 Live traffic
 ============
 
-The databases are scanned one after the other while writers go on, so a group written
-between the two scans differs. Every key that differs is therefore *re-checked* before it
-is reported: its live cell row is locked the way every writer locks it (cell first,
+The databases are checksummed at once (:data:`~shadowdb.diff.differ.SCANNERS` at a
+time), each in a snapshot of its own, while writers go on: no two snapshots are taken at
+one moment, so a group written between them differs. Every key that differs is therefore
+*re-checked* before it is reported: its live cell row is locked the way every writer locks it (cell first,
 ``SELECT ... FOR UPDATE``; :mod:`shadowdb.locks`), then both copies and both journals are
 read. A dual-write writer holds that lock until both of its commits are done, and a write
 whose second half failed leaves a journal entry, so:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -34,13 +36,18 @@ RECHECKS = 4
 #: Called with (stage, done, total) as a run progresses.
 Progress = Callable[[str, int, int], None]
 
+#: Databases checksummed at once. Each scan runs in its database server; the process
+#: only waits, so a cell on a server of its own costs no more than its own scan.
+SCANNERS = 8
+
 
 @dataclasses.dataclass(frozen=True)
 class _Scan:
-    """One database's checksums, and the live rows they account for."""
+    """One database's checksums, the live rows they account for, and its orphans."""
 
     chunks: dict[int, Tally]
     hashed: int
+    orphans: list[Orphan]
 
 
 class Differ:
@@ -123,20 +130,20 @@ class Differ:
             with reader(cell.engine, cell.label) as conn:
                 biggest = max(biggest, readers.count(conn, CELL.groups, CELL.groups.c.deleted == 0))
         self._size(biggest)
-        databases = 1 + len(self.cells)
-        self._report("checksums", 0, databases)
-        api = self._scan(self.dbs.api, self.dbs.api_label, API, "api")
+        api, *scans = self._scan_all(
+            [(self.dbs.api, self.dbs.api_label, API, "api")]
+            + [(cell.engine, cell.label, CELL, cell.name) for cell in self.cells]
+        )
         self._rows["api_hashed"] = api.hashed
-        self._report("checksums", 1, databases)
+        self._orphans.extend(api.orphans)
         cells: dict[int, Tally] = {}
-        for done, cell in enumerate(self.cells, start=2):
-            scan = self._scan(cell.engine, cell.label, CELL, cell.name)
+        for scan in scans:
             self._rows["cells_hashed"] += scan.hashed
+            self._orphans.extend(scan.orphans)
             for chunk, tally in scan.chunks.items():
                 total = cells.setdefault(chunk, [0, 0, 0, 0])
                 for i, value in enumerate(tally):
                     total[i] += value
-            self._report("checksums", done, databases)
         differing = [
             chunk
             for chunk in range(self.n + 1)
@@ -149,14 +156,52 @@ class Differ:
 
     # ------------------------------------------------------------------ level one
 
+    def _scan_all(self, databases: list[tuple[sa.Engine, str, GroupTables, str]]) -> list[_Scan]:
+        """Checksum the databases at once (at most :data:`SCANNERS`); return them in order.
+
+        Each scan is its own snapshot whether they run one after another or together:
+        the proof never rested on two databases being read at one moment (chunks that
+        differ are compared row by row and re-checked). If one fails, the others are let
+        finish (each ends with its own query, as it would have one after another), so no
+        connection outlives the diff; then the first failure is raised. The scans run in
+        daemon threads: an interrupted diff exits without waiting for their queries.
+        """
+        self._report("checksums", 0, len(databases))
+        turns = threading.BoundedSemaphore(SCANNERS)
+        results: queue.Queue[tuple[int, _Scan | BaseException]] = queue.Queue()
+
+        def scan(index: int, engine: sa.Engine, label: str, side: GroupTables, name: str) -> None:
+            try:
+                with turns:
+                    results.put((index, self._scan(engine, label, side, name)))
+            except BaseException as err:  # handed to the waiting thread, which raises it
+                results.put((index, err))
+
+        for index, database in enumerate(databases):
+            threading.Thread(
+                target=scan, args=(index, *database), name="shadowdb-diff-scan", daemon=True
+            ).start()
+        scans: dict[int, _Scan] = {}
+        failed: BaseException | None = None
+        for _ in databases:
+            index, got = results.get()
+            if isinstance(got, BaseException):
+                failed = failed or got
+                continue
+            scans[index] = got
+            if failed is None:
+                self._report("checksums", len(scans), len(databases))
+        if failed is not None:
+            raise failed
+        return [scans[index] for index in range(len(databases))]
+
     def _scan(self, engine: sa.Engine, label: str, side: GroupTables, database: str) -> _Scan:
         """Checksum one database per chunk, in one snapshot, and prove every row counted."""
         with readers.snapshot(engine, label) as conn:
             chunks = self._checked_chunks(tallies(conn, side, self.n))
             orphans = readers.read_orphans(conn, side, database)
-            self._orphans.extend(orphans)
             hashed = readers.account(conn, side, label, chunks, orphans)
-        return _Scan(chunks, hashed)
+        return _Scan(chunks, hashed, orphans)
 
     def _checked_chunks(self, chunks: dict[int, Tally]) -> dict[int, Tally]:
         """Keep the chunks of the key space; a row counted nowhere shows in the totals."""

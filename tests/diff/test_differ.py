@@ -203,6 +203,72 @@ def test_one_cell(topology: Topology) -> None:
     assert report.rows.cells_compared > 0
 
 
+# --------------------------------------------------------------------------- scans at once
+
+
+def test_the_databases_are_checksummed_at_once(
+    topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API database's scan waits inside its snapshot until both cells' scans have
+    started: one after another, it would wait in vain."""
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
+    seed_clean(topology, 20)
+    scan = Differ._scan
+    started: list[str] = []
+    both = threading.Event()
+
+    def scan_together(self: Differ, engine: Any, label: str, side: Any, database: str) -> Any:
+        if database == "api":
+            assert both.wait(timeout=30), f"scans started: {started}"
+        else:
+            started.append(database)
+            if len(started) == 2:
+                both.set()
+        return scan(self, engine, label, side, database)
+
+    monkeypatch.setattr(Differ, "_scan", scan_together)
+    progress: list[tuple[str, int, int]] = []
+    report = run(topology, chunk_size=8, progress=lambda *p: progress.append(p))
+    assert report.clean and report.rows.api_hashed == report.rows.cells_hashed > 0
+    checksums = [(done, total) for stage, done, total in progress if stage == "checksums"]
+    assert checksums == [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+
+def test_a_failed_scan_lets_the_others_finish_then_fails_the_diff(
+    topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cell1's scan fails at once while the API database's is still running: the diff
+    fails with cell1's error once the API scan has ended, and no scan outlives it."""
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
+    seed_clean(topology, 20)
+    scan = Differ._scan
+    failed = threading.Event()
+    ended: list[str] = []
+    labels: list[str] = []
+
+    def one_fails(self: Differ, engine: Any, label: str, side: Any, database: str) -> Any:
+        if database == "cell1":
+            labels.append(label)
+            failed.set()
+            raise ScanIncomplete(label, "instance_groups", 1, 0)
+        if database == "api":
+            assert failed.wait(timeout=30)
+        try:
+            return scan(self, engine, label, side, database)
+        finally:
+            ended.append(database)
+
+    monkeypatch.setattr(Differ, "_scan", one_fails)
+    with pytest.raises(ScanIncomplete) as caught:
+        run(topology, chunk_size=8)
+    assert caught.value.database == labels[0]
+    assert sorted(ended) == ["api", "cell2"]  # both ran to their end before the raise
+    assert not [t for t in threading.enumerate() if t.name == "shadowdb-diff-scan"]
+    with reader(topology.dbs.api) as conn:
+        last = diff.last_result(conn)
+    assert last is not None and last.outcome == "incomplete"
+
+
 # --------------------------------------------------------------------------- short scans
 
 
@@ -347,18 +413,25 @@ def test_writers_during_the_diff_leave_a_clean_system_clean(
             except Exception as err:  # any other failure is a defect
                 errors.append(f"{type(err).__name__}: {err}")
 
-    # Deterministic overlap: after the API database's checksums, wait for the writers to
-    # complete more writes, so the cells are scanned in a state the API scan did not see.
+    # Deterministic overlap: the cells' checksums (run beside the API database's) wait
+    # until the API scan is done and the writers have completed more writes, so the cells
+    # are scanned in a state the API scan did not see.
     scan = Differ._scan
+    api_done: dict[int, threading.Event] = {}  # per run (Differ), set as its API scan ends
 
     def scan_then_wait(self: Differ, engine: Any, label: str, side: Any, database: str) -> Any:
-        result = scan(self, engine, label, side, database)
+        done = api_done.setdefault(id(self), threading.Event())
         if database == "api":
-            target = ops[0] + 10
-            deadline = time.monotonic() + 30
-            while ops[0] < target and time.monotonic() < deadline and not errors:
-                time.sleep(0.01)
-        return result
+            try:
+                return scan(self, engine, label, side, database)
+            finally:
+                done.set()
+        assert done.wait(timeout=30), "the API scan did not end"
+        target = ops[0] + 10
+        deadline = time.monotonic() + 30
+        while ops[0] < target and time.monotonic() < deadline and not errors:
+            time.sleep(0.01)
+        return scan(self, engine, label, side, database)
 
     monkeypatch.setattr(Differ, "_scan", scan_then_wait)
     # Both ways of reading the chunks that differ, whatever the share that differs.
