@@ -79,10 +79,10 @@ Live traffic
 The databases are checksummed at once (:data:`~shadowdb.diff.differ.SCANNERS` at a
 time), each in a snapshot of its own, while writers go on: no two snapshots are taken at
 one moment, so a group written between them differs. Every key that differs is therefore
-*re-checked* before it is reported: its live cell row is locked the way every writer locks it (cell first,
-``SELECT ... FOR UPDATE``; :mod:`shadowdb.locks`), then both copies and both journals are
-read. A dual-write writer holds that lock until both of its commits are done, and a write
-whose second half failed leaves a journal entry, so:
+*re-checked* before it is reported: its live cell row is locked the way every writer
+locks it (cell first, ``SELECT ... FOR UPDATE``; :mod:`shadowdb.locks`), then both
+copies and both journals are read. A dual-write writer holds that lock until both of its
+commits are done, and a write whose second half failed leaves a journal entry, so:
 
 * a key that is level under the lock is dropped (it was a write in flight);
 * a key with pending journal entries is re-checked after they drain;
