@@ -36,8 +36,10 @@ RECHECKS = 4
 #: Called with (stage, done, total) as a run progresses.
 Progress = Callable[[str, int, int], None]
 
-#: Databases checksummed at once. Each scan runs in its database server; the process
-#: only waits, so a cell on a server of its own costs no more than its own scan.
+#: Databases checksummed at once. A server computes its checksums itself and the process
+#: only waits, so a cell on a server of its own costs no more than its own scan. SQLite's
+#: are computed in Python, where threads would only take turns at the interpreter: those
+#: scans run one at a time (beside any server's).
 SCANNERS = 8
 
 
@@ -168,11 +170,13 @@ class Differ:
         """
         self._report("checksums", 0, len(databases))
         turns = threading.BoundedSemaphore(SCANNERS)
+        in_python = threading.Lock()
         results: queue.Queue[tuple[int, _Scan | BaseException]] = queue.Queue()
 
         def scan(index: int, engine: sa.Engine, label: str, side: GroupTables, name: str) -> None:
+            hashing = in_python if engine.dialect.name == "sqlite" else contextlib.nullcontext()
             try:
-                with turns:
+                with hashing, turns:
                     results.put((index, self._scan(engine, label, side, name)))
             except BaseException as err:  # handed to the waiting thread, which raises it
                 results.put((index, err))

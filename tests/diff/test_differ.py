@@ -206,6 +206,13 @@ def test_one_cell(topology: Topology) -> None:
 # --------------------------------------------------------------------------- scans at once
 
 
+SERVERS = [
+    pytest.param("mysql", marks=pytest.mark.mysql),
+    pytest.param("postgresql", marks=pytest.mark.postgresql),
+]
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
 def test_the_databases_are_checksummed_at_once(
     topology: Topology, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -234,6 +241,36 @@ def test_the_databases_are_checksummed_at_once(
     assert checksums == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
 
+@pytest.mark.parametrize(
+    "backend", [pytest.param("sqlite", marks=pytest.mark.sqlite)], indirect=True
+)
+def test_sqlite_databases_are_checksummed_one_at_a_time(
+    topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's checksums are computed in Python: threads would only take turns."""
+    put_in_phase(topology.dbs, Phase.DUAL_WRITE_CELL_READS)
+    seed_clean(topology, 20)
+    scan = Differ._scan
+    running: list[str] = []
+    overlaps: list[list[str]] = []
+
+    def one_at_a_time(self: Differ, engine: Any, label: str, side: Any, database: str) -> Any:
+        running.append(database)
+        if len(running) > 1:
+            overlaps.append(list(running))
+        time.sleep(0.05)  # room for another scan to start, were it allowed to
+        try:
+            return scan(self, engine, label, side, database)
+        finally:
+            running.remove(database)
+
+    monkeypatch.setattr(Differ, "_scan", one_at_a_time)
+    report = run(topology, chunk_size=8)
+    assert report.clean and report.rows.api_hashed == report.rows.cells_hashed > 0
+    assert overlaps == []
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
 def test_a_failed_scan_lets_the_others_finish_then_fails_the_diff(
     topology: Topology, monkeypatch: pytest.MonkeyPatch
 ) -> None:
