@@ -408,14 +408,21 @@ class StreamReader:
                     raise ScanIncomplete(self.label, table.name, expected, seen)
 
     def release(self, *exc_info: Any) -> None:
-        """Give up the stream without reading on (a failure elsewhere ended the diff)."""
+        """Give up the stream without checking it (a failure elsewhere ended the diff).
+
+        Nothing more is parsed or counted. PostgreSQL closes its cursor with one
+        ``CLOSE``; PyMySQL closes a streaming cursor only by reading the rows left off the
+        socket, so on MariaDB/MySQL the rest of the stream is still downloaded (and
+        dropped) before the snapshot ends. Dropping the connection instead leaves the
+        cursor to fail in the garbage collector.
+        """
         self._stack.__exit__(*(exc_info or (None, None, None)))
 
     def __enter__(self) -> StreamReader:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        """Prove the reads complete on a clean exit; on an error, only let go."""
+        """Prove the reads complete on a clean exit; on an error, only let go (:meth:`release`)."""
         if exc_info[0] is None:
             self.close()
         else:

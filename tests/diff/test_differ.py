@@ -300,7 +300,10 @@ def test_a_failed_scan_lets_the_others_finish_then_fails_the_diff(
         run(topology, chunk_size=8)
     assert caught.value.database == labels[0]
     assert sorted(ended) == ["api", "cell2"]  # both ran to their end before the raise
-    assert not [t for t in threading.enumerate() if t.name == "shadowdb-diff-scan"]
+    scanners = [t for t in threading.enumerate() if t.name == "shadowdb-diff-scan"]
+    for thread in scanners:  # each has handed in its result: it is only returning
+        thread.join(timeout=5)
+    assert not [t for t in scanners if t.is_alive()]
     with reader(topology.dbs.api) as conn:
         last = diff.last_result(conn)
     assert last is not None and last.outcome == "incomplete"

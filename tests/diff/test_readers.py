@@ -139,8 +139,8 @@ def test_the_stream_drops_the_chunks_not_asked_for(cell: sa.Engine) -> None:
     assert list(odd) == ["LEGACY-not-a-canonical-uuid"]
 
 
-def test_a_stream_left_on_an_error_is_released_unread(cell: sa.Engine) -> None:
-    """A failure elsewhere ends the diff: the stream lets go without reading on or
+def test_a_stream_left_on_an_error_is_released_unchecked(cell: sa.Engine) -> None:
+    """A failure elsewhere ends the diff: the stream lets go without parsing the rest or
     checking its counts, and the error that ended it is the one raised."""
     with (
         pytest.raises(RuntimeError, match="elsewhere"),
@@ -148,7 +148,7 @@ def test_a_stream_left_on_an_error_is_released_unread(cell: sa.Engine) -> None:
     ):
         source.take(0)
         raise RuntimeError("elsewhere")
-    assert sum(source.seen) < sum(source.expected)  # not read to the end
+    assert sum(source.seen) < sum(source.expected)  # not parsed to the end
     with StreamReader(cell, "cell1", CELL, N, {0}) as source:
         source.take(0)
     assert source.seen == source.expected  # a clean exit reads on and checks
