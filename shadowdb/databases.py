@@ -176,7 +176,15 @@ def create_engine(
 
 
 def _probe_galera(dbapi_connection: Any, record: Any) -> None:
-    """Note, once per connection, the Galera node it reached (nothing off Galera)."""
+    """Note, once per connection, the Galera node it reached (nothing off Galera).
+
+    On Galera the connection's reads are also made causal (``wsrep_sync_wait`` bit 1,
+    added to whatever the server sets): a node applies replicated writes some time after
+    the cluster committed them, and a read that decides (the phase row a write or
+    ``phase set`` plans under, the writer node a fence read checks, a diff's scan) must
+    see every write committed before it, whichever node committed it. On the writer node
+    the wait is only the cluster's round trip.
+    """
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("SHOW VARIABLES LIKE 'wsrep_on'")
@@ -184,6 +192,7 @@ def _probe_galera(dbapi_connection: Any, record: Any) -> None:
         if row is not None and str(row[1]).upper() == "ON":
             cursor.execute("SELECT @@wsrep_node_name")
             record.info[GALERA_NODE] = str(cursor.fetchone()[0])
+            cursor.execute("SET SESSION wsrep_sync_wait = @@wsrep_sync_wait | 1")
     finally:
         cursor.close()
 

@@ -130,3 +130,19 @@ def test_writes_through_a_second_node_are_refused_until_db_sync_moves_the_writer
         assert InstanceGroup.get_by_uuid(RequestContext(second, "p1", "u1"), kept).name == (
             "through node0"
         )
+
+
+def test_reads_on_every_node_wait_for_what_the_cluster_committed(
+    deployment: dict[str, str],
+) -> None:
+    # A node applies replicated writes after the cluster commits them: without causal
+    # reads, a phase set through node0 could be unseen through node1 (a `phase set`
+    # there would plan from the old phase, a fence read find the old writer node).
+    for node in range(3):
+        with _through(node, deployment) as dbs, reader(dbs.api) as conn:
+            assert int(conn.scalar(sa.text("SELECT @@SESSION.wsrep_sync_wait"))) & 1
+    with _through(0, deployment) as first, _through(2, deployment) as third:
+        for target in ("dual-write-cell-reads", "cell-only") * 10:
+            commands.set_phase(first, target, force=True)
+            third.phases.invalidate()
+            assert third.phases.fresh().phase.value == target
