@@ -6,7 +6,7 @@ import dataclasses
 
 import sqlalchemy as sa
 
-from shadowdb.databases import Cell, Databases, choose_default
+from shadowdb.databases import Cell, Databases, cell0_last, choose_default
 from shadowdb.errors import DatabaseUnreachable, NoDefaultCell
 from shadowdb.queries import CELL
 from shadowdb.state import PhaseState
@@ -37,11 +37,11 @@ class Location:
 
 
 def locate(dbs: Databases, group_uuid: str) -> Location:
-    """Find the cell holding ``group_uuid``'s live copy, asking each cell in turn."""
+    """Find the cell holding ``group_uuid``'s live copy, asking each cell in turn, cell0 last."""
     unreachable: list[Cell] = []
     g = CELL.groups
     stmt = sa.select(g.c.id).where(g.c.uuid == group_uuid, g.c.deleted == 0).limit(1)
-    for cell in dbs.cells:
+    for cell in cell0_last(dbs.cells):
         try:
             # One statement: the hot-path engine spares it BEGIN and ROLLBACK.
             engine = dbs.read_engine(cell.engine)

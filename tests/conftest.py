@@ -283,6 +283,26 @@ def fresh(server: Server, tmp_path: Path) -> Iterator[FreshDatabases]:
         server.drop(name)
 
 
+@pytest.fixture
+def single_cell(fresh: FreshDatabases, settings: Settings) -> Iterator[Topology]:
+    """The common Nova deployment: cell0 mapped first (on ``cell2``'s database), then cell1."""
+    from tests.support.helpers import map_cell0
+
+    api_url = fresh.api_url.render_as_string(hide_password=False)
+    dbs = connect(api_url, settings=settings, create=True)
+    try:
+        commands.sync_schema(dbs)
+        map_cell0(dbs, fresh.cell_urls["cell2"])
+        cell1 = fresh.cell_urls["cell1"].render_as_string(hide_password=False)
+        commands.add_cell(dbs, "cell1", cell1, create=True)
+        commands.sync_schema(dbs)
+        assert [c.name for c in dbs.refresh_cells()] == ["cell0", "cell1"]
+        urls = {"cell0": fresh.cell_urls["cell2"], "cell1": fresh.cell_urls["cell1"]}
+        yield Topology(fresh.backend, fresh.api_url, urls, settings, dbs)
+    finally:
+        dbs.dispose()
+
+
 __all__ = ["FreshDatabases", "Topology", "schema"]
 
 

@@ -7,7 +7,6 @@ services never look for groups there: shadowdb never writes one into it.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import os
@@ -20,35 +19,24 @@ import sqlalchemy as sa
 from shadowdb import cli, commands, models
 from shadowdb.backfill import backfill
 from shadowdb.cleanup import cleanup
-from shadowdb.databases import CELL0_UUID, Databases, connect, reader
+from shadowdb.databases import Databases, connect, reader
 from shadowdb.errors import GuardRefused, InvalidInput, NoDefaultCell, UnknownCell
 from shadowdb.objects import InstanceGroup, RequestContext
 from shadowdb.queries import CELL
 from shadowdb.state import Phase, read_state
 from tests.conftest import FreshDatabases, Topology
 from tests.support.backends import Server, worker_id
-from tests.support.helpers import cutover_through, new_uuid, put_in_phase, seed_cell_group
+from tests.support.helpers import (
+    cutover_through,
+    map_cell0,
+    new_uuid,
+    put_in_phase,
+    seed_cell_group,
+)
 
 
 def _text(url: sa.URL) -> str:
     return url.render_as_string(hide_password=False)
-
-
-def _map_cell0(dbs: Databases, url: sa.URL) -> None:
-    """Map cell0 the way ``nova-manage cell_v2 map_cell0`` does: its fixed uuid, first."""
-    now = dt.datetime(2026, 1, 1)
-    with dbs.api.begin() as conn:
-        conn.execute(
-            models.api_cell_mappings.insert().values(
-                created_at=now,
-                updated_at=now,
-                uuid=CELL0_UUID,
-                name="cell0",
-                transport_url="none:///",
-                database_connection=_text(url),
-                disabled=False,
-            )
-        )
 
 
 @pytest.fixture
@@ -57,7 +45,7 @@ def nova_like(fresh: FreshDatabases) -> Iterator[tuple[Databases, FreshDatabases
     dbs = connect(_text(fresh.api_url), create=True)
     try:
         commands.sync_schema(dbs)
-        _map_cell0(dbs, fresh.cell_urls["cell2"])
+        map_cell0(dbs, fresh.cell_urls["cell2"])
         commands.add_cell(dbs, "cell1", _text(fresh.cell_urls["cell1"]))
         commands.sync_schema(dbs)
         yield dbs, fresh
@@ -328,7 +316,7 @@ def test_every_phase_change_of_a_deployment_without_cells_is_refused(
             code, out, err = _cli("phase", "set", "dual-write-cell-reads", *force, "--api-url", api)
             assert (code, out) == (3, ""), err
             assert "no cell besides cell0 is registered" in err
-        _map_cell0(dbs, fresh.cell_urls["cell2"])  # cell0 alone is not a deployment
+        map_cell0(dbs, fresh.cell_urls["cell2"])  # cell0 alone is not a deployment
         code, _out, err = _cli("phase", "set", "dual-write-cell-reads", "--api-url", api)
         assert code == 3 and "no cell besides cell0" in err
         with reader(dbs.api) as conn:

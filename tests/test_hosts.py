@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,12 @@ from structlog.testing import capture_logs
 
 from shadowdb import commands, models
 from shadowdb import hosts as hosts_mod
-from shadowdb.databases import CELL0_UUID, Databases, connect, create_engine
+from shadowdb.databases import connect, create_engine
 from shadowdb.errors import CellUnavailable, GroupNotFound, OperationalError
 from shadowdb.objects import InstanceGroup, RequestContext
-from shadowdb.settings import Settings
 from shadowdb.state import Phase
 from shadowdb.testing import StatementCounter
-from tests.conftest import FreshDatabases, Topology
+from tests.conftest import Topology
 from tests.support.backends import Server
 from tests.support.helpers import (
     NOW,
@@ -93,46 +91,6 @@ def _unreachable(topology: Topology, name: str) -> None:
     dbs._cells = tuple(
         dataclasses.replace(c, engine=bad) if c.name == name else c for c in dbs.cells
     )
-
-
-def _map_cell0(dbs: Databases, url: sa.URL) -> None:
-    """Map cell0 as ``nova-manage cell_v2 map_cell0`` does: its fixed uuid, first."""
-    now = dt.datetime(2026, 1, 1)
-    with dbs.api.begin() as conn:
-        conn.execute(
-            models.api_cell_mappings.insert().values(
-                created_at=now,
-                updated_at=now,
-                uuid=CELL0_UUID,
-                name="cell0",
-                transport_url="none:///",
-                database_connection=url.render_as_string(hide_password=False),
-                disabled=False,
-            )
-        )
-
-
-@pytest.fixture
-def single_cell(fresh: FreshDatabases, settings: Settings) -> Iterator[Topology]:
-    """The common Nova deployment: cell0 mapped first (on ``cell2``'s database), then cell1."""
-    yield from one_cell_and_cell0(fresh, settings)
-
-
-def one_cell_and_cell0(fresh: FreshDatabases, settings: Settings) -> Iterator[Topology]:
-    """Map cell0 first (on ``fresh``'s ``cell2`` database), then cell1; yield the topology."""
-    api_url = fresh.api_url.render_as_string(hide_password=False)
-    dbs = connect(api_url, settings=settings, create=True)
-    try:
-        commands.sync_schema(dbs)
-        _map_cell0(dbs, fresh.cell_urls["cell2"])
-        cell1 = fresh.cell_urls["cell1"].render_as_string(hide_password=False)
-        commands.add_cell(dbs, "cell1", cell1, create=True)
-        commands.sync_schema(dbs)
-        assert [c.name for c in dbs.refresh_cells()] == ["cell0", "cell1"]
-        urls = {"cell0": fresh.cell_urls["cell2"], "cell1": fresh.cell_urls["cell1"]}
-        yield Topology(fresh.backend, fresh.api_url, urls, settings, dbs)
-    finally:
-        dbs.dispose()
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from shadowdb.databases import CELL0_UUID, Databases, connect, writer
 from shadowdb.errors import NoDefaultCell
 from shadowdb.location import Location, default_cell, locate
 from shadowdb.state import PhaseState, read_state
+from shadowdb.testing import StatementCounter
 from tests.conftest import Topology
 from tests.protocol.test_faults import SERVERS
-from tests.support.helpers import seed_cell_group
+from tests.support.helpers import engines_of, seed_cell_group
 from tests.support.proxy import Proxy
 
 
@@ -65,6 +66,16 @@ def test_locate_finds_the_cell_holding_the_live_copy(topology: Topology) -> None
     in_cell1 = seed_cell_group(topology.cell_engine("cell1"))
     assert locate(dbs, in_cell2) == Location(dbs.cell("cell2"), ())
     assert locate(dbs, in_cell1) == Location(dbs.cell("cell1"), ())
+
+
+def test_cell0_is_asked_last_and_still_asked(single_cell: Topology) -> None:
+    dbs = single_cell.dbs
+    in_cell1 = seed_cell_group(single_cell.cell_engine("cell1"))
+    in_cell0 = seed_cell_group(single_cell.cell_engine("cell0"))  # an untidy legacy row
+    with StatementCounter(engines_of(dbs)) as counter:
+        assert locate(dbs, in_cell1) == Location(dbs.cell("cell1"), ())
+    assert counter.counts == {"api": 0, "cell0": 0, "cell1": 1}, counter.statements
+    assert locate(dbs, in_cell0) == Location(dbs.cell("cell0"), ())
 
 
 def test_a_deleted_or_unknown_group_is_nowhere(topology: Topology) -> None:

@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from shadowdb import lookups, signals
-from shadowdb.databases import Cell, Databases, read_again_once, reader
+from shadowdb.databases import Cell, Databases, cell0_last, read_again_once, reader
 from shadowdb.errors import DatabaseUnreachable, GroupExists, GroupNotFound, JournalConflict
 from shadowdb.failures import one_line
 from shadowdb.fence import EpochChanged
@@ -141,7 +141,7 @@ def find_in_api_with_phase(
 
 
 def find_in_cells(dbs: Databases, lookup: Lookup, scope: Scope) -> tuple[GroupRecord, Cell] | None:
-    """Look the group up in every cell; never skip one silently.
+    """Look the group up in every cell (cell0 last); never skip one silently.
 
     A uuid or member lookup stops at the first cell that answers. A name lookup asks
     every cell and takes the oldest match (``created_at``, then cell order), so the
@@ -152,7 +152,7 @@ def find_in_cells(dbs: Databases, lookup: Lookup, scope: Scope) -> tuple[GroupRe
     """
     unreachable: list[str] = []
     candidates: list[tuple[GroupRecord, Cell]] = []
-    for cell in dbs.cells:
+    for cell in cell0_last(dbs.cells):
         try:
             found = read_again_once(
                 dbs.read_engine(cell.engine),

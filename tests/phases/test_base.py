@@ -23,8 +23,9 @@ from shadowdb.phases.base import (
 )
 from shadowdb.queries import GroupRecord, Scope
 from shadowdb.state import Phase
+from shadowdb.testing import StatementCounter
 from tests.conftest import Topology
-from tests.support.helpers import NOW, new_uuid, seed_api_group, seed_cell_group
+from tests.support.helpers import NOW, engines_of, new_uuid, seed_api_group, seed_cell_group
 
 ADMIN = Scope(None)
 
@@ -52,6 +53,20 @@ def test_a_uuid_or_member_lookup_stops_at_the_cell_that_answers(topology: Topolo
         record, cell = found
         assert (record.uuid, cell.name) == (uuid, "cell2")
     assert find_in_cells(topology.dbs, Lookup("uuid", new_uuid()), ADMIN) is None
+
+
+def test_cell0_is_asked_last_and_still_asked(single_cell: Topology) -> None:
+    dbs = single_cell.dbs
+    member = new_uuid()
+    uuid = seed_cell_group(single_cell.cell_engine("cell1"), members=(member,))
+    in_cell0 = seed_cell_group(single_cell.cell_engine("cell0"))  # an untidy legacy row
+    with StatementCounter(engines_of(dbs)) as counter:
+        for lookup in (Lookup("uuid", uuid), Lookup("instance", member)):
+            found = find_in_cells(dbs, lookup, ADMIN)
+            assert found is not None and (found[0].uuid, found[1].name) == (uuid, "cell1")
+    assert counter.counts.get("cell0", 0) == 0, counter.statements
+    found = find_in_cells(dbs, Lookup("uuid", in_cell0), ADMIN)
+    assert found is not None and found[1].name == "cell0"
 
 
 def test_a_name_lookup_takes_the_oldest_match_of_every_cell(topology: Topology) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from shadowdb import models
-from shadowdb.databases import Databases, writer
+from shadowdb.databases import CELL0_UUID, Databases, writer
 from shadowdb.state import Phase, utcnow
 from shadowdb.testing import StatementCounter
 
@@ -19,6 +19,23 @@ NOW = dt.datetime(2026, 1, 2, 3, 4, 5)
 
 def new_uuid() -> str:
     return str(uuidlib.uuid4())
+
+
+def map_cell0(dbs: Databases, url: sa.URL) -> None:
+    """Map cell0 as ``nova-manage cell_v2 map_cell0`` does: its fixed uuid, first."""
+    now = dt.datetime(2026, 1, 1)
+    with dbs.api.begin() as conn:
+        conn.execute(
+            models.api_cell_mappings.insert().values(
+                created_at=now,
+                updated_at=now,
+                uuid=CELL0_UUID,
+                name="cell0",
+                transport_url="none:///",
+                database_connection=url.render_as_string(hide_password=False),
+                disabled=False,
+            )
+        )
 
 
 def put_in_phase(dbs: Databases, phase: Phase) -> None:
