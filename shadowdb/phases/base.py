@@ -197,14 +197,15 @@ def list_api(dbs: Databases, scope: Scope) -> list[GroupRecord]:
 def list_cells(dbs: Databases, scope: Scope) -> list[GroupRecord]:
     """List every cell's live groups within ``scope``, one copy per uuid.
 
-    A uuid live in two cells is a divergence: it is listed once (first cell wins) and
-    announced.
+    A uuid live in two cells is a divergence: it is listed once and announced. The copy
+    listed is the first cell's in the order lookups ask them (:func:`find_in_cells`,
+    cell0 last), so a list shows the copy a lookup finds and a write changes.
 
     Raises:
         DatabaseUnreachable: a cell could not be read (a partial list is never returned).
     """
     records: list[GroupRecord] = []
-    for cell in dbs.cells:
+    for cell in cell0_last(dbs.cells):
         with reader(cell.engine, cell.label) as conn:
             records.extend(CELL.list_groups(conn, scope=scope))
     return merge([], records, dbs)

@@ -69,6 +69,15 @@ def test_cell0_is_asked_last_and_still_asked(single_cell: Topology) -> None:
     assert found is not None and found[1].name == "cell0"
 
 
+def test_a_twin_in_cell0_is_listed_as_a_lookup_finds_it(single_cell: Topology) -> None:
+    dbs = single_cell.dbs
+    twin = seed_cell_group(single_cell.cell_engine("cell0"), name="in cell0")
+    seed_cell_group(single_cell.cell_engine("cell1"), uuid=twin, name="in cell1")
+    found = find_in_cells(dbs, Lookup("uuid", twin), ADMIN)
+    assert found is not None and found[1].name == "cell1"
+    assert [(r.uuid, r.name) for r in list_cells(dbs, ADMIN)] == [(twin, "in cell1")]
+
+
 def test_a_name_lookup_takes_the_oldest_match_of_every_cell(topology: Topology) -> None:
     seed_cell_group(topology.cell_engine("cell1"), name="web", created_at=NOW)
     older = seed_cell_group(
