@@ -191,10 +191,11 @@ def _probe_galera(dbapi_connection: Any, record: Any) -> None:
 
     On Galera the connection's reads are also made causal (``wsrep_sync_wait`` bit 1,
     added to whatever the server sets): a node applies replicated writes some time after
-    the cluster committed them, and a read that decides (the phase row a write or
-    ``phase set`` plans under, the writer node a fence read checks, a diff's scan) must
-    see every write committed before it, whichever node committed it. On the writer node
-    the wait is only the cluster's round trip.
+    the cluster committed them, and a read that decides (the phase a ``phase set`` starts
+    from, the writer node and epoch a fence read checks, a diff's scan) must see every
+    write committed before it, whichever node committed it. The hot path's read engine
+    (:func:`create_read_engine`) is left as Nova reads: a phase it read from a node that
+    lags only plans a write, which the fence read then checks.
     """
     cursor = dbapi_connection.cursor()
     try:
