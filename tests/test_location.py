@@ -6,15 +6,14 @@ import dataclasses
 
 import pytest
 
-from shadowdb import models
-from shadowdb.databases import CELL0_UUID, Databases, connect, writer
+from shadowdb.databases import CELL0_UUID, Databases, connect
 from shadowdb.errors import NoDefaultCell
 from shadowdb.location import Location, default_cell, locate
 from shadowdb.state import PhaseState, read_state
 from shadowdb.testing import StatementCounter
 from tests.conftest import Topology
 from tests.protocol.test_faults import SERVERS
-from tests.support.helpers import engines_of, seed_cell_group
+from tests.support.helpers import engines_of, map_cell0, seed_cell_group
 from tests.support.proxy import Proxy
 
 
@@ -39,16 +38,7 @@ def test_several_cells_and_no_choice_is_an_error_naming_them(topology: Topology)
 
 
 def test_cell0_is_never_the_default(topology: Topology) -> None:
-    with writer(topology.dbs.api) as conn:
-        conn.execute(
-            models.api_cell_mappings.insert().values(
-                uuid=CELL0_UUID,
-                name="cell0",
-                database_connection=topology.cell_urls["cell2"].render_as_string(
-                    hide_password=False
-                ),
-            )
-        )
+    map_cell0(topology.dbs, topology.cell_urls["cell2"])
     dbs = connect(topology.api_url_text, settings=topology.settings)
     try:
         assert any(c.is_cell0 for c in dbs.cells)

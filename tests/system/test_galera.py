@@ -106,9 +106,9 @@ def _create(dbs: Databases, name: str) -> str:
 def test_reads_are_causal_and_a_second_node_is_refused_until_db_sync_moves_the_writer(
     deployment: dict[str, str],
 ) -> None:
-    # A node applies replicated writes after the cluster commits them: every connection's
-    # reads are causal, or a phase set through node0 could go unseen through node1 (a
-    # `phase set` there would plan from the old phase, a fence read find the old writer).
+    # A node applies replicated writes after the cluster commits them: the reads shadowdb
+    # decides by are causal, or a phase set through node0 could go unseen through node1
+    # (a `phase set` there would plan from the old phase, a fence read find the old writer).
     for node in range(3):
         with _through(node, deployment) as dbs, reader(dbs.api) as conn:
             assert int(conn.scalar(sa.text("SELECT @@SESSION.wsrep_sync_wait"))) & 1
